@@ -1,0 +1,51 @@
+import Foundation
+
+/// Configuration from the environment (twelve-factor). Every key is documented in the
+/// README's configuration table, and every default works with `./infra/local/run`.
+package struct Settings: Sendable {
+    package enum Key {
+        package static let amqpURL = "WARREN_AMQP_URL"
+        package static let databaseURL = "WARREN_DATABASE_URL"
+        package static let partitionDaysAhead = "WARREN_PARTITION_DAYS_AHEAD"
+        package static let retentionDays = "WARREN_RETENTION_DAYS"
+        package static let upkeepInterval = "WARREN_UPKEEP_INTERVAL_SECONDS"
+    }
+
+    package static let defaultAMQPURL = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    package static let defaultDatabaseURL = "postgresql://warren:warren@127.0.0.1:55432/warren"
+
+    package var amqpURL: String
+    package var databaseURL: String
+    /// Daily partitions kept ready ahead of today.
+    package var partitionDaysAhead: Int
+    /// Days of job_runs and message_logs kept; older partitions are dropped.
+    package var retentionDays: Int
+    /// How often the scheduler runs partition upkeep.
+    package var upkeepIntervalSeconds: Int
+
+    package init(environment: [String: String] = ProcessInfo.processInfo.environment) throws(SettingsError) {
+        func nonEmpty(_ key: String) -> String? {
+            guard let value = environment[key]?.trimmingCharacters(in: .whitespaces), !value.isEmpty else { return nil }
+            return value
+        }
+        func integer(_ key: String, default value: Int, range: ClosedRange<Int>) throws(SettingsError) -> Int {
+            guard let text = nonEmpty(key) else { return value }
+            guard let number = Int(text), range.contains(number) else {
+                throw SettingsError(key: key, message: "must be an integer in \(range.lowerBound)...\(range.upperBound), got '\(text)'")
+            }
+            return number
+        }
+        amqpURL = nonEmpty(Key.amqpURL) ?? Self.defaultAMQPURL
+        databaseURL = nonEmpty(Key.databaseURL) ?? Self.defaultDatabaseURL
+        partitionDaysAhead = try integer(Key.partitionDaysAhead, default: 7, range: 1...366)
+        retentionDays = try integer(Key.retentionDays, default: 30, range: 1...3660)
+        upkeepIntervalSeconds = try integer(Key.upkeepInterval, default: 300, range: 1...86_400)
+    }
+}
+
+/// A configuration value that cannot be used, naming its environment variable.
+package struct SettingsError: Error, Sendable, CustomStringConvertible {
+    package var key: String
+    package var message: String
+    package var description: String { "\(key) \(message)" }
+}

@@ -1,0 +1,146 @@
+import Foundation
+
+/// A job as it travels through RabbitMQ: identity and routing in AMQP properties and
+/// `x-warren-*` headers (so `rabbitmqadmin get` and the management UI show what it is), the
+/// JSON payload as the body.
+///
+/// | field | AMQP |
+/// | --- | --- |
+/// | id (UUIDv7) | `message_id` |
+/// | type | `type` |
+/// | correlation id | `correlation_id` |
+/// | enqueued at | `timestamp` (seconds) and `x-warren-enqueued-at` (ISO 8601, microseconds) |
+/// | tier | routing key and `x-warren-tier` |
+/// | attempt | `x-warren-attempt` (1 for the first run) |
+/// | idempotency key | `x-warren-idempotency-key` |
+/// | tenant | `x-warren-tenant` |
+/// | trace context | `traceparent` |
+/// | payload | body, `content_type: application/json`, `delivery_mode: 2` |
+package struct JobEnvelope: Sendable, Equatable {
+    package var id: UUID
+    package var type: String
+    package var tier: Tier
+    /// The payload as JSON text (an object, array or scalar), kept byte for byte.
+    package var payload: [UInt8]
+    package var tenant: String?
+    package var idempotencyKey: String?
+    package var enqueuedAt: Timestamp
+    package var attempt: Int
+    package var correlationID: String?
+    package var traceparent: String?
+
+    package static let exchange = "warren.jobs"
+    package static let contentType = "application/json"
+
+    package enum Header {
+        package static let tier = "x-warren-tier"
+        package static let attempt = "x-warren-attempt"
+        package static let enqueuedAt = "x-warren-enqueued-at"
+        package static let idempotencyKey = "x-warren-idempotency-key"
+        package static let tenant = "x-warren-tenant"
+        package static let traceparent = "traceparent"
+        package static let retryDelay = "x-warren-retry-delay"
+        package static let deadReason = "x-warren-dead-reason"
+        package static let lastError = "x-warren-last-error"
+    }
+
+    /// A new job: fresh UUIDv7, attempt 1, enqueued now.
+    package init(type: String, tier: Tier, payload: [UInt8], tenant: String? = nil, idempotencyKey: String? = nil,
+                 correlationID: String? = nil, enqueuedAt: Timestamp = .now(), id: UUID? = nil) {
+        self.id = id ?? JobID.make(at: enqueuedAt)
+        self.type = type
+        self.tier = tier
+        self.payload = payload
+        self.tenant = tenant
+        self.idempotencyKey = idempotencyKey
+        self.enqueuedAt = enqueuedAt
+        self.attempt = 1
+        self.correlationID = correlationID
+    }
+
+    /// Validates a job type name: 1-200 characters of letters, digits, `.`, `_`, `-`, `:`.
+    package static func validateType(_ type: String) throws(JobError) {
+        guard !type.isEmpty else { throw JobError(field: "type", message: "missing job type") }
+        guard type.utf8.count <= 200 else { throw JobError(field: "type", message: "job type is longer than 200 bytes") }
+        let allowed = type.unicodeScalars.allSatisfy { scalar in
+            scalar.isASCII && (CharacterSet.alphanumerics.contains(scalar) || ".-_:".unicodeScalars.contains(scalar))
+        }
+        guard allowed else {
+            throw JobError(field: "type", message: "job type '\(type)' may only contain letters, digits, '.', '-', '_' and ':'")
+        }
+    }
+
+    /// Checks that `payload` is one complete JSON value.
+    package static func validatePayload(_ payload: [UInt8]) throws(JobError) {
+        do {
+            _ = try JSONSerialization.jsonObject(with: Data(payload), options: [.fragmentsAllowed])
+        } catch {
+            throw JobError(field: "payload", message: "payload is not valid JSON")
+        }
+    }
+
+    /// The message to publish: to `warren.jobs` with the tier as routing key.
+    package var outgoingMessage: AMQPOutgoingMessage {
+        AMQPOutgoingMessage(exchange: Self.exchange, routingKey: tier.routingKey, properties: properties, body: payload, mandatory: true)
+    }
+
+    package var properties: AMQPProperties {
+        var properties = AMQPProperties()
+        properties.contentType = Self.contentType
+        properties.deliveryMode = 2
+        properties.messageID = id.uuidString.lowercased()
+        properties.type = type
+        properties.timestamp = UInt64(max(0, enqueuedAt.unixSeconds))
+        properties.correlationID = correlationID
+        var headers = AMQPTable()
+        headers[Header.tier] = .string(tier.rawValue)
+        headers[Header.attempt] = .int(Int64(attempt))
+        headers[Header.enqueuedAt] = .string(enqueuedAt.iso8601)
+        if let idempotencyKey { headers[Header.idempotencyKey] = .string(idempotencyKey) }
+        if let tenant { headers[Header.tenant] = .string(tenant) }
+        if let traceparent { headers[Header.traceparent] = .string(traceparent) }
+        properties.headers = headers
+        return properties
+    }
+
+    /// Decodes a delivered job. Throws ``JobError`` naming what is malformed; the consumer
+    /// dead-letters such messages with that reason.
+    package init(properties: AMQPProperties, body: [UInt8]) throws(JobError) {
+        guard let messageID = properties.messageID, let id = UUID(uuidString: messageID) else {
+            throw JobError(field: "message_id", message: "message_id is missing or not a UUID")
+        }
+        guard let type = properties.type else { throw JobError(field: "type", message: "type property is missing") }
+        try Self.validateType(type)
+        let headers = properties.headers
+        guard let tierName = headers[Header.tier]?.stringValue else {
+            throw JobError(field: Header.tier, message: "\(Header.tier) header is missing")
+        }
+        let tier = try Tier.parse(tierName)
+        guard let enqueuedText = headers[Header.enqueuedAt]?.stringValue, let enqueuedAt = Timestamp(iso8601: enqueuedText) else {
+            throw JobError(field: Header.enqueuedAt, message: "\(Header.enqueuedAt) header is missing or not ISO 8601")
+        }
+        let attempt: Int
+        if let value = headers[Header.attempt] {
+            guard let number = value.intValue, number >= 1, number <= 10_000 else {
+                throw JobError(field: Header.attempt, message: "\(Header.attempt) header must be a positive integer")
+            }
+            attempt = Int(number)
+        } else {
+            attempt = 1
+        }
+        if let contentType = properties.contentType, !contentType.lowercased().hasPrefix(Self.contentType) {
+            throw JobError(field: "content_type", message: "content_type must be application/json, not '\(contentType)'")
+        }
+        try Self.validatePayload(body)
+        self.id = id
+        self.type = type
+        self.tier = tier
+        self.payload = body
+        self.tenant = headers[Header.tenant]?.stringValue
+        self.idempotencyKey = headers[Header.idempotencyKey]?.stringValue
+        self.enqueuedAt = enqueuedAt
+        self.attempt = attempt
+        self.correlationID = properties.correlationID
+        self.traceparent = headers[Header.traceparent]?.stringValue
+    }
+}

@@ -1,0 +1,29 @@
+import Foundation
+import Logging
+import Metrics
+import Prometheus
+
+/// Process-wide logging and metrics set-up. Call ``bootstrap(service:)`` once, first thing in
+/// `main`; libraries only ever receive a `Logger`.
+package enum Observability {
+    /// The Prometheus registry behind swift-metrics; render it on `/metrics`.
+    package static let registry = PrometheusCollectorRegistry()
+
+    /// JSON logs on stderr at `LOG_LEVEL` (default `info`), Prometheus metrics.
+    /// Returns the service's root logger.
+    package static func bootstrap(service: String, environment: [String: String] = ProcessInfo.processInfo.environment) -> Logger {
+        let level = environment["LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0.lowercased()) } ?? .info
+        LoggingSystem.bootstrap { label in JSONLogHandler(label: label, level: level) }
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        var logger = Logger(label: "warren.\(service)")
+        logger[metadataKey: "service"] = "\(service)"
+        return logger
+    }
+
+    /// The Prometheus text exposition of every metric.
+    package static func renderMetrics() -> String {
+        var buffer: [UInt8] = []
+        registry.emit(into: &buffer)
+        return String(decoding: buffer, as: UTF8.self)
+    }
+}

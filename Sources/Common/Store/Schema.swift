@@ -1,0 +1,48 @@
+/// Warren's database schema, as ordered migrations. Append new ones; never edit a shipped one.
+package enum Schema {
+    package static let migrations: [Migration] = [
+        Migration(version: 1, name: "job_runs and message_logs, partitioned by day", sql: """
+            -- One row per job. Keyed by (job_id, enqueued_at): a unique key on a partitioned
+            -- table must hold the partition key, and enqueued_at comes from the envelope, so
+            -- every redelivery of a job lands on the same row.
+            CREATE TABLE job_runs (
+                job_id          uuid        NOT NULL,
+                enqueued_at     timestamptz NOT NULL,
+                type            text        NOT NULL,
+                tier            text        NOT NULL CHECK (tier IN ('enterprise', 'premium', 'free')),
+                tenant          text,
+                idempotency_key text,
+                correlation_id  text,
+                status          text        NOT NULL CHECK (status IN
+                                  ('queued', 'running', 'retrying', 'succeeded', 'failed', 'dead', 'cancelled')),
+                attempts        integer     NOT NULL DEFAULT 0,
+                result          jsonb,
+                error           text,
+                consumer_id     text,
+                batch_id        uuid,
+                started_at      timestamptz,
+                finished_at     timestamptz,
+                updated_at      timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY (job_id, enqueued_at)
+            ) PARTITION BY RANGE (enqueued_at);
+            CREATE INDEX job_runs_status_idx ON job_runs (status, enqueued_at);
+            CREATE INDEX job_runs_batch_idx ON job_runs (batch_id) WHERE batch_id IS NOT NULL;
+
+            -- One row per event in a job's life, partitioned by the event's time.
+            CREATE TABLE message_logs (
+                id          bigint      GENERATED ALWAYS AS IDENTITY,
+                logged_at   timestamptz NOT NULL DEFAULT now(),
+                job_id      uuid        NOT NULL,
+                enqueued_at timestamptz NOT NULL,
+                event       text        NOT NULL CHECK (event IN
+                              ('published', 'started', 'retried', 'succeeded', 'failed', 'dead_lettered',
+                               'cancelled', 'duplicate')),
+                attempt     integer,
+                tier        text,
+                detail      jsonb,
+                PRIMARY KEY (id, logged_at)
+            ) PARTITION BY RANGE (logged_at);
+            CREATE INDEX message_logs_job_idx ON message_logs (job_id, logged_at);
+            """),
+    ]
+}
