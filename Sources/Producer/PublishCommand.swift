@@ -1,0 +1,241 @@
+import ArgumentParser
+import Common
+import Foundation
+import Logging
+
+/// `producer publish`: one job from flags, or many from a JSON-lines file.
+struct PublishCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "publish",
+        abstract: "Publish one job, or many from a JSON-lines file, and wait for the broker's confirms.",
+        discussion: """
+            One job:   producer publish --type email.welcome --tier premium --payload '{"to":"a@b.c"}'
+            Many jobs: producer publish --jsonl jobs.jsonl   (one {"type","tier","payload",...} per line; - for stdin)
+
+            Prints the job id (one job). Exit status: 0 when every job was confirmed, 1 when any
+            was not (each is listed with its line), 2 for bad input (nothing is published).
+            """)
+
+    @Option(help: "Job type, e.g. email.welcome.")
+    var type: String?
+
+    @Option(help: "Tier: enterprise, premium or free. With --jsonl, the default for lines without one.")
+    var tier: String?
+
+    @Option(help: "JSON payload, @FILE to read it from a file, or - for standard input.")
+    var payload: String = "{}"
+
+    @Option(help: "Idempotency key passed to handlers.")
+    var idempotencyKey: String?
+
+    @Option(help: "Tenant the job belongs to.")
+    var tenant: String?
+
+    @Option(help: "Correlation id (default: none).")
+    var correlationID: String?
+
+    @Option(help: "Publish every line of this JSON-lines file (- for standard input).")
+    var jsonl: String?
+
+    @Option(help: "AMQP URL or comma-separated list (default: $WARREN_AMQP_URL or amqp://guest:guest@127.0.0.1:5672/%2f).")
+    var amqpURL: String?
+
+    @Option(help: "Jobs per confirm batch with --jsonl.")
+    var batchSize: Int = 500
+
+    @Option(help: "Unconfirmed publishes allowed at once.")
+    var window: Int = 1024
+
+    func validate() throws {
+        if jsonl == nil, type == nil { throw ValidationError("give --type (one job) or --jsonl FILE (many jobs)") }
+        if jsonl != nil, type != nil { throw ValidationError("--type and --jsonl do not go together") }
+        guard (1...10_000).contains(batchSize) else { throw ValidationError("--batch-size must be in 1...10000") }
+        guard (1...100_000).contains(window) else { throw ValidationError("--window must be in 1...100000") }
+    }
+
+    func run() async throws {
+        let logger = Observability.bootstrap(service: "producer")
+        let settings: Settings
+        do {
+            settings = try Settings()
+        } catch {
+            throw fail("configuration: \(error)", code: 2)
+        }
+        var configuration: AMQPConfiguration
+        do {
+            configuration = try AMQPConfiguration(url: amqpURL ?? settings.amqpURL, connectionName: "producer publish")
+        } catch {
+            throw fail("\(error)", code: 2)
+        }
+        configuration.confirmWindow = window
+        configuration.reconnect = false
+
+        if let jsonl {
+            try await publishMany(path: jsonl, configuration: configuration, logger: logger)
+        } else {
+            try await publishOne(configuration: configuration, logger: logger)
+        }
+    }
+
+    private func publishOne(configuration: AMQPConfiguration, logger: Logger) async throws {
+        let request: JobRequest
+        do {
+            let payloadBytes = try readPayload(payload)
+            request = try JobRequest(type: type ?? "", tier: try Tier.parse(tier ?? ""), payload: payloadBytes,
+                                     idempotencyKey: idempotencyKey, tenant: tenant)
+        } catch let error as JobError {
+            throw fail(error.field.map { "--\($0.replacingOccurrences(of: "_", with: "-")): \(error.message)" } ?? error.message, code: 2)
+        }
+        let job = request.envelope(correlationID: correlationID)
+        let publisher = JobPublisher(configuration: configuration, logger: logger)
+        do {
+            try await publisher.start()
+            try await publisher.publish(job)
+        } catch {
+            await publisher.close()
+            throw fail("job not published: \(error)", code: 1)
+        }
+        await publisher.close()
+        print(job.id.uuidString.lowercased())
+    }
+
+    private func publishMany(path: String, configuration: AMQPConfiguration, logger: Logger) async throws {
+        let started = ContinuousClock.now
+        let data: Data
+        do {
+            data = try readInput(path)
+        } catch {
+            throw fail("cannot read \(path): \(error.localizedDescription)", code: 2)
+        }
+        var defaultTier: Tier?
+        if let tier {
+            do { defaultTier = try Tier.parse(tier) } catch { throw fail("--tier: \(error.message)", code: 2) }
+        }
+        // Validate everything first: bad input changes nothing.
+        var jobs: [(line: Int, job: JobEnvelope)] = []
+        var problems: [String] = []
+        let bytes = [UInt8](data)
+        var lineNumber = 0
+        var lineStart = 0
+        for index in 0...bytes.count where index == bytes.count || bytes[index] == UInt8(ascii: "\n") {
+            lineNumber += 1
+            let line = bytes[lineStart..<index]
+            lineStart = index + 1
+            if line.allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0D }) { continue }
+            do {
+                let request = try JobRequest(jsonLine: line, defaultTier: defaultTier)
+                jobs.append((lineNumber, request.envelope(correlationID: correlationID)))
+            } catch {
+                problems.append("line \(lineNumber): \(error.message)")
+            }
+        }
+        if !problems.isEmpty {
+            for problem in problems.prefix(50) { printError(problem) }
+            if problems.count > 50 { printError("... and \(problems.count - 50) more") }
+            throw fail("\(problems.count) invalid line(s); nothing was published", code: 2)
+        }
+        if jobs.isEmpty { throw fail("no jobs in \(path)", code: 2) }
+
+        let publisher = JobPublisher(configuration: configuration, logger: logger)
+        do {
+            try await publisher.start()
+        } catch {
+            throw fail("cannot connect: \(error)", code: 1)
+        }
+        let progress = Progress(total: jobs.count, enabled: isatty(STDERR_FILENO) != 0)
+        let batches = stride(from: 0, to: jobs.count, by: batchSize).map { Array(jobs[$0..<min($0 + batchSize, jobs.count)]) }
+        let publishStarted = ContinuousClock.now
+        var failures: [(line: Int, error: AMQPError)] = []
+        // Several batches in flight keep the confirm window full; the connection keeps order.
+        let inFlight = max(2, (window + batchSize - 1) / batchSize + 1)
+        await withTaskGroup(of: [(Int, Result<Void, AMQPError>)].self) { group in
+            var next = 0
+            func submit() {
+                let batch = batches[next]
+                next += 1
+                group.addTask {
+                    let results = await publisher.publish(batch.map(\.job))
+                    return zip(batch.map(\.line), results).map { ($0, $1) }
+                }
+            }
+            while next < batches.count && next < inFlight { submit() }
+            for await results in group {
+                for (line, result) in results {
+                    if case .failure(let error) = result { failures.append((line, error)) }
+                }
+                progress.advance(by: results.count, failed: failures.count)
+                if next < batches.count { submit() }
+            }
+        }
+        await publisher.close()
+        progress.finish()
+
+        let elapsed = ContinuousClock.now - started
+        let publishElapsed = ContinuousClock.now - publishStarted
+        let seconds = Double(elapsed.nanoseconds) / 1e9
+        let confirmed = jobs.count - failures.count
+        let rate = seconds > 0 ? Double(confirmed) / seconds : 0
+        let summary = String(format: "published %d, rejected %d, in %.2f s (publishing %.2f s), %.0f jobs/s",
+                             confirmed, failures.count, seconds, Double(publishElapsed.nanoseconds) / 1e9, rate)
+        printError(summary)
+        if !failures.isEmpty {
+            for failure in failures.sorted(by: { $0.line < $1.line }).prefix(50) {
+                printError("line \(failure.line): not confirmed: \(failure.error)")
+            }
+            if failures.count > 50 { printError("... and \(failures.count - 50) more") }
+            throw ExitCode(1)
+        }
+    }
+
+    private func readPayload(_ argument: String) throws -> [UInt8] {
+        if argument == "-" { return [UInt8](try readInput("-")) }
+        if argument.hasPrefix("@") {
+            let path = String(argument.dropFirst())
+            do {
+                return [UInt8](try readInput(path))
+            } catch {
+                throw JobError(field: "payload", message: "cannot read \(path): \(error.localizedDescription)")
+            }
+        }
+        return Array(argument.utf8)
+    }
+
+    private func readInput(_ path: String) throws -> Data {
+        if path == "-" { return FileHandle.standardInput.readDataToEndOfFile() }
+        return try Data(contentsOf: URL(fileURLWithPath: path))
+    }
+
+    private func fail(_ message: String, code: Int32) -> ExitCode {
+        printError("producer: \(message)")
+        return ExitCode(code)
+    }
+}
+
+func printError(_ message: String) {
+    FileHandle.standardError.write(Data((message + "\n").utf8))
+}
+
+/// A one-line progress display on a terminal's stderr, redrawn at most 4 times a second.
+final class Progress: @unchecked Sendable {
+    // Only touched from the task that drains the task group.
+    private let total: Int
+    private let enabled: Bool
+    private var done = 0
+    private var lastDraw = ContinuousClock.now
+
+    init(total: Int, enabled: Bool) {
+        self.total = total
+        self.enabled = enabled
+    }
+
+    func advance(by count: Int, failed: Int) {
+        done += count
+        guard enabled, ContinuousClock.now - lastDraw > .milliseconds(250) else { return }
+        lastDraw = ContinuousClock.now
+        FileHandle.standardError.write(Data("\r\(done)/\(total) settled, \(failed) rejected".utf8))
+    }
+
+    func finish() {
+        if enabled { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+    }
+}

@@ -1,0 +1,119 @@
+import Foundation
+import Testing
+@testable import Common
+
+@Suite struct JobEnvelopeTests {
+    func sample() -> JobEnvelope {
+        var job = JobEnvelope(type: "email.welcome", tier: .premium, payload: Array(#"{"to":"a@b.c"}"#.utf8), tenant: "acme",
+                              idempotencyKey: "welcome-42", correlationID: "req-1",
+                              enqueuedAt: Timestamp(microseconds: 1_795_424_400_123_456))
+        job.attempt = 3
+        job.traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        return job
+    }
+
+    @Test func mapsOntoAMQPPropertiesAndHeaders() {
+        let job = sample()
+        let message = job.outgoingMessage
+        #expect(message.exchange == "warren.jobs")
+        #expect(message.routingKey == "premium")
+        #expect(message.mandatory)
+        #expect(message.body == job.payload)
+        let properties = message.properties
+        #expect(properties.messageID == job.id.uuidString.lowercased())
+        #expect(properties.type == "email.welcome")
+        #expect(properties.contentType == "application/json")
+        #expect(properties.deliveryMode == 2)
+        #expect(properties.correlationID == "req-1")
+        #expect(properties.timestamp == 1_795_424_400)
+        #expect(properties.headers["x-warren-tier"] == .string("premium"))
+        #expect(properties.headers["x-warren-attempt"] == .int(3))
+        #expect(properties.headers["x-warren-enqueued-at"] == .string("2026-11-23T09:00:00.123456Z"))
+        #expect(properties.headers["x-warren-idempotency-key"] == .string("welcome-42"))
+        #expect(properties.headers["x-warren-tenant"] == .string("acme"))
+        #expect(properties.headers["traceparent"] == .string(job.traceparent!))
+    }
+
+    @Test func decodesWhatItEncodes() throws {
+        let job = sample()
+        let decoded = try JobEnvelope(properties: job.properties, body: job.payload)
+        #expect(decoded == job)
+    }
+
+    @Test func newJobsGetUUIDv7IdsAtTheirEnqueueTime() throws {
+        let stamp = Timestamp(microseconds: 1_795_424_400_123_456)
+        let job = JobEnvelope(type: "noop", tier: .free, payload: Array("{}".utf8), enqueuedAt: stamp)
+        #expect(job.attempt == 1)
+        let idTime = try #require(JobID.timestamp(of: job.id))
+        #expect(idTime.microseconds == 1_795_424_400_123_000)
+    }
+
+    @Test func uuidv7IdsSortByTime() {
+        let ids = (0..<100).map { JobID.make(at: Timestamp(microseconds: Int64($0) * 1_000 + 1_700_000_000_000_000)) }
+        #expect(ids.map { $0.uuidString } == ids.map { $0.uuidString }.sorted())
+        #expect(Set(ids).count == 100)
+        #expect(ids.allSatisfy { $0.uuidString.dropFirst(14).first == "7" })
+    }
+
+    @Test func malformedMessagesAreRejectedWithTheirReason() {
+        let job = sample()
+        func reason(_ mutate: (inout AMQPProperties, inout [UInt8]) -> Void) -> String? {
+            var properties = job.properties
+            var body = job.payload
+            mutate(&properties, &body)
+            do {
+                _ = try JobEnvelope(properties: properties, body: body)
+                return nil
+            } catch {
+                return error.field
+            }
+        }
+        #expect(reason { _, body in body = Array("not json".utf8) } == "payload")
+        #expect(reason { properties, _ in properties.messageID = nil } == "message_id")
+        #expect(reason { properties, _ in properties.messageID = "42" } == "message_id")
+        #expect(reason { properties, _ in properties.type = nil } == "type")
+        #expect(reason { properties, _ in properties.headers["x-warren-tier"] = nil } == "x-warren-tier")
+        #expect(reason { properties, _ in properties.headers["x-warren-tier"] = .string("gold") } == "tier")
+        #expect(reason { properties, _ in properties.headers["x-warren-enqueued-at"] = .string("yesterday") } == "x-warren-enqueued-at")
+        #expect(reason { properties, _ in properties.headers["x-warren-attempt"] = .int(0) } == "x-warren-attempt")
+        #expect(reason { properties, _ in properties.contentType = "text/plain" } == "content_type")
+    }
+}
+
+@Suite struct JobRequestTests {
+    @Test func parsesALine() throws {
+        let request = try JobRequest(jsonLine: Array(#"{"type":"noop","tier":"free","payload":{"b":1,"a":"x"},"idempotency_key":"k","tenant":"t"}"#.utf8))
+        #expect(request.type == "noop")
+        #expect(request.tier == .free)
+        #expect(String(decoding: request.payload, as: UTF8.self) == #"{"a":"x","b":1}"#)
+        #expect(request.idempotencyKey == "k")
+        #expect(request.tenant == "t")
+    }
+
+    @Test func defaultTierAppliesOnlyWhenMissing() throws {
+        #expect(try JobRequest(jsonLine: Array(#"{"type":"noop"}"#.utf8), defaultTier: .premium).tier == .premium)
+        #expect(try JobRequest(jsonLine: Array(#"{"type":"noop","tier":"free"}"#.utf8), defaultTier: .premium).tier == .free)
+    }
+
+    @Test(arguments: [
+        (#"{"type":"noop""#, nil as String?),
+        (#"[1,2]"#, nil),
+        (#"{"tier":"free"}"#, "type"),
+        (#"{"type":"noop"}"#, "tier"),
+        (#"{"type":"noop","tier":"gold"}"#, "tier"),
+        (#"{"type":"","tier":"free"}"#, "type"),
+        (#"{"type":"a b","tier":"free"}"#, "type"),
+        (#"{"type":7,"tier":"free"}"#, "type"),
+        (#"{"type":"noop","tier":"free","payload":{},"extra":1}"#, "extra"),
+        (#"{"type":"noop","tier":"free","tenant":5}"#, "tenant"),
+    ])
+    func rejectsBadLines(_ line: String, _ field: String?) {
+        let error = #expect(throws: JobError.self) { _ = try JobRequest(jsonLine: Array(line.utf8)) }
+        #expect(error?.field == field)
+    }
+
+    @Test func hostileTextStaysData() throws {
+        let request = try JobRequest(type: "noop", tier: .free, payload: Array(#"{"note":"'); DROP TABLE job_runs; --"}"#.utf8))
+        #expect(String(decoding: request.payload, as: UTF8.self).contains("DROP TABLE"))
+    }
+}
