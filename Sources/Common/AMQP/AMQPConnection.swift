@@ -86,6 +86,7 @@ package final class AMQPConnection: Sendable {
     package var isBlocked: Bool { shared.withLock { $0.blocked } }
 
     /// Runs `body` with the control channel on the connection thread (declare, bind, purge...).
+    @discardableResult
     package func withControl<T: Sendable>(_ body: @escaping @Sendable (AMQPControl) throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
             post(Command(

@@ -556,8 +556,12 @@ final class AMQPDriver: @unchecked Sendable {
     func check(_ reply: amqp_rpc_reply_t, _ function: String, code: AMQPError.Code, state: amqp_connection_state_t,
                channel: amqp_channel_t = AMQPDriver.controlChannel) throws(AMQPError) {
         guard reply.reply_type != AMQP_RESPONSE_NORMAL else { return }
-        let error = replyError(reply, function, code: code)
-        guard self.state == state else { throw error }  // still connecting: the caller destroys it
+        var error = replyError(reply, function, code: code)
+        guard self.state == state else {
+            // Still connecting (login, channel open, confirm.select): the caller destroys it.
+            error.code = code
+            throw error
+        }
         if reply.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION, reply.reply.id == WARREN_CHANNEL_CLOSE {
             var ok = amqp_channel_close_ok_t()
             amqp_send_method(state, channel, WARREN_CHANNEL_CLOSE_OK, &ok)

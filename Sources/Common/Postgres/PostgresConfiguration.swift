@@ -10,10 +10,19 @@ package struct PostgresConfiguration: Sendable {
     package var statementTimeout: Duration = .seconds(30)
     /// Ends a session left idle inside a transaction (a stuck client holding locks).
     package var idleInTransactionTimeout: Duration = .seconds(60)
+    /// Schema search path for every connection (tests isolate themselves in a schema).
+    package var searchPath: String?
 
     package init(url: String, applicationName: String) {
         self.url = url
         self.applicationName = applicationName
+    }
+
+    private var options: String {
+        var options = "-c TimeZone=UTC -c statement_timeout=\(statementTimeout.milliseconds)"
+        options += " -c idle_in_transaction_session_timeout=\(idleInTransactionTimeout.milliseconds)"
+        if let searchPath { options += " -c search_path=\(searchPath)" }
+        return options
     }
 
     /// libpq keywords, defaults first: `dbname` (expanded from the URL) comes last so the
@@ -28,7 +37,7 @@ package struct PostgresConfiguration: Sendable {
             ("keepalives_interval", "5"),
             ("keepalives_count", "3"),
             ("tcp_user_timeout", "30000"),
-            ("options", "-c TimeZone=UTC -c statement_timeout=\(statementTimeout.milliseconds) -c idle_in_transaction_session_timeout=\(idleInTransactionTimeout.milliseconds)"),
+            ("options", options),
             ("dbname", url),
         ]
     }

@@ -23,6 +23,7 @@ package final class PostgresPool: Sendable {
     }
 
     /// Lends a connection to `body` for its duration.
+    @discardableResult
     package func withConnection<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
         let connection = try await acquire()
         do {
@@ -36,6 +37,7 @@ package final class PostgresPool: Sendable {
     }
 
     /// Runs `body` in a transaction: COMMIT when it returns, ROLLBACK when it throws.
+    @discardableResult
     package func withTransaction<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
         try await withConnection { connection in
             try await connection.execute("BEGIN")

@@ -1,0 +1,133 @@
+import Common
+import Foundation
+import Testing
+
+@Suite(.enabled(if: TestServices.enabled))
+struct PostgresIntegrationTests {
+    @Test func migrationsApplyOnceEvenFromTwoPoolsAtOnce() async throws {
+        try await TestServices.withSchema { pool in
+            var second = pool.configuration
+            second.applicationName = "warren-tests-2"
+            let otherPool = PostgresPool(configuration: second, logger: TestServices.logger)
+            let migrator = Migrator(migrations: Schema.migrations, logger: TestServices.logger)
+            async let first = migrator.migrate(pool)
+            async let other = migrator.migrate(otherPool)
+            let (a, b) = try await (first, other)
+            await otherPool.close()
+            #expect((a + b).sorted() == Schema.migrations.map(\.version), "each migration applied by exactly one of them")
+            #expect(try await migrator.migrate(pool).isEmpty, "a second run applies nothing")
+            let recorded = try await pool.query("SELECT version FROM schema_migrations ORDER BY version").rows.map { try $0.int(0) }
+            #expect(recorded == Schema.migrations.map(\.version))
+        }
+    }
+
+    @Test func partitionsAreCreatedAheadAndDroppedAfterRetention() async throws {
+        try await TestServices.withSchema { pool in
+            try await Migrator(migrations: Schema.migrations, logger: TestServices.logger).migrate(pool)
+            let manager = PartitionManager(logger: TestServices.logger)
+            let today = PartitionManager.Day(Timestamp.now())
+            // Twice, concurrently: idempotent and safe.
+            async let one: Void = manager.ensureAhead(from: today.adding(days: -10), daysAhead: 12, pool: pool)
+            async let two: Void = manager.ensureAhead(from: today.adding(days: -10), daysAhead: 12, pool: pool)
+            _ = try await (one, two)
+            for table in PartitionManager.Table.allCases {
+                let days = try await manager.partitions(of: table, pool: pool)
+                #expect(days == (0...12).map { today.adding(days: $0 - 10) }, "\(table)")
+            }
+            let dropped = try await manager.dropOlder(than: today.adding(days: -7), pool: pool)
+            #expect(dropped.count == 6)
+            #expect(dropped.contains(PartitionManager.partitionName(.jobRuns, today.adding(days: -10))))
+            for table in PartitionManager.Table.allCases {
+                #expect(try await manager.partitions(of: table, pool: pool).first == today.adding(days: -7))
+            }
+            #expect(try await manager.dropOlder(than: today.adding(days: -7), pool: pool).isEmpty)
+        }
+    }
+
+    @Test func aRowForADayWithoutAPartitionFailsLoudly() async throws {
+        try await TestServices.withSchema { pool in
+            try await Migrator(migrations: Schema.migrations, logger: TestServices.logger).migrate(pool)
+            let error = await #expect(throws: PostgresError.self) {
+                try await pool.query("""
+                    INSERT INTO job_runs (job_id, enqueued_at, type, tier, status) VALUES ($1::uuid, $2::timestamptz, 'noop', 'free', 'queued')
+                    """, [JobID.make(), Timestamp.now()])
+            }
+            #expect(error?.sqlState == PostgresError.noPartition)
+        }
+    }
+
+    @Test func hostileValuesLandVerbatim() async throws {
+        try await TestServices.withSchema { pool in
+            try await Migrator(migrations: Schema.migrations, logger: TestServices.logger).migrate(pool)
+            let now = Timestamp.now()
+            try await PartitionManager(logger: TestServices.logger).ensure(table: .jobRuns, day: PartitionManager.Day(now), pool: pool)
+            let id = JobID.make()
+            let hostile = #"'); DROP TABLE job_runs; -- "quoted" \ back\slash"#
+            let payload = try JSONSerialization.data(withJSONObject: ["note": hostile], options: [.sortedKeys])
+            try await pool.query("""
+                INSERT INTO job_runs (job_id, enqueued_at, type, tier, status, result, error)
+                VALUES ($1::uuid, $2::timestamptz, $3, $4, 'succeeded', $5::jsonb, $6)
+                ON CONFLICT (job_id, enqueued_at) DO NOTHING
+                """, [id, now, "noop", "free", PostgresJSON(bytes: [UInt8](payload)), hostile])
+            let row = try #require(try await pool.query(
+                "SELECT result->>'note', error, enqueued_at FROM job_runs WHERE job_id = $1::uuid", [id]).rows.first)
+            #expect(row[0] == hostile)
+            #expect(row[1] == hostile)
+            #expect(try row.timestamp(2) == now, "enqueued_at survives with microseconds")
+            #expect(try await pool.query("SELECT count(*) FROM job_runs").rows.first?.int(0) == 1)
+        }
+    }
+
+    @Test func sqlErrorsCarryTheirSQLStateAndTheConnectionStaysUsable() async throws {
+        try await TestServices.withSchema { pool in
+            try await pool.withConnection { connection in
+                let syntax = await #expect(throws: PostgresError.self) { try await connection.query("SELEC 1") }
+                #expect(syntax?.sqlState == "42601")
+                #expect(syntax?.code == .server)
+                let missing = await #expect(throws: PostgresError.self) { try await connection.query("SELECT * FROM no_such_table") }
+                #expect(missing?.sqlState == PostgresError.undefinedTable)
+                let answer = try await connection.query("SELECT $1::int + 1", [41]).rows.first?.int(0)
+                #expect(answer == 42)
+            }
+        }
+    }
+
+    @Test func transactionsRollBackOnError() async throws {
+        try await TestServices.withSchema { pool in
+            try await pool.query("CREATE TABLE t (v text PRIMARY KEY)")
+            await #expect(throws: PostgresError.self) {
+                try await pool.withTransaction { connection in
+                    try await connection.query("INSERT INTO t VALUES ($1)", ["a"])
+                    try await connection.query("INSERT INTO t VALUES ($1)", ["a"])
+                }
+            }
+            #expect(try await pool.query("SELECT count(*) FROM t").rows.first?.int(0) == 0)
+            try await pool.withTransaction { connection in try await connection.query("INSERT INTO t VALUES ($1)", ["b"]) }
+            #expect(try await pool.query("SELECT v FROM t").rows.map { $0[0] } == ["b"])
+        }
+    }
+
+    @Test func poolNeverExceedsItsLimit() async throws {
+        try await TestServices.withSchema { pool in
+            let results = try await withThrowingTaskGroup(of: Int.self) { group in
+                for _ in 0..<20 {
+                    group.addTask {
+                        try await pool.query("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", [pool.configuration.applicationName])
+                            .rows.first!.int(0)
+                    }
+                }
+                return try await group.reduce(into: [Int]()) { $0.append($1) }
+            }
+            #expect(results.allSatisfy { $0 >= 1 && $0 <= pool.configuration.maxConnections }, "\(results)")
+            #expect(results.contains { $0 > 1 }, "queries ran on several connections at once: \(results)")
+        }
+    }
+
+    @Test func unreachableDatabaseFailsClearly() async throws {
+        let pool = PostgresPool(configuration: PostgresConfiguration(url: "postgresql://warren:warren@127.0.0.1:1/warren", applicationName: "x"),
+                                logger: TestServices.logger)
+        let error = await #expect(throws: PostgresError.self) { try await pool.query("SELECT 1") }
+        #expect(error?.code == .connectionFailed)
+        await pool.close()
+    }
+}

@@ -1,0 +1,39 @@
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// The bits of RabbitMQ's management HTTP API the tests use to act on the broker from
+/// outside (closing a connection as a network failure would).
+enum Management {
+    static func request(_ method: String, _ path: String) async throws -> (Int, Data) {
+        let url = URL(string: TestServices.managementURL + path)!
+        var request = URLRequest(url: url)
+        request.httpMethod = method
+        request.setValue("Basic " + Data("guest:guest".utf8).base64EncodedString(), forHTTPHeaderField: "Authorization")
+        request.setValue("warren-tests", forHTTPHeaderField: "X-Reason")
+        let (data, response) = try await URLSession.shared.data(for: request)
+        return ((response as? HTTPURLResponse)?.statusCode ?? 0, data)
+    }
+
+    /// Names of the broker's connections whose client-given name is `clientName`.
+    static func connections(named clientName: String) async throws -> [String] {
+        let (_, data) = try await request("GET", "/api/connections")
+        let list = (try JSONSerialization.jsonObject(with: data) as? [[String: Any]]) ?? []
+        return list.compactMap { connection in
+            let properties = connection["client_properties"] as? [String: Any]
+            guard properties?["connection_name"] as? String == clientName else { return nil }
+            return connection["name"] as? String
+        }
+    }
+
+    /// Force-closes every connection named `clientName`; returns how many.
+    static func closeConnections(named clientName: String) async throws -> Int {
+        let names = try await connections(named: clientName)
+        for name in names {
+            let encoded = name.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? name
+            _ = try await request("DELETE", "/api/connections/\(encoded)")
+        }
+        return names.count
+    }
+}
