@@ -12,7 +12,10 @@
 #include <amqp_tcp_socket.h>
 #endif
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <sys/eventfd.h>
 #include <sys/time.h>
 
@@ -90,6 +93,13 @@ static inline void warren_eventfd_drain(int fd) {
 
 /// Waits until `socket_fd` is readable or `event_fd` is signalled, up to `timeout_ms`.
 /// Returns a bit mask: 1 = socket readable (or error/hang-up), 2 = event; 0 = timeout.
+// TCP_CORK around a burst of publishes: librabbitmq writes each frame with its own send(),
+// and without the cork every message becomes its own TCP segment (and its own trip through
+// the loopback receive path and the broker's reader). Uncorking flushes what is pending.
+static inline void warren_set_cork(int socket_fd, int on) {
+    setsockopt(socket_fd, IPPROTO_TCP, TCP_CORK, &on, sizeof on);
+}
+
 static inline int warren_wait(int socket_fd, int event_fd, int timeout_ms) {
     struct pollfd fds[2];
     int count = 0;

@@ -96,7 +96,7 @@ struct PublishCommand: AsyncParsableCommand {
             throw fail("job not published: \(error)", code: 1)
         }
         await publisher.close()
-        print(job.id.uuidString.lowercased())
+        print(job.id.lowercasedString)
     }
 
     private func publishMany(path: String, configuration: AMQPConfiguration, logger: Logger) async throws {

@@ -436,11 +436,16 @@ final class AMQPDriver: @unchecked Sendable {
 
     private func flushWaiting() {
         let window = configuration.publisherConfirms ? max(1, configuration.confirmWindow) : Int.max
+        let burst = min(waiting.count - waitingHead, window - confirms.outstanding)
+        // A burst goes out in full TCP segments; the uncork sends the tail at once.
+        let corked = burst > 1 && socketFD >= 0
+        if corked { warren_set_cork(socketFD, 1) }
         while waitingHead < waiting.count, confirms.outstanding < window, lostError == nil, !blocked {
             let item = waiting[waitingHead]
             waitingHead += 1
             publishNow(item)
         }
+        if corked && socketFD >= 0 { warren_set_cork(socketFD, 0) }
         if waitingHead == waiting.count {
             waiting.removeAll(keepingCapacity: true)
             waitingHead = 0

@@ -62,8 +62,14 @@ package struct JobEnvelope: Sendable, Equatable {
     package static func validateType(_ type: String) throws(JobError) {
         guard !type.isEmpty else { throw JobError(field: "type", message: "missing job type") }
         guard type.utf8.count <= 200 else { throw JobError(field: "type", message: "job type is longer than 200 bytes") }
-        let allowed = type.unicodeScalars.allSatisfy { scalar in
-            scalar.isASCII && (CharacterSet.alphanumerics.contains(scalar) || ".-_:".unicodeScalars.contains(scalar))
+        let allowed = type.utf8.allSatisfy { byte in
+            switch byte {
+            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+                 UInt8(ascii: "."), UInt8(ascii: "-"), UInt8(ascii: "_"), UInt8(ascii: ":"):
+                true
+            default:
+                false
+            }
         }
         guard allowed else {
             throw JobError(field: "type", message: "job type '\(type)' may only contain letters, digits, '.', '-', '_' and ':'")
@@ -73,9 +79,9 @@ package struct JobEnvelope: Sendable, Equatable {
     /// Checks that `payload` is one complete JSON value.
     package static func validatePayload(_ payload: [UInt8]) throws(JobError) {
         do {
-            _ = try JSONSerialization.jsonObject(with: Data(payload), options: [.fragmentsAllowed])
+            try JSONScanner.validate(payload)
         } catch {
-            throw JobError(field: "payload", message: "payload is not valid JSON")
+            throw JobError(field: "payload", message: "payload is not valid JSON: \(error)")
         }
     }
 
@@ -88,7 +94,7 @@ package struct JobEnvelope: Sendable, Equatable {
         var properties = AMQPProperties()
         properties.contentType = Self.contentType
         properties.deliveryMode = 2
-        properties.messageID = id.uuidString.lowercased()
+        properties.messageID = id.lowercasedString
         properties.type = type
         properties.timestamp = UInt64(max(0, enqueuedAt.unixSeconds))
         properties.correlationID = correlationID

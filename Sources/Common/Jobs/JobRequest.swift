@@ -10,8 +10,13 @@ package struct JobRequest: Sendable, Equatable {
     package var tenant: String?
 
     package init(type: String, tier: Tier, payload: [UInt8], idempotencyKey: String? = nil, tenant: String? = nil) throws(JobError) {
+        try self.init(type: type, tier: tier, payload: payload, idempotencyKey: idempotencyKey, tenant: tenant, payloadValidated: false)
+    }
+
+    private init(type: String, tier: Tier, payload: [UInt8], idempotencyKey: String?, tenant: String?,
+                 payloadValidated: Bool) throws(JobError) {
         try JobEnvelope.validateType(type)
-        try JobEnvelope.validatePayload(payload)
+        if !payloadValidated { try JobEnvelope.validatePayload(payload) }
         if let idempotencyKey { try Self.validateKey(idempotencyKey, field: "idempotency_key") }
         if let tenant { try Self.validateKey(tenant, field: "tenant") }
         self.type = type
@@ -22,48 +27,50 @@ package struct JobRequest: Sendable, Equatable {
     }
 
     /// Parses one JSON object (a line of a `--jsonl` file). `defaultTier` applies when the
-    /// object has no `tier`. Unknown keys are rejected so typos do not pass silently.
+    /// object has no `tier`. Unknown and duplicate keys are rejected so typos do not pass
+    /// silently. The payload is kept exactly as written (absent or `null` means `{}`).
     package init(jsonLine line: some Collection<UInt8>, defaultTier: Tier? = nil) throws(JobError) {
-        let object: Any
+        let bytes = Array(line)
+        let members: [JSONScanner.Member]
         do {
-            object = try JSONSerialization.jsonObject(with: Data(line), options: [])
+            members = try JSONScanner.objectMembers(bytes)
         } catch {
-            throw JobError(message: "not valid JSON")
+            throw JobError(message: error.reason == "expected a JSON object" ? "expected a JSON object" : "not valid JSON: \(error)")
         }
-        guard let fields = object as? [String: Any] else { throw JobError(message: "expected a JSON object") }
-        let known: Set<String> = ["type", "tier", "payload", "idempotency_key", "tenant"]
-        if let unknown = fields.keys.filter({ !known.contains($0) }).sorted().first {
-            throw JobError(field: unknown, message: "unknown field '\(unknown)' (expected \(known.sorted().joined(separator: ", ")))")
+        if let unknown = members.first(where: { !Self.fields.contains($0.key) }) {
+            throw JobError(field: unknown.key,
+                           message: "unknown field '\(unknown.key)' (expected \(Self.fields.sorted().joined(separator: ", ")))")
         }
-        guard let type = fields["type"] else { throw JobError(field: "type", message: "missing field 'type'") }
-        guard let typeName = type as? String else { throw JobError(field: "type", message: "'type' must be a string") }
+        func member(_ key: String) -> JSONScanner.Member? {
+            members.first { $0.key == key && $0.kind != .null }
+        }
+        func string(_ key: String) throws(JobError) -> String? {
+            guard let member = member(key) else { return nil }
+            guard member.kind == .string else { throw JobError(field: key, message: "'\(key)' must be a string") }
+            do {
+                return try JSONScanner.string(bytes, at: member.value)
+            } catch {
+                throw JobError(field: key, message: "'\(key)' is not a valid string")
+            }
+        }
+        guard let typeName = try string("type") else { throw JobError(field: "type", message: "missing field 'type'") }
         let tier: Tier
-        if let tierValue = fields["tier"] {
-            guard let tierName = tierValue as? String else { throw JobError(field: "tier", message: "'tier' must be a string") }
+        if let tierName = try string("tier") {
             tier = try Tier.parse(tierName)
         } else if let defaultTier {
             tier = defaultTier
         } else {
             throw JobError(field: "tier", message: "missing field 'tier'")
         }
-        let payload: [UInt8]
-        if let value = fields["payload"], !(value is NSNull) {
-            do {
-                payload = [UInt8](try JSONSerialization.data(withJSONObject: value, options: [.fragmentsAllowed, .sortedKeys]))
-            } catch {
-                throw JobError(field: "payload", message: "'payload' cannot be encoded as JSON")
-            }
-        } else {
-            payload = Array("{}".utf8)
-        }
-        func optionalString(_ key: String) throws(JobError) -> String? {
-            guard let value = fields[key], !(value is NSNull) else { return nil }
-            guard let string = value as? String else { throw JobError(field: key, message: "'\(key)' must be a string") }
-            return string
-        }
-        try self.init(type: typeName, tier: tier, payload: payload,
-                      idempotencyKey: try optionalString("idempotency_key"), tenant: try optionalString("tenant"))
+        let payload = member("payload").map { Array(bytes[$0.value]) } ?? Array("{}".utf8)
+        let idempotencyKey = try string("idempotency_key")
+        let tenant = try string("tenant")
+        // The scanner has validated the payload as part of the line.
+        try self.init(type: typeName, tier: tier, payload: payload, idempotencyKey: idempotencyKey, tenant: tenant,
+                      payloadValidated: true)
     }
+
+    private static let fields: Set<String> = ["type", "tier", "payload", "idempotency_key", "tenant"]
 
     /// A new envelope for this request (fresh id, enqueued now).
     package func envelope(correlationID: String? = nil, enqueuedAt: Timestamp = .now()) -> JobEnvelope {

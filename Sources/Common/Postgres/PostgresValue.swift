@@ -15,7 +15,7 @@ extension Int64: PostgresEncodable { package var postgresText: String? { String(
 extension Int32: PostgresEncodable { package var postgresText: String? { String(self) } }
 extension Double: PostgresEncodable { package var postgresText: String? { String(self) } }
 extension Bool: PostgresEncodable { package var postgresText: String? { self ? "t" : "f" } }
-extension UUID: PostgresEncodable { package var postgresText: String? { uuidString.lowercased() } }
+extension UUID: PostgresEncodable { package var postgresText: String? { lowercasedString } }
 extension Timestamp: PostgresEncodable { package var postgresText: String? { iso8601 } }
 extension Optional: PostgresEncodable where Wrapped: PostgresEncodable {
     package var postgresText: String? { self?.postgresText }

@@ -36,10 +36,28 @@ package struct Timestamp: Sendable, Hashable, Comparable, CustomStringConvertibl
         var time = time_t(seconds)
         var parts = tm()
         gmtime_r(&time, &parts)
-        return String(
-            format: "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ",
-            Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1, Int(parts.tm_mday),
-            Int(parts.tm_hour), Int(parts.tm_min), Int(parts.tm_sec), Int(micros))
+        // By hand: String(format:) was a tenth of `producer publish`'s CPU time.
+        var text = [UInt8]()
+        text.reserveCapacity(27)
+        func append(_ value: Int, digits: Int, then separator: UInt8?) {
+            var divisor = 1
+            for _ in 1..<digits { divisor *= 10 }
+            var rest = value
+            while divisor > 0 {
+                text.append(UInt8(ascii: "0") + UInt8(rest / divisor % 10))
+                rest %= divisor
+                divisor /= 10
+            }
+            if let separator { text.append(separator) }
+        }
+        append(Int(parts.tm_year) + 1900, digits: 4, then: UInt8(ascii: "-"))
+        append(Int(parts.tm_mon) + 1, digits: 2, then: UInt8(ascii: "-"))
+        append(Int(parts.tm_mday), digits: 2, then: UInt8(ascii: "T"))
+        append(Int(parts.tm_hour), digits: 2, then: UInt8(ascii: ":"))
+        append(Int(parts.tm_min), digits: 2, then: UInt8(ascii: ":"))
+        append(Int(parts.tm_sec), digits: 2, then: UInt8(ascii: "."))
+        append(Int(micros), digits: 6, then: UInt8(ascii: "Z"))
+        return String(decoding: text, as: UTF8.self)
     }
 
     /// Parses ISO 8601 / RFC 3339 with an optional fraction (up to 6 digits kept) and a `Z`

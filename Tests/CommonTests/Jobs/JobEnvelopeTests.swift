@@ -48,6 +48,14 @@ import Testing
         #expect(idTime.microseconds == 1_795_424_400_123_000)
     }
 
+    @Test func lowercasedStringMatchesFoundation() {
+        for _ in 0..<100 {
+            let id = UUID()
+            #expect(id.lowercasedString == id.uuidString.lowercased())
+        }
+        #expect(JobID.make().lowercasedString.count == 36)
+    }
+
     @Test func uuidv7IdsSortByTime() {
         let ids = (0..<100).map { JobID.make(at: Timestamp(microseconds: Int64($0) * 1_000 + 1_700_000_000_000_000)) }
         #expect(ids.map { $0.uuidString } == ids.map { $0.uuidString }.sorted())
@@ -85,9 +93,19 @@ import Testing
         let request = try JobRequest(jsonLine: Array(#"{"type":"noop","tier":"free","payload":{"b":1,"a":"x"},"idempotency_key":"k","tenant":"t"}"#.utf8))
         #expect(request.type == "noop")
         #expect(request.tier == .free)
-        #expect(String(decoding: request.payload, as: UTF8.self) == #"{"a":"x","b":1}"#)
+        #expect(String(decoding: request.payload, as: UTF8.self) == #"{"b":1,"a":"x"}"#, "kept byte for byte")
         #expect(request.idempotencyKey == "k")
         #expect(request.tenant == "t")
+    }
+
+    @Test func escapedStringsAreDecodedAndNullMeansAbsent() throws {
+        let line = #"{"type":"no\u006fp","tier":"fr\u0065e","payload":null,"tenant":"caf\u00e9 \ud83d\ude00","idempotency_key":null}"#
+        let request = try JobRequest(jsonLine: Array(line.utf8))
+        #expect(request.type == "noop")
+        #expect(request.tier == .free)
+        #expect(request.payload == Array("{}".utf8))
+        #expect(request.tenant == "café 😀")
+        #expect(request.idempotencyKey == nil)
     }
 
     @Test func defaultTierAppliesOnlyWhenMissing() throws {
@@ -106,6 +124,9 @@ import Testing
         (#"{"type":7,"tier":"free"}"#, "type"),
         (#"{"type":"noop","tier":"free","payload":{},"extra":1}"#, "extra"),
         (#"{"type":"noop","tier":"free","tenant":5}"#, "tenant"),
+        (#"{"type":"noop","tier":"free","payload":{"a":01}}"#, nil),
+        (#"{"type":"noop","type":"noop","tier":"free"}"#, nil),
+        (#"{"type":"noop","tier":"free"} x"#, nil),
     ])
     func rejectsBadLines(_ line: String, _ field: String?) {
         let error = #expect(throws: JobError.self) { _ = try JobRequest(jsonLine: Array(line.utf8)) }
