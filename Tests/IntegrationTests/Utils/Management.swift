@@ -6,10 +6,14 @@ import FoundationNetworking
 /// The bits of RabbitMQ's management HTTP API the tests use to act on the broker from
 /// outside (closing a connection as a network failure would).
 enum Management {
-    static func request(_ method: String, _ path: String) async throws -> (Int, Data) {
+    static func request(_ method: String, _ path: String, json: String? = nil) async throws -> (Int, Data) {
         let url = URL(string: TestServices.managementURL + path)!
         var request = URLRequest(url: url)
         request.httpMethod = method
+        if let json {
+            request.httpBody = Data(json.utf8)
+            request.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        }
         request.setValue("Basic " + Data("guest:guest".utf8).base64EncodedString(), forHTTPHeaderField: "Authorization")
         request.setValue("warren-tests", forHTTPHeaderField: "X-Reason")
         let (data, response) = try await URLSession.shared.data(for: request)
@@ -36,4 +40,24 @@ enum Management {
         }
         return names.count
     }
+
+    /// Creates a virtual host that guest may use fully; tests that need the real tier queues
+    /// to themselves (their depth, their consumers) work in one of their own.
+    static func createVhost(_ name: String) async throws {
+        let (status, body) = try await request("PUT", "/api/vhosts/\(name)", json: "{}")
+        guard (200..<300).contains(status) else { throw ManagementError(status: status, body: body) }
+        let (granted, grantBody) = try await request("PUT", "/api/permissions/\(name)/guest",
+                                                     json: #"{"configure":".*","write":".*","read":".*"}"#)
+        guard (200..<300).contains(granted) else { throw ManagementError(status: granted, body: grantBody) }
+    }
+
+    static func deleteVhost(_ name: String) async throws {
+        _ = try await request("DELETE", "/api/vhosts/\(name)")
+    }
+}
+
+struct ManagementError: Error, CustomStringConvertible {
+    var status: Int
+    var body: Data
+    var description: String { "management API answered \(status): \(String(decoding: body, as: UTF8.self))" }
 }

@@ -37,17 +37,17 @@ enum TestServices {
         return logger
     }()
 
-    static func amqpConfiguration(_ name: String) throws -> AMQPConfiguration {
-        var configuration = try AMQPConfiguration(url: amqpURL, connectionName: name)
+    static func amqpConfiguration(_ name: String, url: String = amqpURL) throws -> AMQPConfiguration {
+        var configuration = try AMQPConfiguration(url: url, connectionName: name)
         configuration.heartbeat = .seconds(10)
         configuration.reconnectBackoff = Backoff(base: .milliseconds(50), cap: .milliseconds(500), floor: .milliseconds(10))
         return configuration
     }
 
     /// A connected AMQP connection that declared the standard topology; closed after `body`.
-    static func withConnection<T: Sendable>(_ name: String, declareTopology: Bool = true,
+    static func withConnection<T: Sendable>(_ name: String, url: String = amqpURL, declareTopology: Bool = true,
                                             _ body: (AMQPConnection) async throws -> T) async throws -> T {
-        let connection = AMQPConnection(configuration: try amqpConfiguration(name), logger: logger) { control in
+        let connection = AMQPConnection(configuration: try amqpConfiguration(name, url: url), logger: logger) { control in
             if declareTopology { try Topology.standard.declare(on: control) }
         }
         try await connection.connect()
@@ -57,6 +57,22 @@ enum TestServices {
             return value
         } catch {
             await connection.close()
+            throw error
+        }
+    }
+
+    /// A fresh virtual host (deleted afterwards) and the AMQP URL that points into it.
+    static func withVhost<T: Sendable>(_ body: (_ amqpURL: String) async throws -> T) async throws -> T {
+        let vhost = "warren-test-" + UUID().uuidString.prefix(8).lowercased()
+        try await Management.createVhost(vhost)
+        guard let slash = amqpURL.lastIndex(of: "/") else { throw ManagementError(status: 0, body: Data("bad WARREN_AMQP_URL".utf8)) }
+        let url = amqpURL[..<slash] + "/" + vhost
+        do {
+            let value = try await body(String(url))
+            try await Management.deleteVhost(vhost)
+            return value
+        } catch {
+            try? await Management.deleteVhost(vhost)
             throw error
         }
     }

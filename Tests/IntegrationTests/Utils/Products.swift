@@ -1,0 +1,70 @@
+import Foundation
+import Testing
+
+/// Runs the package's executables (`producer`, `consumer`, `scheduler`) as a user would, from
+/// the build folder the test bundle sits in (`swift build --build-tests` builds them too).
+enum Products {
+    struct Output: Sendable {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+    }
+
+    static func url(_ product: String) throws -> URL {
+        let folder = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        let url = folder.appendingPathComponent(product)
+        guard FileManager.default.isExecutableFile(atPath: url.path) else {
+            Issue.record("\(product) is not built next to the tests (\(folder.path)); run `swift build --build-tests`")
+            throw CancellationError()
+        }
+        return url
+    }
+
+    /// Runs `product` to completion with `arguments`, extra `environment` and `stdin`, without
+    /// blocking the cooperative pool (the wait is a termination handler).
+    static func run(_ product: String, _ arguments: [String], environment: [String: String] = [:],
+                    stdin: String? = nil) async throws -> Output {
+        let process = Process()
+        process.executableURL = try url(product)
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        let out = Pipe(), err = Pipe(), input = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = input
+        let collected = OutputCollector()
+        out.fileHandleForReading.readabilityHandler = { handle in collected.append(handle.availableData, error: false) }
+        err.fileHandleForReading.readabilityHandler = { handle in collected.append(handle.availableData, error: true) }
+        let status: Int32 = try await withCheckedThrowingContinuation { continuation in
+            process.terminationHandler = { process in continuation.resume(returning: process.terminationStatus) }
+            do {
+                try process.run()
+            } catch {
+                continuation.resume(throwing: error)
+                return
+            }
+            if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
+            try? input.fileHandleForWriting.close()
+        }
+        out.fileHandleForReading.readabilityHandler = nil
+        err.fileHandleForReading.readabilityHandler = nil
+        collected.append(out.fileHandleForReading.readDataToEndOfFile(), error: false)
+        collected.append(err.fileHandleForReading.readDataToEndOfFile(), error: true)
+        let (stdout, stderr) = collected.text
+        return Output(status: status, stdout: stdout, stderr: stderr)
+    }
+}
+
+private final class OutputCollector: @unchecked Sendable {
+    private let lock = NSLock()
+    private var out = Data()
+    private var err = Data()
+
+    func append(_ data: Data, error: Bool) {
+        lock.withLock { if error { err.append(data) } else { out.append(data) } }
+    }
+
+    var text: (String, String) {
+        lock.withLock { (String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self)) }
+    }
+}
