@@ -1,11 +1,116 @@
+import ArgumentParser
+import Common
 import Foundation
+import Logging
+import ServiceLifecycle
+import UnixSignals
 
-/// `consumer --tier ...` arrives with the tier consumer pools issue; until then it says so
-/// and exits non-zero rather than pretending to consume.
+/// `consumer --tier free`: works one tier's queue until SIGTERM or SIGINT (graceful: no new
+/// deliveries, in-flight jobs finish within the grace period, results flushed and acked).
 @main
-struct ConsumerMain {
-    static func main() {
-        FileHandle.standardError.write(Data("consumer: not built yet (tier consumer pools are the next issue); nothing consumes the queues\n".utf8))
-        exit(64)
+struct ConsumerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "consumer",
+        abstract: "Run one tier's jobs: prefetch admission, durable results, then ack.",
+        discussion: """
+            Defaults per tier (concurrency / prefetch): enterprise 64 / 1000, premium 32 / 600, free 16 / 300. \
+            Every option also reads a WARREN_* variable (see README.md); flags win.
+            """)
+
+    @Option(help: "Tier whose queue to work: enterprise, premium or free (default: $WARREN_TIER).")
+    var tier: String?
+
+    @Option(help: "Jobs run at once (default: $WARREN_CONCURRENCY or the tier's).")
+    var concurrency: Int?
+
+    @Option(help: "Unacknowledged deliveries held at once, per consumer (default: $WARREN_PREFETCH or the tier's).")
+    var prefetch: Int?
+
+    @Option(help: "Drain mode: exit 0 once the queue stayed empty this long, e.g. 2s or 500ms.")
+    var exitWhenIdle: String?
+
+    @Option(help: "Seconds in-flight jobs get to finish on SIGTERM (default: $WARREN_SHUTDOWN_GRACE_SECONDS or 25).")
+    var shutdownGrace: Double?
+
+    @Option(help: "AMQP URL or comma-separated list (default: $WARREN_AMQP_URL).")
+    var amqpURL: String?
+
+    @Option(help: "Postgres URL (default: $WARREN_DATABASE_URL).")
+    var databaseURL: String?
+
+    func run() async throws {
+        let logger = Observability.bootstrap(service: "consumer")
+        let environment = ProcessInfo.processInfo.environment
+        let consumerConfiguration: ConsumerConfiguration
+        let settings: Settings
+        let amqp: AMQPConfiguration
+        do {
+            settings = try Settings(environment: environment)
+            guard let tierName = tier ?? environment["WARREN_TIER"] else {
+                throw ValidationError("--tier is required (enterprise, premium or free)")
+            }
+            let parsedTier: Tier
+            do { parsedTier = try Tier.parse(tierName) } catch { throw ValidationError("--tier: \(error.message)") }
+            var configuration = try ConsumerConfiguration(tier: parsedTier, environment: environment)
+            if let concurrency {
+                guard (1...10_000).contains(concurrency) else { throw ValidationError("--concurrency must be 1...10000") }
+                configuration.concurrency = concurrency
+            }
+            if let prefetch {
+                guard (1...65_535).contains(prefetch) else { throw ValidationError("--prefetch must be 1...65535") }
+                configuration.prefetch = UInt16(prefetch)
+            }
+            if let shutdownGrace {
+                guard (0...3_600).contains(shutdownGrace) else { throw ValidationError("--shutdown-grace must be 0...3600 seconds") }
+                configuration.shutdownGrace = .milliseconds(Int64(shutdownGrace * 1_000))
+            }
+            if let exitWhenIdle {
+                guard let idle = parseDuration(exitWhenIdle) else {
+                    throw ValidationError("--exit-when-idle: expected a duration like 2s or 500ms, got '\(exitWhenIdle)'")
+                }
+                configuration.exitWhenIdle = idle
+            }
+            consumerConfiguration = configuration
+            amqp = try AMQPConfiguration(url: amqpURL ?? settings.amqpURL, connectionName: "consumer \(configuration.consumerID)")
+        } catch let error as ValidationError {
+            throw error
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        var database = settings.postgres(applicationName: "warren-consumer-\(consumerConfiguration.tier.rawValue)")
+        if let databaseURL { database.url = databaseURL }
+        database.maxConnections = 4
+
+        let consumer = JobConsumer(configuration: consumerConfiguration, amqp: amqp, database: database,
+                                   handlers: .builtIn, logger: logger)
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: ConsumerService(consumer: consumer), successTerminationBehavior: .gracefullyShutdownGroup)],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger))
+        try await group.run()
+    }
+}
+
+/// `2s`, `500ms`, `1.5s`, `1m`, or a bare number of seconds.
+func parseDuration(_ text: String) -> Duration? {
+    let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60)]
+    for (suffix, scale) in units where text.hasSuffix(suffix) {
+        guard let value = Double(text.dropLast(suffix.count)), value > 0 else { return nil }
+        return .milliseconds(Int64(value * scale * 1_000))
+    }
+    guard let seconds = Double(text), seconds > 0 else { return nil }
+    return .milliseconds(Int64(seconds * 1_000))
+}
+
+/// The consumer as a swift-service-lifecycle service: graceful shutdown calls `stop()`.
+struct ConsumerService: Service {
+    let consumer: JobConsumer
+
+    func run() async throws {
+        _ = try await withGracefulShutdownHandler {
+            try await consumer.run()
+        } onGracefulShutdown: {
+            consumer.stop()
+        }
     }
 }

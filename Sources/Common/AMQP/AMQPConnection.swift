@@ -150,6 +150,19 @@ package final class AMQPConnection: Sendable {
         try await onThread { driver in try driver.settle(delivery, kind: .ack(multiple: multiple)) }
     }
 
+    /// Acks a batch of deliveries in one trip to the connection's thread, with `multiple`
+    /// where the tags allow. Returns those that came on an earlier connection: the broker has
+    /// requeued them, so they were not acked.
+    @discardableResult
+    package func ack(_ deliveries: [AMQPDelivery]) async throws -> [AMQPDelivery] {
+        guard !deliveries.isEmpty else { return [] }
+        return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<[AMQPDelivery], any Error>) in
+            post(Command(
+                run: { driver in continuation.resume(with: Result { try driver.ackBatch(deliveries) }) },
+                fail: { _ in continuation.resume(returning: deliveries) }))
+        }
+    }
+
     /// Negatively acknowledges `delivery`; `requeue: false` dead-letters it (if the queue has a DLX).
     package func nack(_ delivery: AMQPDelivery, multiple: Bool = false, requeue: Bool) async throws {
         try await onThread { driver in try driver.settle(delivery, kind: .nack(multiple: multiple, requeue: requeue)) }

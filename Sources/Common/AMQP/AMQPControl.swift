@@ -57,6 +57,14 @@ package struct AMQPControl {
         try driver.check(amqp_get_rpc_reply(state), "amqp_queue_bind(\(queue) <- \(exchange))", code: .serverClosed, state: state)
     }
 
+    /// Removes a binding; removing one that does not exist is not an error.
+    package func unbindQueue(_ queue: String, exchange: String, routingKey: String, arguments: AMQPTable = AMQPTable()) throws(AMQPError) {
+        let state = try state("amqp_queue_unbind")
+        let arena = CArena()
+        amqp_queue_unbind(state, AMQPDriver.controlChannel, arena.bytes(queue), arena.bytes(exchange), arena.bytes(routingKey), arena.table(arguments))
+        try driver.check(amqp_get_rpc_reply(state), "amqp_queue_unbind(\(queue) <- \(exchange))", code: .serverClosed, state: state)
+    }
+
     /// Deletes a queue; returns how many messages it held.
     @discardableResult
     package func deleteQueue(_ name: String) throws(AMQPError) -> UInt32 {

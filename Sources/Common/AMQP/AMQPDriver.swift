@@ -34,6 +34,8 @@ final class AMQPDriver: @unchecked Sendable {
         var tag: String
         var channel: amqp_channel_t
         var cancelled = false
+        /// Unacknowledged delivery tags on `channel` (reset with each new channel).
+        var tags = DeliveryTagTracker()
 
         init(request: ConsumeRequest, continuation: AsyncThrowingStream<AMQPDelivery, any Error>.Continuation, tag: String, channel: amqp_channel_t) {
             self.request = request
@@ -257,6 +259,7 @@ final class AMQPDriver: @unchecked Sendable {
                 let tag = try subscribe(consumer.request, tag: consumer.tag)
                 consumer.tag = tag
                 consumer.channel = nextConsumerChannel - 1
+                consumer.tags = DeliveryTagTracker()
                 consumers[tag] = consumer
             } catch {
                 consumer.continuation.finish(throwing: error)
@@ -359,7 +362,10 @@ final class AMQPDriver: @unchecked Sendable {
                 channel: frame.channel,
                 generation: generation)
             amqp_destroy_message(&message)
-            consumers[delivery.consumerTag]?.continuation.yield(delivery)
+            if let consumer = consumers[delivery.consumerTag] {
+                consumer.tags.receive(delivery.deliveryTag)
+                consumer.continuation.yield(delivery)
+            }
         case WARREN_BASIC_ACK:
             let ack = method.decoded.assumingMemoryBound(to: amqp_basic_ack_t.self).pointee
             settleConfirms(tag: ack.delivery_tag, multiple: ack.multiple != 0, nacked: false)
@@ -533,6 +539,20 @@ final class AMQPDriver: @unchecked Sendable {
         guard delivery.generation == generation, lostError == nil, let state else {
             throw AMQPError(.connectionLost, function: "settle", message: "delivery \(delivery.deliveryTag) came on an earlier connection; the broker has requeued it")
         }
+        // Never settle a tag twice (the broker would close the channel): the tracker knows
+        // what is outstanding.
+        if let consumer = consumers[delivery.consumerTag] {
+            let multiple: Bool
+            switch kind {
+            case .ack(let flag), .nack(let flag, _): multiple = flag
+            case .reject: multiple = false
+            }
+            if multiple {
+                consumer.tags.settleAll(upTo: delivery.deliveryTag)
+            } else if consumer.tags.settle(CollectionOfOne(delivery.deliveryTag)).isEmpty {
+                throw AMQPError(.invalidArgument, function: "settle", message: "delivery \(delivery.deliveryTag) is not outstanding (settled already?)")
+            }
+        }
         let status: Int32
         let function: String
         switch kind {
@@ -551,6 +571,33 @@ final class AMQPDriver: @unchecked Sendable {
             lose(error)
             throw error
         }
+    }
+
+    /// Acks a batch, with `multiple` where the tags allow. Returns the deliveries that came on
+    /// an earlier connection (the broker requeued those; they were not acked).
+    func ackBatch(_ deliveries: [AMQPDelivery]) throws -> [AMQPDelivery] {
+        guard lostError == nil, let state else { return deliveries }
+        var stale: [AMQPDelivery] = []
+        var byConsumer: [String: [UInt64]] = [:]
+        for delivery in deliveries {
+            if delivery.generation != generation || consumers[delivery.consumerTag] == nil {
+                stale.append(delivery)
+            } else {
+                byConsumer[delivery.consumerTag, default: []].append(delivery.deliveryTag)
+            }
+        }
+        for (tag, tags) in byConsumer {
+            guard let consumer = consumers[tag] else { continue }
+            for ack in consumer.tags.settle(tags) {
+                let status = amqp_basic_ack(state, consumer.channel, ack.tag, ack.multiple ? 1 : 0)
+                if status != AMQP_STATUS_OK.rawValue {
+                    let error = AMQPError.status(status, "amqp_basic_ack", code: .connectionLost)
+                    lose(error)
+                    throw error
+                }
+            }
+        }
+        return stale
     }
 
     // MARK: - RPC replies

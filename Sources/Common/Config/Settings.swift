@@ -6,6 +6,7 @@ package struct Settings: Sendable {
     package enum Key {
         package static let amqpURL = "WARREN_AMQP_URL"
         package static let databaseURL = "WARREN_DATABASE_URL"
+        package static let databaseSchema = "WARREN_DATABASE_SCHEMA"
         package static let partitionDaysAhead = "WARREN_PARTITION_DAYS_AHEAD"
         package static let retentionDays = "WARREN_RETENTION_DAYS"
         package static let upkeepInterval = "WARREN_UPKEEP_INTERVAL_SECONDS"
@@ -16,6 +17,8 @@ package struct Settings: Sendable {
 
     package var amqpURL: String
     package var databaseURL: String
+    /// The schema Warren's tables live in (`search_path`); nil for the role's default.
+    package var databaseSchema: String?
     /// Daily partitions kept ready ahead of today.
     package var partitionDaysAhead: Int
     /// Days of job_runs and message_logs kept; older partitions are dropped.
@@ -37,9 +40,22 @@ package struct Settings: Sendable {
         }
         amqpURL = nonEmpty(Key.amqpURL) ?? Self.defaultAMQPURL
         databaseURL = nonEmpty(Key.databaseURL) ?? Self.defaultDatabaseURL
+        databaseSchema = nonEmpty(Key.databaseSchema)
+        if let schema = databaseSchema, !schema.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_") }) {
+            throw SettingsError(key: Key.databaseSchema, message: "must be a plain identifier (letters, digits, _), got '\(schema)'")
+        }
         partitionDaysAhead = try integer(Key.partitionDaysAhead, default: 7, range: 1...366)
         retentionDays = try integer(Key.retentionDays, default: 30, range: 1...3660)
         upkeepIntervalSeconds = try integer(Key.upkeepInterval, default: 300, range: 1...86_400)
+    }
+}
+
+extension Settings {
+    /// The Postgres configuration for `service` (its `application_name`).
+    package func postgres(applicationName: String) -> PostgresConfiguration {
+        var configuration = PostgresConfiguration(url: databaseURL, applicationName: applicationName)
+        if let databaseSchema { configuration.searchPath = databaseSchema }
+        return configuration
     }
 }
 

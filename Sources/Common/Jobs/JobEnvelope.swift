@@ -39,7 +39,10 @@ package struct JobEnvelope: Sendable, Equatable {
         package static let idempotencyKey = "x-warren-idempotency-key"
         package static let tenant = "x-warren-tenant"
         package static let traceparent = "traceparent"
-        package static let retryDelay = "x-warren-retry-delay"
+        /// Routes a retry to its delay queue through the `warren.retry` headers exchange. Not
+        /// `x-` prefixed: a headers exchange ignores binding arguments starting with `x-`, so
+        /// such a binding would match every message.
+        package static let retryDelay = "warren-retry-delay"
         package static let deadReason = "x-warren-dead-reason"
         package static let lastError = "x-warren-last-error"
     }

@@ -106,5 +106,11 @@ package struct Topology: Sendable, Equatable {
         for binding in bindings {
             try control.bindQueue(binding.queue, exchange: binding.exchange, routingKey: binding.routingKey, arguments: binding.arguments)
         }
+        // Brokers set up before 2026-11-23 carry retry bindings keyed on `x-warren-retry-delay`,
+        // which a headers exchange ignores (so they matched every retry): remove them.
+        for delay in Self.retryDelays {
+            try control.unbindQueue(delay.queueName, exchange: Self.retryExchange, routingKey: "",
+                                    arguments: ["x-match": .string("all"), "x-warren-retry-delay": .string(delay.label)])
+        }
     }
 }

@@ -151,3 +151,35 @@ package struct PartitionManager: Sendable {
         return dropped
     }
 }
+
+extension PartitionManager {
+    /// Session advisory lock key that makes one upkeep round run at a time across schedulers.
+    package static let upkeepLockKey: Int64 = 0x5741_5252_454E_0003
+
+    /// One upkeep round: partitions for today and `daysAhead` more, and those older than
+    /// `retentionDays` dropped. Runs only if no other process is in a round (a try-lock on a
+    /// session advisory lock); returns false when it skipped for that reason.
+    @discardableResult
+    package func upkeep(daysAhead: Int, retentionDays: Int, pool: PostgresPool, now: Timestamp = .now()) async throws -> Bool {
+        try await pool.withConnection { connection in
+            let locked = try await connection.query("SELECT pg_try_advisory_lock($1)", [Self.upkeepLockKey]).rows.first?.bool(0) ?? false
+            guard locked else {
+                logger.debug("partition upkeep skipped: another process holds the upkeep lock")
+                return false
+            }
+            do {
+                let today = Day(now)
+                try await ensureAhead(from: today, daysAhead: daysAhead, pool: pool)
+                let dropped = try await dropOlder(than: today.adding(days: -retentionDays), pool: pool)
+                logger.info("partition upkeep done", metadata: [
+                    "days_ahead": "\(daysAhead)", "retention_days": "\(retentionDays)", "dropped": "\(dropped.count)",
+                ])
+                _ = try await connection.query("SELECT pg_advisory_unlock($1)", [Self.upkeepLockKey])
+                return true
+            } catch {
+                _ = try? await connection.query("SELECT pg_advisory_unlock($1)", [Self.upkeepLockKey])
+                throw error
+            }
+        }
+    }
+}

@@ -1,0 +1,99 @@
+import Foundation
+
+/// How one consumer process works its tier's queue. Every field has a `WARREN_*` variable
+/// (see `init(tier:environment:)` and the README) and the `consumer` command's flags win.
+package struct ConsumerConfiguration: Sendable {
+    package var tier: Tier
+    /// Jobs run at once (a bounded task group).
+    package var concurrency: Int
+    /// Unacknowledged deliveries the broker may push to this consumer (per-consumer QoS).
+    /// Finished jobs wait for their batch write before their ack, so this should exceed
+    /// `concurrency` by about a batch.
+    package var prefetch: UInt16
+    /// A result batch is written when it has this many rows ...
+    package var batchMaxRows: Int
+    /// ... or when its first row waited this long.
+    package var batchMaxDelay: Duration
+    /// On SIGTERM, how long in-flight jobs may take to finish before they are handed back.
+    package var shutdownGrace: Duration
+    /// Drain mode: exit once the queue stayed empty this long and everything is flushed.
+    package var exitWhenIdle: Duration?
+    package var retry: RetryPolicy
+    /// Per job type retry policies, overriding `retry`.
+    package var retryByType: [String: RetryPolicy]
+    /// Names this process in `job_runs.consumer_id` and the broker's connection list.
+    package var consumerID: String
+
+    /// Defaults per tier, tuned with `infra/bench/run` (see BENCHMARKS.md): paid tiers get
+    /// more concurrency and a deeper prefetch.
+    package static func defaults(for tier: Tier) -> (concurrency: Int, prefetch: UInt16) {
+        switch tier {
+        case .enterprise: (64, 1_000)
+        case .premium: (32, 600)
+        case .free: (16, 300)
+        }
+    }
+
+    package init(tier: Tier, concurrency: Int? = nil, prefetch: UInt16? = nil) {
+        let defaults = Self.defaults(for: tier)
+        self.tier = tier
+        self.concurrency = max(1, concurrency ?? defaults.concurrency)
+        self.prefetch = max(1, prefetch ?? defaults.prefetch)
+        batchMaxRows = 500
+        batchMaxDelay = .milliseconds(5)
+        shutdownGrace = .seconds(25)
+        exitWhenIdle = nil
+        retry = RetryPolicy()
+        retryByType = [:]
+        consumerID = "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)-\(tier.rawValue)"
+    }
+
+    /// Reads the `WARREN_*` variables over the tier's defaults.
+    package init(tier: Tier, environment: [String: String]) throws(SettingsError) {
+        self.init(tier: tier)
+        func value(_ key: String) -> String? {
+            guard let text = environment[key]?.trimmingCharacters(in: .whitespaces), !text.isEmpty else { return nil }
+            return text
+        }
+        func integer(_ key: String, _ range: ClosedRange<Int>) throws(SettingsError) -> Int? {
+            guard let text = value(key) else { return nil }
+            guard let number = Int(text), range.contains(number) else {
+                throw SettingsError(key: key, message: "must be an integer in \(range.lowerBound)...\(range.upperBound), got '\(text)'")
+            }
+            return number
+        }
+        func seconds(_ key: String, _ range: ClosedRange<Double>) throws(SettingsError) -> Duration? {
+            guard let text = value(key) else { return nil }
+            guard let number = Double(text), range.contains(number) else {
+                throw SettingsError(key: key, message: "must be a number of seconds in \(range.lowerBound)...\(range.upperBound), got '\(text)'")
+            }
+            return .milliseconds(Int64(number * 1_000))
+        }
+        if let number = try integer("WARREN_CONCURRENCY", 1...10_000) { concurrency = number }
+        if let number = try integer("WARREN_PREFETCH", 1...65_535) { prefetch = UInt16(number) }
+        if let number = try integer("WARREN_BATCH_MAX_ROWS", 1...10_000) { batchMaxRows = number }
+        if let number = try integer("WARREN_BATCH_MAX_DELAY_MS", 0...10_000) { batchMaxDelay = .milliseconds(number) }
+        if let duration = try seconds("WARREN_SHUTDOWN_GRACE_SECONDS", 0...3_600) { shutdownGrace = duration }
+        if let number = try integer("WARREN_RETRY_MAX_ATTEMPTS", 1...1_000) { retry.maxAttempts = number }
+        if let duration = try seconds("WARREN_RETRY_BASE_SECONDS", 0.001...86_400) {
+            retry.backoff.base = duration
+            retry.backoff.floor = min(retry.backoff.floor, duration)
+        }
+        if let duration = try seconds("WARREN_RETRY_CAP_SECONDS", 0.001...86_400) { retry.backoff.cap = duration }
+        if let text = value("WARREN_RETRY_MAX_ATTEMPTS_BY_TYPE") {
+            // "email.send=8,report.build=2"
+            for entry in text.split(separator: ",") {
+                let parts = entry.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+                guard parts.count == 2, let attempts = Int(parts[1]), attempts >= 1 else {
+                    throw SettingsError(key: "WARREN_RETRY_MAX_ATTEMPTS_BY_TYPE", message: "expects type=attempts,..., got '\(entry)'")
+                }
+                var policy = retry
+                policy.maxAttempts = attempts
+                retryByType[parts[0]] = policy
+            }
+        }
+        if let id = value("WARREN_CONSUMER_ID") { consumerID = id }
+    }
+
+    package func retryPolicy(for type: String) -> RetryPolicy { retryByType[type] ?? retry }
+}

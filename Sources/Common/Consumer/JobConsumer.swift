@@ -1,0 +1,481 @@
+import Foundation
+import CoreMetrics
+import Logging
+import Metrics
+import Synchronization
+
+/// The consumer's metrics, created once (swift-metrics lookups are not free per job).
+package struct ConsumerMetrics: Sendable {
+    let outcomes: [String: Counter]
+    let duration: Metrics.Timer
+    let batchRows: Recorder
+    let writeDuration: Metrics.Timer
+    let writeFailures: Counter
+    let inFlight: Gauge
+
+    static let outcomeNames = ["succeeded", "retried", "failed", "dead", "duplicate", "malformed", "handed_back"]
+
+    package init(tier: Tier) {
+        let tierDimension = ("tier", tier.rawValue)
+        var outcomes: [String: Counter] = [:]
+        for name in Self.outcomeNames {
+            outcomes[name] = Counter(label: "warren_consumer_jobs_total", dimensions: [tierDimension, ("outcome", name)])
+        }
+        self.outcomes = outcomes
+        duration = Metrics.Timer(label: "warren_consumer_job_duration_seconds", dimensions: [tierDimension], preferredDisplayUnit: .seconds)
+        batchRows = Recorder(label: "warren_consumer_batch_rows", dimensions: [tierDimension])
+        writeDuration = Metrics.Timer(label: "warren_consumer_batch_write_seconds", dimensions: [tierDimension], preferredDisplayUnit: .seconds)
+        writeFailures = Counter(label: "warren_consumer_batch_write_failures_total", dimensions: [tierDimension])
+        inFlight = Gauge(label: "warren_consumer_jobs_in_flight", dimensions: [tierDimension])
+    }
+
+    func count(_ outcome: String) { outcomes[outcome]?.increment() }
+}
+
+/// Works one tier's queue: takes deliveries with per-consumer prefetch, runs each job's
+/// handler in a bounded task group, re-publishes retries and dead jobs with confirms, hands
+/// outcomes to the ``ResultWriter`` (durable, then acked), and shuts down gracefully.
+///
+/// The connection's thread only moves frames; job code runs on Swift's cooperative pool.
+package final class JobConsumer: Sendable {
+    package let configuration: ConsumerConfiguration
+    package let connection: AMQPConnection
+    private let pool: PostgresPool
+    private let store: JobRunStore
+    private let handlers: HandlerRegistry
+    private let writer: ResultWriter
+    private let metrics: ConsumerMetrics
+    private let logger: Logger
+    private let state = Mutex(State())
+
+    private struct State {
+        var stopRequested = false
+        var consumerTag: String?
+        var inFlight = 0
+        var idleWaiters: [CheckedContinuation<Void, Never>] = []
+        var lastDelivery = ContinuousClock.now
+        /// Past the shutdown deadline: outcomes of jobs still running are dropped (unacked).
+        var abandoned = false
+        var stoppedBecauseIdle = false
+    }
+
+    package init(configuration: ConsumerConfiguration, amqp: AMQPConfiguration, database: PostgresConfiguration,
+                 handlers: HandlerRegistry, logger: Logger) {
+        var logger = logger
+        logger[metadataKey: "tier"] = "\(configuration.tier.rawValue)"
+        logger[metadataKey: "consumer_id"] = "\(configuration.consumerID)"
+        self.configuration = configuration
+        self.logger = logger
+        self.handlers = handlers
+        connection = AMQPConnection(configuration: amqp, logger: logger) { control in
+            try Topology.standard.declare(on: control)
+        }
+        pool = PostgresPool(configuration: database, logger: logger)
+        store = JobRunStore(pool: pool, logger: logger)
+        metrics = ConsumerMetrics(tier: configuration.tier)
+        writer = ResultWriter(store: store, connection: connection, maxRows: configuration.batchMaxRows,
+                              maxDelay: configuration.batchMaxDelay, metrics: metrics, logger: logger)
+    }
+
+    /// Runs until ``stop()`` (or, in drain mode, until the queue stayed empty long enough),
+    /// then shuts down gracefully. Returns true when it stopped because it was idle.
+    @discardableResult
+    package func run() async throws -> Bool {
+        let queue = configuration.tier.queueName
+        let deliveries: AMQPDeliveries
+        do {
+            try await connection.connect()
+            _ = try await Migrator(migrations: Schema.migrations, logger: logger).migrate(pool)
+            deliveries = try await connection.consume(queue: queue, prefetch: configuration.prefetch,
+                                                      tag: "warren-\(configuration.consumerID)")
+        } catch {
+            await connection.close()
+            await pool.close()
+            throw error
+        }
+        let stopEarly = state.withLock { state -> Bool in
+            state.consumerTag = deliveries.consumerTag
+            state.lastDelivery = .now
+            return state.stopRequested
+        }
+        if stopEarly { cancelConsumer() }
+        logger.info("consumer started", metadata: [
+            "queue": "\(queue)", "prefetch": "\(configuration.prefetch)", "concurrency": "\(configuration.concurrency)",
+            "handlers": "\(handlers.types.joined(separator: ","))",
+        ])
+
+        let writerTask = Task { await writer.run() }
+        let idleMonitor = configuration.exitWhenIdle.map { idle in Task { await watchForIdle(idle) } }
+        let limiter = Limiter(limit: configuration.concurrency)
+
+        await withDiscardingTaskGroup { jobs in
+            do {
+                for try await delivery in deliveries {
+                    state.withLock { $0.lastDelivery = .now }
+                    await limiter.acquire()
+                    begin()
+                    jobs.addTask {
+                        await self.process(delivery)
+                        self.end()
+                        limiter.release()
+                    }
+                }
+            } catch {
+                logger.error("deliveries ended with an error", metadata: ["error": "\(error)"])
+            }
+            // No new deliveries. Let in-flight jobs finish within the grace period.
+            let finished = await waitForInFlight(until: .now + configuration.shutdownGrace)
+            if !finished {
+                let running = state.withLock { state -> Int in
+                    state.abandoned = true
+                    return state.inFlight
+                }
+                logger.warning("shutdown grace period over; handing back jobs still running (left unacked, the broker redelivers them)",
+                               metadata: ["jobs": "\(running)"])
+                jobs.cancelAll()
+            }
+        }
+        idleMonitor?.cancel()
+
+        // Flush what finished, ack it, then close (unacked deliveries go back to the queue).
+        writer.close()
+        let flushed = await withTaskGroup(of: Bool.self) { group in
+            group.addTask { await writerTask.value; return true }
+            group.addTask {
+                try? await Task.sleep(for: self.configuration.shutdownGrace)
+                return false
+            }
+            let first = await group.next() ?? true
+            if !first { self.writer.abandon() }
+            group.cancelAll()
+            await group.waitForAll()
+            return first
+        }
+        if !flushed { logger.warning("results still unwritten at the deadline were left unacked") }
+        await connection.close()
+        await pool.close()
+        let idle = state.withLock { $0.stoppedBecauseIdle }
+        logger.info("consumer stopped", metadata: ["reason": "\(idle ? "idle" : "shutdown")"])
+        return idle
+    }
+
+    /// Starts the graceful shutdown: cancel the consumer (no new deliveries), let in-flight
+    /// jobs finish within `shutdownGrace`, flush, ack, close. Safe to call more than once.
+    package func stop() {
+        let first = state.withLock { state -> Bool in
+            defer { state.stopRequested = true }
+            return !state.stopRequested
+        }
+        if first {
+            logger.info("shutting down: no new deliveries; finishing in-flight jobs",
+                        metadata: ["grace_seconds": "\(configuration.shutdownGrace.milliseconds / 1_000)"])
+            cancelConsumer()
+        }
+    }
+
+    private func cancelConsumer() {
+        guard let tag = state.withLock({ $0.consumerTag }) else { return }
+        Task { [connection, logger] in
+            do {
+                try await connection.cancel(consumerTag: tag)
+            } catch {
+                logger.warning("basic.cancel failed; closing the connection instead", metadata: ["error": "\(error)"])
+                await connection.close()
+            }
+        }
+    }
+
+    // MARK: - In-flight accounting
+
+    private func begin() {
+        let running = state.withLock { state -> Int in
+            state.inFlight += 1
+            return state.inFlight
+        }
+        metrics.inFlight.record(running)
+    }
+
+    private func end() {
+        let (running, waiters) = state.withLock { state -> (Int, [CheckedContinuation<Void, Never>]) in
+            state.inFlight -= 1
+            guard state.inFlight == 0 else { return (state.inFlight, []) }
+            defer { state.idleWaiters.removeAll() }
+            return (0, state.idleWaiters)
+        }
+        metrics.inFlight.record(running)
+        for waiter in waiters { waiter.resume() }
+    }
+
+    /// True if every in-flight job finished before `deadline`.
+    private func waitForInFlight(until deadline: ContinuousClock.Instant) async -> Bool {
+        await withTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                    let idle = self.state.withLock { state -> Bool in
+                        if state.inFlight == 0 { return true }
+                        state.idleWaiters.append(continuation)
+                        return false
+                    }
+                    if idle { continuation.resume() }
+                }
+                return true
+            }
+            group.addTask {
+                try? await Task.sleep(until: deadline)
+                return false
+            }
+            let first = await group.next() ?? true
+            if !first {
+                // Release the idle waiter so the group can finish.
+                let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+                    defer { state.idleWaiters.removeAll() }
+                    return state.idleWaiters
+                }
+                for waiter in waiters { waiter.resume() }
+            }
+            group.cancelAll()
+            return first
+        }
+    }
+
+    /// Drain mode: stops once nothing arrived for `idle`, nothing is running or unwritten,
+    /// and the broker says the queue is empty.
+    private func watchForIdle(_ idle: Duration) async {
+        let interval = min(Duration.milliseconds(250), idle / 4)
+        while !Task.isCancelled {
+            try? await Task.sleep(for: interval)
+            let (quietSince, running) = state.withLock { ($0.lastDelivery, $0.inFlight) }
+            guard running == 0, writer.pending == 0, ContinuousClock.now - quietSince >= idle else { continue }
+            let queue = configuration.tier.queueName
+            guard let depth = try? await connection.withControl({ control in try control.queueDepth(queue) }),
+                  depth.messages == 0 else { continue }
+            logger.info("queue stayed empty; exiting (drain mode)", metadata: ["idle_ms": "\(idle.milliseconds)"])
+            state.withLock { $0.stoppedBecauseIdle = true }
+            stop()
+            return
+        }
+    }
+
+    // MARK: - One delivery
+
+    private func process(_ delivery: AMQPDelivery) async {
+        let job: JobEnvelope
+        do {
+            job = try JobEnvelope(properties: delivery.properties, body: delivery.body)
+            if job.tier != configuration.tier {
+                throw JobError(field: JobEnvelope.Header.tier,
+                               message: "job for tier \(job.tier.rawValue) arrived on \(configuration.tier.queueName)")
+            }
+        } catch {
+            await deadLetterMalformed(delivery, reason: "malformed: \(error)")
+            return
+        }
+        var jobLogger = logger
+        jobLogger[metadataKey: "job_id"] = "\(job.id.lowercasedString)"
+        jobLogger[metadataKey: "job_type"] = "\(job.type)"
+        jobLogger[metadataKey: "attempt"] = "\(job.attempt)"
+
+        if delivery.redelivered {
+            do {
+                if let status = try await store.status(of: job), status.isTerminal {
+                    jobLogger.info("redelivered job already finished; acking without running it again",
+                                   metadata: ["status": "\(status.rawValue)"])
+                    metrics.count("duplicate")
+                    writer.submit(.init(record: JobRunRecord(job: job, run: nil, event: .duplicate,
+                                                             detail: Self.detail(["status": status.rawValue])),
+                                        delivery: delivery))
+                    return
+                }
+            } catch {
+                // Cannot tell: hand it back rather than risk a second run.
+                jobLogger.warning("cannot check a redelivered job's status; handing it back", metadata: ["error": "\(error)"])
+                try? await connection.nack(delivery, requeue: true)
+                metrics.count("handed_back")
+                return
+            }
+        }
+
+        let startedAt = Timestamp.now()
+        let clockStart = ContinuousClock.now
+        let outcome: JobOutcome
+        if let handler = handlers.handler(for: job.type) {
+            let context = JobContext(job: job, logger: jobLogger, deadline: clockStart + handler.timeout,
+                                     consumerID: configuration.consumerID)
+            outcome = await Self.run(handler, context)
+        } else {
+            outcome = .permanentFailure(error: "unknown job type '\(job.type)' (this consumer runs: \(handlers.types.joined(separator: ", ")))")
+        }
+        metrics.duration.recordNanoseconds((ContinuousClock.now - clockStart).nanoseconds)
+        if state.withLock({ $0.abandoned }) {
+            // Shutdown deadline passed while it ran: leave it unacked for another consumer.
+            metrics.count("handed_back")
+            return
+        }
+        await settle(job, outcome, delivery: delivery, startedAt: startedAt, logger: jobLogger)
+    }
+
+    /// Runs a handler, cancelling it when its timeout passes (a retryable failure).
+    private static func run(_ handler: any JobHandler, _ context: JobContext) async -> JobOutcome {
+        await withTaskGroup(of: JobOutcome?.self) { group in
+            group.addTask { await handler.run(context) }
+            group.addTask {
+                do {
+                    try await Task.sleep(until: context.deadline)
+                } catch {
+                    return nil
+                }
+                return .retry(error: "timed out after \(handler.timeout)", retryAfter: nil)
+            }
+            var outcome: JobOutcome?
+            while outcome == nil, let next = await group.next() {
+                if let next {
+                    outcome = next
+                    group.cancelAll()
+                }
+            }
+            return outcome ?? .retry("cancelled")
+        }
+    }
+
+    private func settle(_ job: JobEnvelope, _ outcome: JobOutcome, delivery: AMQPDelivery, startedAt: Timestamp, logger: Logger) async {
+        let finishedAt = Timestamp.now()
+        func run(_ status: JobStatus, result: [UInt8]? = nil, error: String? = nil) -> JobRunRecord.Run {
+            JobRunRecord.Run(status: status, attempts: job.attempt, result: result, error: error,
+                             consumerID: configuration.consumerID, startedAt: startedAt, finishedAt: finishedAt)
+        }
+        switch outcome {
+        case .success(let result):
+            var stored = result
+            if let result, (try? JSONScanner.validate(result)) == nil {
+                logger.warning("handler returned a result that is not JSON; storing it as a JSON string")
+                stored = Array(Self.jsonString(String(decoding: result, as: UTF8.self)).utf8)
+            }
+            metrics.count("succeeded")
+            writer.submit(.init(record: JobRunRecord(job: job, run: run(.succeeded, result: stored), event: .succeeded,
+                                                     loggedAt: finishedAt), delivery: delivery))
+
+        case .retry(let error, let retryAfter):
+            let policy = configuration.retryPolicy(for: job.type)
+            guard policy.allowsRetry(after: job.attempt) else {
+                await deadLetter(job, reason: "max-attempts", lastError: error, status: .dead, run: run(.dead, error: error),
+                                 delivery: delivery, logger: logger)
+                return
+            }
+            var generator = SystemRandomNumberGenerator()
+            let delay = policy.delayQueue(after: job.attempt, retryAfter: retryAfter, using: &generator)
+            var next = job
+            next.attempt += 1
+            var message = next.outgoingMessage
+            message.exchange = Topology.retryExchange
+            message.properties.headers[JobEnvelope.Header.retryDelay] = .string(delay.label)
+            message.properties.headers[JobEnvelope.Header.lastError] = .string(String(error.prefix(1_000)))
+            do {
+                try await connection.publish(message)
+            } catch let publishError {
+                logger.warning("retry publish failed; handing the job back", metadata: ["error": "\(publishError)"])
+                try? await connection.nack(delivery, requeue: true)
+                metrics.count("handed_back")
+                return
+            }
+            logger.info("job failed; retrying", metadata: ["error": "\(error)", "delay": "\(delay.label)"])
+            metrics.count("retried")
+            writer.submit(.init(record: JobRunRecord(job: job, run: run(.retrying, error: error), event: .retried,
+                                                     detail: Self.detail(["delay": delay.label, "error": error]),
+                                                     loggedAt: finishedAt), delivery: delivery))
+
+        case .permanentFailure(let error):
+            await deadLetter(job, reason: "permanent-failure", lastError: error, status: .failed, run: run(.failed, error: error),
+                             delivery: delivery, logger: logger)
+        }
+    }
+
+    /// Copies a job to `warren.jobs.dead` with its reason (confirmed), then records it.
+    private func deadLetter(_ job: JobEnvelope, reason: String, lastError: String, status: JobStatus, run: JobRunRecord.Run,
+                            delivery: AMQPDelivery, logger: Logger) async {
+        var message = job.outgoingMessage
+        message.exchange = Topology.deadExchange
+        message.properties.headers[JobEnvelope.Header.deadReason] = .string(reason)
+        message.properties.headers[JobEnvelope.Header.lastError] = .string(String(lastError.prefix(1_000)))
+        do {
+            try await connection.publish(message)
+        } catch {
+            logger.warning("dead-letter publish failed; handing the job back", metadata: ["error": "\(error)"])
+            try? await connection.nack(delivery, requeue: true)
+            metrics.count("handed_back")
+            return
+        }
+        logger.warning("job dead-lettered", metadata: ["reason": "\(reason)", "error": "\(lastError)"])
+        metrics.count(status == .dead ? "dead" : "failed")
+        writer.submit(.init(record: JobRunRecord(job: job, run: run, event: status == .dead ? .deadLettered : .failed,
+                                                 detail: Self.detail(["reason": reason, "error": lastError]),
+                                                 loggedAt: run.finishedAt), delivery: delivery))
+    }
+
+    /// A message that is not a job: copied as it is to the dead queue with the reason, acked.
+    private func deadLetterMalformed(_ delivery: AMQPDelivery, reason: String) async {
+        var properties = delivery.properties
+        properties.headers[JobEnvelope.Header.deadReason] = .string(String(reason.prefix(1_000)))
+        properties.headers["x-warren-original-routing-key"] = .string(delivery.routingKey)
+        let message = AMQPOutgoingMessage(exchange: Topology.deadExchange, routingKey: delivery.routingKey,
+                                          properties: properties, body: delivery.body, mandatory: true)
+        do {
+            try await connection.publish(message)
+        } catch {
+            logger.warning("dead-letter publish of a malformed message failed; handing it back", metadata: ["error": "\(error)"])
+            try? await connection.nack(delivery, requeue: true)
+            return
+        }
+        logger.warning("malformed message dead-lettered", metadata: ["reason": "\(reason)",
+                                                                     "message_id": "\(delivery.properties.messageID ?? "-")"])
+        metrics.count("malformed")
+        writer.submit(.init(record: nil, delivery: delivery))
+    }
+
+    private static func detail(_ fields: [String: String]) -> [UInt8]? {
+        guard let data = try? JSONSerialization.data(withJSONObject: fields, options: [.sortedKeys]) else { return nil }
+        return [UInt8](data)
+    }
+
+    private static func jsonString(_ text: String) -> String {
+        guard let data = try? JSONSerialization.data(withJSONObject: [text]),
+              let array = String(data: data, encoding: .utf8) else { return "null" }
+        return String(array.dropFirst().dropLast())
+    }
+}
+
+/// A counting semaphore for the bounded job group: `acquire` waits while `limit` jobs run.
+final class Limiter: Sendable {
+    private struct State {
+        var available: Int
+        var waiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    private let state: Mutex<State>
+
+    init(limit: Int) { state = Mutex(State(available: limit)) }
+
+    func acquire() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let granted = state.withLock { state -> Bool in
+                if state.available > 0 {
+                    state.available -= 1
+                    return true
+                }
+                state.waiters.append(continuation)
+                return false
+            }
+            if granted { continuation.resume() }
+        }
+    }
+
+    func release() {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            if state.waiters.isEmpty {
+                state.available += 1
+                return nil
+            }
+            return state.waiters.removeFirst()
+        }
+        waiter?.resume()
+    }
+}

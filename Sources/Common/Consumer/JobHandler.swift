@@ -1,0 +1,143 @@
+import Foundation
+import Logging
+
+/// What a job's handler decided.
+package enum JobOutcome: Sendable, Equatable {
+    /// Done; `result` (JSON text, optional) is stored in `job_runs.result`.
+    case success(result: [UInt8]?)
+    /// Failed, worth another try: retried with backoff (or after `retryAfter`) until the
+    /// retry policy's attempts are spent, then dead.
+    case retry(error: String, retryAfter: Duration?)
+    /// Failed for good (bad payload, refused by a downstream service): no retry; the row says
+    /// `failed` and the job is copied to `warren.jobs.dead` for inspection.
+    case permanentFailure(error: String)
+
+    package static var success: JobOutcome { .success(result: nil) }
+    package static func retry(_ error: String) -> JobOutcome { .retry(error: error, retryAfter: nil) }
+}
+
+/// What a handler gets besides the job: a logger carrying the job's metadata, the attempt,
+/// the idempotency key to pass downstream, and the deadline. Cancellation (shutdown past its
+/// deadline, a cancelled job) arrives as Swift task cancellation: check `Task.isCancelled`
+/// or use cancellable awaits such as `Task.sleep`.
+package struct JobContext: Sendable {
+    package var job: JobEnvelope
+    package var logger: Logger
+    package var deadline: ContinuousClock.Instant
+    package var consumerID: String
+
+    package var attempt: Int { job.attempt }
+    /// The key to hand to downstream services so a re-run does not repeat an effect: the
+    /// job's own idempotency key when the producer gave one, else its id.
+    package var idempotencyKey: String { job.idempotencyKey ?? job.id.lowercasedString }
+}
+
+/// Runs one type of job. Implementations are values shared by every concurrent job of that
+/// type, so they must be `Sendable` and keep no per-job state.
+///
+/// ```swift
+/// struct SendEmail: JobHandler {
+///     let type = "email.send"
+///     func run(_ context: JobContext) async -> JobOutcome {
+///         guard let message = try? JSONDecoder().decode(Email.self, from: Data(context.job.payload)) else {
+///             return .permanentFailure(error: "payload is not an email")
+///         }
+///         do {
+///             try await mailer.send(message, idempotencyKey: context.idempotencyKey)
+///             return .success
+///         } catch {
+///             return .retry("mailer: \(error)")
+///         }
+///     }
+/// }
+/// ```
+package protocol JobHandler: Sendable {
+    /// The job type this handler runs (`JobEnvelope.type`).
+    var type: String { get }
+    /// How long one run may take before it is cancelled and counted as a retryable failure.
+    var timeout: Duration { get }
+    func run(_ context: JobContext) async -> JobOutcome
+}
+
+extension JobHandler {
+    package var timeout: Duration { .seconds(300) }
+}
+
+/// The handlers a consumer knows, by job type. A job whose type is not here fails
+/// permanently with a reason that names the type.
+package struct HandlerRegistry: Sendable {
+    private var handlers: [String: any JobHandler] = [:]
+
+    package init(_ handlers: [any JobHandler] = []) {
+        for handler in handlers { register(handler) }
+    }
+
+    /// `noop`, `sleep` and `fail`: for demos, tests and benchmarks.
+    package static var builtIn: HandlerRegistry { HandlerRegistry([NoopHandler(), SleepHandler(), FailHandler()]) }
+
+    package mutating func register(_ handler: any JobHandler) { handlers[handler.type] = handler }
+
+    package func handler(for type: String) -> (any JobHandler)? { handlers[type] }
+
+    package var types: [String] { handlers.keys.sorted() }
+}
+
+// MARK: - Built-in handlers
+
+/// `noop`: succeeds at once. The benchmark's job.
+package struct NoopHandler: JobHandler {
+    package let type = "noop"
+    package init() {}
+    package func run(_ context: JobContext) async -> JobOutcome { .success }
+}
+
+/// `sleep` with `{"ms": 50}`: sleeps that long (cancellable), then succeeds.
+package struct SleepHandler: JobHandler {
+    package let type = "sleep"
+    package init() {}
+    package func run(_ context: JobContext) async -> JobOutcome {
+        guard let milliseconds = PayloadFields(context.job.payload)?.int("ms"), milliseconds >= 0 else {
+            return .permanentFailure(error: #"sleep needs a payload like {"ms": 50}"#)
+        }
+        do {
+            try await Task.sleep(for: .milliseconds(milliseconds))
+        } catch {
+            return .retry("cancelled while sleeping")
+        }
+        return .success(result: Array(#"{"slept_ms":\#(milliseconds)}"#.utf8))
+    }
+}
+
+/// `fail` with `{"times": 2}` fails that many attempts (retryable) then succeeds;
+/// `{"always": true}` always fails (retryable); `{"permanent": true}` fails permanently.
+package struct FailHandler: JobHandler {
+    package let type = "fail"
+    package init() {}
+    package func run(_ context: JobContext) async -> JobOutcome {
+        let fields = PayloadFields(context.job.payload)
+        if fields?.bool("permanent") == true { return .permanentFailure(error: "failed permanently, as asked") }
+        if fields?.bool("always") == true { return .retry("failed on attempt \(context.attempt), as asked (always)") }
+        let times = fields?.int("times") ?? 1
+        if context.attempt <= times { return .retry("failed on attempt \(context.attempt) of \(times), as asked") }
+        return .success(result: Array(#"{"attempts":\#(context.attempt)}"#.utf8))
+    }
+}
+
+/// Top-level fields of a small JSON object payload, for handlers that read one or two.
+package struct PayloadFields {
+    private let object: [String: Any]
+
+    package init?(_ payload: [UInt8]) {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(payload)) as? [String: Any] else { return nil }
+        self.object = object
+    }
+
+    package func int(_ key: String) -> Int? {
+        guard let value = object[key], !(value is Bool) else { return nil }
+        return value as? Int
+    }
+
+    package func bool(_ key: String) -> Bool? { object[key] as? Bool }
+
+    package func string(_ key: String) -> String? { object[key] as? String }
+}

@@ -1,0 +1,152 @@
+import Logging
+
+/// A job's status in `job_runs`.
+package enum JobStatus: String, Sendable, CaseIterable {
+    case queued, running, retrying, succeeded, failed, dead, cancelled
+
+    /// Terminal statuses: a redelivered job in one of these is not run again.
+    package var isTerminal: Bool { self == .succeeded || self == .failed || self == .dead || self == .cancelled }
+}
+
+/// An event in `message_logs`.
+package enum JobEvent: String, Sendable {
+    case published, started, retried, succeeded, failed, deadLettered = "dead_lettered", cancelled, duplicate
+}
+
+/// One finished delivery's durable outcome: the `job_runs` row (unless `run` is nil, as for
+/// a duplicate) and the `message_logs` event.
+package struct JobRunRecord: Sendable {
+    package struct Run: Sendable {
+        package var status: JobStatus
+        package var attempts: Int
+        package var result: [UInt8]?
+        package var error: String?
+        package var consumerID: String
+        package var startedAt: Timestamp
+        package var finishedAt: Timestamp
+    }
+
+    package var job: JobEnvelope
+    package var run: Run?
+    package var event: JobEvent
+    /// JSON object text for `message_logs.detail`.
+    package var detail: [UInt8]?
+    package var loggedAt: Timestamp
+
+    package init(job: JobEnvelope, run: Run?, event: JobEvent, detail: [UInt8]? = nil, loggedAt: Timestamp = .now()) {
+        self.job = job
+        self.run = run
+        self.event = event
+        self.detail = detail
+        self.loggedAt = loggedAt
+    }
+}
+
+/// Reads and writes job outcomes: batched, idempotent, creating a missing day's partition.
+package struct JobRunStore: Sendable {
+    package let pool: PostgresPool
+    package let partitions: PartitionManager
+
+    package init(pool: PostgresPool, logger: Logger) {
+        self.pool = pool
+        self.partitions = PartitionManager(logger: logger)
+    }
+
+    /// The status of a job's row, or nil when it has none.
+    package func status(of job: JobEnvelope) async throws -> JobStatus? {
+        let rows = try await pool.query("SELECT status FROM job_runs WHERE job_id = $1 AND enqueued_at = $2",
+                                        [job.id, job.enqueuedAt]).rows
+        guard let row = rows.first else { return nil }
+        return JobStatus(rawValue: try row.string(0))
+    }
+
+    /// Writes `records` in one transaction. Idempotent: a row is replaced only by a later
+    /// attempt, or by the same attempt while it is not terminal, so a redelivered batch
+    /// changes nothing. A missing partition (23514) is created and the write retried.
+    package func write(_ records: [JobRunRecord]) async throws {
+        guard !records.isEmpty else { return }
+        do {
+            try await writeOnce(records)
+        } catch let error as PostgresError where error.sqlState == PostgresError.noPartition {
+            var days = Set<PartitionManager.Day>()
+            for record in records {
+                days.insert(PartitionManager.Day(record.loggedAt))
+                if record.run != nil { days.insert(PartitionManager.Day(record.job.enqueuedAt)) }
+            }
+            for day in days.sorted() {
+                for table in PartitionManager.Table.allCases {
+                    try await partitions.ensure(table: table, day: day, pool: pool)
+                }
+            }
+            try await writeOnce(records)
+        }
+    }
+
+    private func writeOnce(_ records: [JobRunRecord]) async throws {
+        // One row per job key: the latest attempt wins (two outcomes of one job in a batch
+        // would make ON CONFLICT touch a row twice).
+        var runs: [String: (JobEnvelope, JobRunRecord.Run)] = [:]
+        for record in records {
+            guard let run = record.run else { continue }
+            let key = record.job.id.lowercasedString + "|" + record.job.enqueuedAt.iso8601
+            if let existing = runs[key]?.1, existing.attempts > run.attempts || (existing.attempts == run.attempts && existing.status.isTerminal) {
+                continue
+            }
+            runs[key] = (record.job, run)
+        }
+        let rows = Array(runs.values)
+        try await pool.withTransaction { connection in
+            if !rows.isEmpty {
+                try await connection.query(Self.upsertRuns, [
+                    PostgresArray(rows.map { $0.0.id }),
+                    PostgresArray(rows.map { $0.0.enqueuedAt }),
+                    PostgresArray(rows.map { $0.0.type }),
+                    PostgresArray(rows.map { $0.0.tier.rawValue }),
+                    PostgresArray(rows.map { $0.0.tenant }),
+                    PostgresArray(rows.map { $0.0.idempotencyKey }),
+                    PostgresArray(rows.map { $0.0.correlationID }),
+                    PostgresArray(rows.map { $0.1.status.rawValue }),
+                    PostgresArray(rows.map { $0.1.attempts }),
+                    PostgresArray(rows.map { $0.1.result.map { String(decoding: $0, as: UTF8.self) } }),
+                    PostgresArray(rows.map { $0.1.error }),
+                    PostgresArray(rows.map { $0.1.consumerID }),
+                    PostgresArray(rows.map { $0.1.startedAt }),
+                    PostgresArray(rows.map { $0.1.finishedAt }),
+                ])
+            }
+            try await connection.query(Self.insertEvents, [
+                PostgresArray(records.map { $0.job.id }),
+                PostgresArray(records.map { $0.job.enqueuedAt }),
+                PostgresArray(records.map { $0.event.rawValue }),
+                PostgresArray(records.map { $0.job.attempt }),
+                PostgresArray(records.map { $0.job.tier.rawValue }),
+                PostgresArray(records.map { $0.detail.map { String(decoding: $0, as: UTF8.self) } }),
+                PostgresArray(records.map { $0.loggedAt }),
+            ])
+        }
+    }
+
+    static let upsertRuns = """
+        INSERT INTO job_runs (job_id, enqueued_at, type, tier, tenant, idempotency_key, correlation_id,
+                              status, attempts, result, error, consumer_id, started_at, finished_at, updated_at)
+        SELECT u.job_id, u.enqueued_at, u.type, u.tier, u.tenant, u.idempotency_key, u.correlation_id,
+               u.status, u.attempts, u.result, u.error, u.consumer_id, u.started_at, u.finished_at, now()
+        FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                    $8::text[], $9::integer[], $10::jsonb[], $11::text[], $12::text[], $13::timestamptz[], $14::timestamptz[])
+             AS u(job_id, enqueued_at, type, tier, tenant, idempotency_key, correlation_id,
+                  status, attempts, result, error, consumer_id, started_at, finished_at)
+        ON CONFLICT (job_id, enqueued_at) DO UPDATE SET
+            status = EXCLUDED.status, attempts = EXCLUDED.attempts, result = EXCLUDED.result, error = EXCLUDED.error,
+            consumer_id = EXCLUDED.consumer_id, started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
+            updated_at = now()
+        WHERE EXCLUDED.attempts > job_runs.attempts
+           OR (EXCLUDED.attempts = job_runs.attempts
+               AND job_runs.status NOT IN ('succeeded', 'failed', 'dead', 'cancelled'))
+        """
+
+    static let insertEvents = """
+        INSERT INTO message_logs (job_id, enqueued_at, event, attempt, tier, detail, logged_at)
+        SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::integer[], $5::text[], $6::jsonb[],
+                             $7::timestamptz[])
+        """
+}
