@@ -46,10 +46,14 @@ struct PublishCommand: AsyncParsableCommand {
     @Option(help: "Unconfirmed publishes allowed at once.")
     var window: Int = 1024
 
+    @Option(help: "With --jsonl: publish at this steady rate (jobs per second), stamping each job as it is sent; for load tests.")
+    var rate: Double?
+
     func validate() throws {
         if jsonl == nil, type == nil { throw ValidationError("give --type (one job) or --jsonl FILE (many jobs)") }
         if jsonl != nil, type != nil { throw ValidationError("--type and --jsonl do not go together") }
         guard (1...10_000).contains(batchSize) else { throw ValidationError("--batch-size must be in 1...10000") }
+        if let rate, !(rate > 0 && rate <= 1_000_000) { throw ValidationError("--rate must be in (0, 1000000] jobs per second") }
         guard (1...100_000).contains(window) else { throw ValidationError("--window must be in 1...100000") }
     }
 
@@ -143,6 +147,8 @@ struct PublishCommand: AsyncParsableCommand {
             throw fail("cannot connect: \(error)", code: 1)
         }
         let progress = Progress(total: jobs.count, enabled: isatty(STDERR_FILENO) != 0)
+        // Paced publishing sends small batches often (about 50 a second).
+        let batchSize = self.rate.map { max(1, min(self.batchSize, Int($0 / 50))) } ?? self.batchSize
         let batches = stride(from: 0, to: jobs.count, by: batchSize).map { Array(jobs[$0..<min($0 + batchSize, jobs.count)]) }
         let publishStarted = ContinuousClock.now
         var failures: [(line: Int, error: AMQPError)] = []
@@ -157,6 +163,25 @@ struct PublishCommand: AsyncParsableCommand {
                     let results = await publisher.publish(batch.map(\.job))
                     return zip(batch.map(\.line), results).map { ($0, $1) }
                 }
+            }
+            if let rate = self.rate {
+                // Paced: each batch waits for its slot and is stamped (id, enqueued-at) as it leaves.
+                for (index, batch) in batches.enumerated() {
+                    let slot = publishStarted + .milliseconds(Int64(Double(index * batchSize) * 1_000 / rate))
+                    group.addTask {
+                        try? await Task.sleep(until: slot)
+                        let now = Timestamp.now()
+                        let stamped = batch.map { item -> JobEnvelope in
+                            var job = item.job
+                            job.enqueuedAt = now
+                            job.id = JobID.make(at: now)
+                            return job
+                        }
+                        let results = await publisher.publish(stamped)
+                        return zip(batch.map(\.line), results).map { ($0, $1) }
+                    }
+                }
+                next = batches.count
             }
             while next < batches.count && next < inFlight { submit() }
             for await results in group {

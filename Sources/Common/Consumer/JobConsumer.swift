@@ -260,14 +260,15 @@ package final class JobConsumer: Sendable {
 
     private func process(_ delivery: AMQPDelivery) async {
         let job: JobEnvelope
-        do {
+        do throws(JobError) {
             job = try JobEnvelope(properties: delivery.properties, body: delivery.body)
             if job.tier != configuration.tier {
                 throw JobError(field: JobEnvelope.Header.tier,
                                message: "job for tier \(job.tier.rawValue) arrived on \(configuration.tier.queueName)")
             }
         } catch {
-            await deadLetterMalformed(delivery, reason: "malformed: \(error)")
+            let reason = error.field.map { "malformed: \($0): \(error.message)" } ?? "malformed: \(error.message)"
+            await deadLetterMalformed(delivery, reason: reason)
             return
         }
         var jobLogger = logger

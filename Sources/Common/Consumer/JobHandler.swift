@@ -123,21 +123,35 @@ package struct FailHandler: JobHandler {
     }
 }
 
-/// Top-level fields of a small JSON object payload, for handlers that read one or two.
+/// Top-level fields of a JSON object payload, for handlers that read one or two. (A JSON
+/// `1` is a number here, never a boolean, unlike Foundation's bridged `NSNumber`.)
 package struct PayloadFields {
-    private let object: [String: Any]
+    private let bytes: [UInt8]
+    private let members: [JSONScanner.Member]
 
     package init?(_ payload: [UInt8]) {
-        guard let object = try? JSONSerialization.jsonObject(with: Data(payload)) as? [String: Any] else { return nil }
-        self.object = object
+        guard let members = try? JSONScanner.objectMembers(payload) else { return nil }
+        self.bytes = payload
+        self.members = members
     }
 
+    private func member(_ key: String, _ kind: JSONScanner.Kind) -> JSONScanner.Member? {
+        members.first { $0.key == key && $0.kind == kind }
+    }
+
+    /// An integer field (`{"ms": 50}`); nil when absent, not a number, or not a whole one.
     package func int(_ key: String) -> Int? {
-        guard let value = object[key], !(value is Bool) else { return nil }
-        return value as? Int
+        guard let member = member(key, .number) else { return nil }
+        return Int(String(decoding: bytes[member.value], as: UTF8.self))
     }
 
-    package func bool(_ key: String) -> Bool? { object[key] as? Bool }
+    package func bool(_ key: String) -> Bool? {
+        guard let member = member(key, .bool) else { return nil }
+        return bytes[member.value.lowerBound] == UInt8(ascii: "t")
+    }
 
-    package func string(_ key: String) -> String? { object[key] as? String }
+    package func string(_ key: String) -> String? {
+        guard let member = member(key, .string) else { return nil }
+        return try? JSONScanner.string(bytes, at: member.value)
+    }
 }

@@ -124,7 +124,12 @@ package struct JobEnvelope: Sendable, Equatable {
         guard let tierName = headers[Header.tier]?.stringValue else {
             throw JobError(field: Header.tier, message: "\(Header.tier) header is missing")
         }
-        let tier = try Tier.parse(tierName)
+        let tier: Tier
+        do {
+            tier = try Tier.parse(tierName)
+        } catch {
+            throw JobError(field: Header.tier, message: error.message)
+        }
         guard let enqueuedText = headers[Header.enqueuedAt]?.stringValue, let enqueuedAt = Timestamp(iso8601: enqueuedText) else {
             throw JobError(field: Header.enqueuedAt, message: "\(Header.enqueuedAt) header is missing or not ISO 8601")
         }

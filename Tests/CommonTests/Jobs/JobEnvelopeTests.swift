@@ -81,7 +81,7 @@ import Testing
         #expect(reason { properties, _ in properties.messageID = "42" } == "message_id")
         #expect(reason { properties, _ in properties.type = nil } == "type")
         #expect(reason { properties, _ in properties.headers["x-warren-tier"] = nil } == "x-warren-tier")
-        #expect(reason { properties, _ in properties.headers["x-warren-tier"] = .string("gold") } == "tier")
+        #expect(reason { properties, _ in properties.headers["x-warren-tier"] = .string("gold") } == "x-warren-tier")
         #expect(reason { properties, _ in properties.headers["x-warren-enqueued-at"] = .string("yesterday") } == "x-warren-enqueued-at")
         #expect(reason { properties, _ in properties.headers["x-warren-attempt"] = .int(0) } == "x-warren-attempt")
         #expect(reason { properties, _ in properties.contentType = "text/plain" } == "content_type")

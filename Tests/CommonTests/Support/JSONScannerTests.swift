@@ -96,3 +96,19 @@ import Testing
         return String((0..<Int.random(in: 0...6, using: &generator)).map { _ in alphabet.randomElement(using: &generator)! })
     }
 }
+
+@Suite struct PayloadFieldsTests {
+    @Test func readsNumbersBooleansAndStringsByKind() throws {
+        let fields = try #require(PayloadFields(Array(#"{"ms": 1, "zero": 0, "always": true, "f": 1.5, "s": "x\"y", "n": null}"#.utf8)))
+        #expect(fields.int("ms") == 1)
+        #expect(fields.int("zero") == 0)
+        #expect(fields.bool("ms") == nil, "a number is not a boolean")
+        #expect(fields.bool("always") == true)
+        #expect(fields.int("always") == nil)
+        #expect(fields.int("f") == nil, "not a whole number")
+        #expect(fields.string("s") == "x\"y")
+        #expect(fields.int("n") == nil)
+        #expect(fields.int("missing") == nil)
+        #expect(PayloadFields(Array("[1]".utf8)) == nil)
+    }
+}

@@ -55,6 +55,64 @@ enum Products {
     }
 }
 
+/// A product started in the background: signal it, wait for it, read what it printed.
+final class RunningProduct: Sendable {
+    private let process: Process
+    private let collected: OutputCollector
+    private let exit: AsyncStream<Int32>
+
+    init(_ product: String, _ arguments: [String], environment: [String: String] = [:]) throws {
+        process = Process()
+        process.executableURL = try Products.url(product)
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = FileHandle.nullDevice
+        let collected = OutputCollector()
+        self.collected = collected
+        out.fileHandleForReading.readabilityHandler = { handle in collected.append(handle.availableData, error: false) }
+        err.fileHandleForReading.readabilityHandler = { handle in collected.append(handle.availableData, error: true) }
+        let (stream, continuation) = AsyncStream<Int32>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        exit = stream
+        process.terminationHandler = { process in
+            continuation.yield(process.terminationStatus)
+            continuation.finish()
+        }
+        try process.run()
+    }
+
+    var pid: Int32 { process.processIdentifier }
+    var isRunning: Bool { process.isRunning }
+    var stderr: String { collected.text.1 }
+
+    func signal(_ signal: Int32) { kill(process.processIdentifier, signal) }
+
+    /// The exit status (or the signal number for a killed process), within `timeout`.
+    func wait(timeout: Duration = .seconds(60)) async throws -> Int32 {
+        let stream = exit
+        return try await withThrowingTaskGroup(of: Int32?.self) { group in
+            group.addTask {
+                for await status in stream { return status }
+                return nil
+            }
+            group.addTask {
+                try await Task.sleep(for: timeout)
+                return nil
+            }
+            let first = try await group.next() ?? nil
+            group.cancelAll()
+            guard let status = first else {
+                self.signal(SIGKILL)
+                Issue.record("process did not exit within \(timeout); killed. stderr:\n\(self.stderr.suffix(4_000))")
+                throw CancellationError()
+            }
+            return status
+        }
+    }
+}
+
 private final class OutputCollector: @unchecked Sendable {
     private let lock = NSLock()
     private var out = Data()
