@@ -24,6 +24,17 @@ package struct JobRunRecord: Sendable {
         package var consumerID: String
         package var startedAt: Timestamp
         package var finishedAt: Timestamp
+
+        package init(status: JobStatus, attempts: Int, result: [UInt8]? = nil, error: String? = nil, consumerID: String,
+                     startedAt: Timestamp, finishedAt: Timestamp) {
+            self.status = status
+            self.attempts = attempts
+            self.result = result
+            self.error = error
+            self.consumerID = consumerID
+            self.startedAt = startedAt
+            self.finishedAt = finishedAt
+        }
     }
 
     package var job: JobEnvelope
