@@ -51,6 +51,7 @@ package final class PostgresConnection: Sendable {
                     handle.finish()
                     throw PostgresError(.connectionFailed, function: "PQconnectdbParams", message: message.trimmingWhitespace())
                 }
+                warren_pq_quiet(conn)
                 return handle
             }
             return PostgresConnection(handle: handle, worker: worker, logger: logger)
