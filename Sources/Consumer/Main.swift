@@ -13,7 +13,7 @@ struct ConsumerCommand: AsyncParsableCommand {
         commandName: "consumer",
         abstract: "Run one tier's jobs: prefetch admission, durable results, then ack.",
         discussion: """
-            Defaults per tier (concurrency / prefetch): enterprise 64 / 1000, premium 32 / 600, free 16 / 300. \
+            Defaults per tier (concurrency / prefetch): enterprise 64 / 2000, premium 32 / 1500, free 16 / 1000. \
             Every option also reads a WARREN_* variable (see README.md); flags win.
             """)
 

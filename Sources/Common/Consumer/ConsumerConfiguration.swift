@@ -28,9 +28,9 @@ package struct ConsumerConfiguration: Sendable {
     /// more concurrency and a deeper prefetch.
     package static func defaults(for tier: Tier) -> (concurrency: Int, prefetch: UInt16) {
         switch tier {
-        case .enterprise: (64, 1_000)
-        case .premium: (32, 600)
-        case .free: (16, 300)
+        case .enterprise: (64, 2_000)
+        case .premium: (32, 1_500)
+        case .free: (16, 1_000)
         }
     }
 
@@ -39,7 +39,7 @@ package struct ConsumerConfiguration: Sendable {
         self.tier = tier
         self.concurrency = max(1, concurrency ?? defaults.concurrency)
         self.prefetch = max(1, prefetch ?? defaults.prefetch)
-        batchMaxRows = 500
+        batchMaxRows = 1_000
         batchMaxDelay = .milliseconds(5)
         shutdownGrace = .seconds(25)
         exitWhenIdle = nil

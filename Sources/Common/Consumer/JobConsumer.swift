@@ -85,12 +85,13 @@ package final class JobConsumer: Sendable {
         let deliveries: AMQPDeliveries
         do {
             try await connection.connect()
-            _ = try await Migrator(migrations: Schema.migrations, logger: logger).migrate(pool)
+            try await migrateWaitingForPostgres()
             deliveries = try await connection.consume(queue: queue, prefetch: configuration.prefetch,
                                                       tag: "warren-\(configuration.consumerID)")
         } catch {
             await connection.close()
             await pool.close()
+            if state.withLock({ $0.stopRequested }) { return false }  // asked to stop while starting
             throw error
         }
         let stopEarly = state.withLock { state -> Bool in
@@ -157,6 +158,25 @@ package final class JobConsumer: Sendable {
         let idle = state.withLock { $0.stoppedBecauseIdle }
         logger.info("consumer stopped", metadata: ["reason": "\(idle ? "idle" : "shutdown")"])
         return idle
+    }
+
+    /// Applies migrations; while Postgres is unreachable, waits and retries (logging) rather
+    /// than exiting, so a consumer started before its database does not crash-loop.
+    private func migrateWaitingForPostgres() async throws {
+        let backoff = Backoff(base: .milliseconds(250), cap: .seconds(10), floor: .milliseconds(100))
+        var attempt = 0
+        while true {
+            do {
+                _ = try await Migrator(migrations: Schema.migrations, logger: logger).migrate(pool)
+                return
+            } catch let error as PostgresError where error.isConnectionLevel {
+                if state.withLock({ $0.stopRequested }) { throw error }
+                let delay = backoff.delay(attempt: attempt)
+                attempt += 1
+                logger.warning("Postgres unreachable at start; retrying", metadata: ["error": "\(error)", "retry_in_ms": "\(delay.milliseconds)"])
+                try await Task.sleep(for: delay)
+            }
+        }
     }
 
     /// Starts the graceful shutdown: cancel the consumer (no new deliveries), let in-flight
