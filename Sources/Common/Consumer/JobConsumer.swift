@@ -109,6 +109,7 @@ package final class JobConsumer: Sendable {
         let idleMonitor = configuration.exitWhenIdle.map { idle in Task { await watchForIdle(idle) } }
         let limiter = Limiter(limit: configuration.concurrency)
 
+        let shutdownDeadline = Mutex(ContinuousClock.now)
         await withDiscardingTaskGroup { jobs in
             do {
                 for try await delivery in deliveries {
@@ -124,8 +125,10 @@ package final class JobConsumer: Sendable {
             } catch {
                 logger.error("deliveries ended with an error", metadata: ["error": "\(error)"])
             }
-            // No new deliveries. Let in-flight jobs finish within the grace period.
-            let finished = await waitForInFlight(until: .now + configuration.shutdownGrace)
+            let deadline = ContinuousClock.now + configuration.shutdownGrace
+            shutdownDeadline.withLock { $0 = deadline }
+            // No new deliveries. In-flight jobs, then the last results, get one grace period.
+            let finished = await waitForInFlight(until: deadline)
             if !finished {
                 let running = state.withLock { state -> Int in
                     state.abandoned = true
@@ -142,8 +145,10 @@ package final class JobConsumer: Sendable {
         writer.close()
         let flushed = await withTaskGroup(of: Bool.self) { group in
             group.addTask { await writerTask.value; return true }
+            // Whatever is left of the grace period, but at least a moment to write.
+            let deadline = max(shutdownDeadline.withLock { $0 }, .now + .milliseconds(500))
             group.addTask {
-                try? await Task.sleep(for: self.configuration.shutdownGrace)
+                try? await Task.sleep(until: deadline)
                 return false
             }
             let first = await group.next() ?? true
