@@ -297,6 +297,39 @@ struct ConsumerIntegrationTests {
 
     // MARK: - Processes: signals
 
+    @Test func aJobThatKeepsKillingItsConsumerEndsInTheDeadQueue() async throws {
+        try await withWorld { world in
+            // Its consumer dies (SIGKILL) every time it runs this job: the broker gets it back
+            // each time, counts, and past the delivery limit dead-letters it.
+            let poison = job("sleep", #"{"ms": 60000}"#)
+            try await world.publish([poison])
+            var crashes = 0
+            while try await world.depth(Topology.deadQueue) == 0 {
+                #expect(crashes <= Int(Topology.deliveryLimit) + 1, "dead-lettered by the limit")
+                guard crashes <= Int(Topology.deliveryLimit) + 1 else { break }
+                let consumer = try RunningProduct("consumer", ["--tier", "free"], environment: world.environment)
+                try await TestServices.waitUntil(timeout: .seconds(20), "the job was delivered, or dead-lettered") {
+                    let ready = try await world.depth(Tier.free.queueName)
+                    let dead = try await world.depth(Topology.deadQueue)
+                    return ready == 0 || dead == 1
+                }
+                consumer.signal(SIGKILL)
+                _ = try await consumer.wait()
+                crashes += 1
+                try await TestServices.waitUntil("the broker has it back, or dead-lettered it") {
+                    let ready = try await world.depth(Tier.free.queueName)
+                    let dead = try await world.depth(Topology.deadQueue)
+                    return ready == 1 || dead == 1
+                }
+            }
+            #expect(crashes >= Int(Topology.deliveryLimit))
+            let dead = try await world.drain(Topology.deadQueue, expecting: 1)
+            #expect(dead.first?.properties.messageID == poison.id.lowercasedString)
+            #expect(dead.first?.properties.headers["x-first-death-reason"]?.stringValue == "delivery_limit")
+            #expect(try await world.count("SELECT count(*) FROM job_runs") == 0)
+        }
+    }
+
     @Test func sigtermLetsInFlightJobsFinishFlushesAndExitsZero() async throws {
         try await withWorld { world in
             let jobs = (0..<6).map { _ in job("sleep", #"{"ms": 1500}"#) }
