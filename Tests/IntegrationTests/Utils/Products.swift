@@ -24,8 +24,17 @@ enum Products {
     /// blocking the cooperative pool (the wait is a termination handler).
     static func run(_ product: String, _ arguments: [String], environment: [String: String] = [:],
                     stdin: String? = nil) async throws -> Output {
+        try await run(executable: try url(product), arguments, environment: environment, stdin: stdin)
+    }
+
+    /// The repository's root (for its scripts).
+    static let repositoryRoot = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    static func run(executable: URL, _ arguments: [String], environment: [String: String] = [:],
+                    stdin: String? = nil) async throws -> Output {
         let process = Process()
-        process.executableURL = try url(product)
+        process.executableURL = executable
         process.arguments = arguments
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         let out = Pipe(), err = Pipe(), input = Pipe()
