@@ -44,5 +44,21 @@ package enum Schema {
             ) PARTITION BY RANGE (logged_at);
             CREATE INDEX message_logs_job_idx ON message_logs (job_id, logged_at);
             """),
+        Migration(version: 2, name: "api_tokens", sql: """
+            -- Bearer tokens for the HTTP API. Only a SHA-256 of each token is stored; the token
+            -- itself is shown once, when it is created. `prefix` (its first characters) lets
+            -- people tell tokens apart in listings.
+            CREATE TABLE api_tokens (
+                id          uuid        PRIMARY KEY,
+                prefix      text        NOT NULL,
+                token_hash  bytea       NOT NULL UNIQUE,
+                tenant      text        NOT NULL,
+                tier        text        NOT NULL CHECK (tier IN ('enterprise', 'premium', 'free')),
+                scopes      text[]      NOT NULL,
+                created_at  timestamptz NOT NULL DEFAULT now(),
+                expires_at  timestamptz,
+                revoked_at  timestamptz
+            );
+            """),
     ]
 }

@@ -1,0 +1,209 @@
+import Common
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import Metrics
+
+/// The HTTP API's routes (Hummingbird 2). Errors are JSON: `{"error": {"code", "message", "field"?}}`.
+struct JobsAPI: Sendable {
+    let publisher: JobPublisher
+    let pool: PostgresPool
+    let tokens: APITokenStore
+    let knownTypes: Set<String>
+    let maxBodyBytes: Int
+    let logger: Logger
+
+    static let requestID = HTTPField.Name("X-Request-Id")!
+
+    func router() -> Router<BasicRequestContext> {
+        let router = Router(context: BasicRequestContext.self)
+        router.get("healthz") { _, _ in json(.ok, #"{"status":"ok"}"#) }
+        router.get("readyz") { _, _ in await ready() }
+        router.get("metrics") { _, _ in
+            Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
+                     body: ResponseBody(byteBuffer: ByteBuffer(string: Observability.renderMetrics())))
+        }
+        router.post("v1/jobs") { request, _ in
+            await logged(request, route: "/v1/jobs") { (id: String) async throws(APIError) -> (Response, String?) in
+                try await createJob(request, requestID: id)
+            }
+        }
+        return router
+    }
+
+    // MARK: - Routes
+
+    private func ready() async -> Response {
+        var down: [String] = []
+        if !publisher.connection.isConnected { down.append("broker") }
+        do {
+            _ = try await pool.query("SELECT 1")
+        } catch {
+            down.append("database")
+        }
+        if down.isEmpty { return json(.ok, #"{"status":"ready"}"#) }
+        return json(.serviceUnavailable, #"{"status":"unavailable","down":[\#(down.map { "\"\($0)\"" }.joined(separator: ","))]}"#)
+    }
+
+    private func createJob(_ request: Request, requestID: String) async throws(APIError) -> (Response, String?) {
+        let token = try await authenticate(request, scope: .jobsWrite)
+        let body = try await jsonBody(request)
+        let members: [JSONScanner.Member]
+        do {
+            members = try JSONScanner.objectMembers(body)
+        } catch {
+            throw APIError(.badRequest, "invalid_json", "the body is not a JSON object: \(error)")
+        }
+        let known: Set<String> = ["type", "payload", "idempotency_key", "run_at", "delay_seconds"]
+        if let unknown = members.first(where: { !known.contains($0.key) }) {
+            throw APIError(.unprocessableContent, "unknown_field", "unknown field '\(unknown.key)'", field: unknown.key)
+        }
+        func member(_ key: String) -> JSONScanner.Member? { members.first { $0.key == key && $0.kind != .null } }
+        func string(_ key: String) throws(APIError) -> String? {
+            guard let member = member(key) else { return nil }
+            guard member.kind == .string, let value = try? JSONScanner.string(body, at: member.value) else {
+                throw APIError(.unprocessableContent, "invalid_field", "'\(key)' must be a string", field: key)
+            }
+            return value
+        }
+        if member("run_at") != nil || member("delay_seconds") != nil {
+            throw APIError(.notImplemented, "not_implemented", "delayed jobs (run_at, delay_seconds) arrive with the scheduler",
+                           field: member("run_at") != nil ? "run_at" : "delay_seconds")
+        }
+        guard let type = try string("type") else {
+            throw APIError(.unprocessableContent, "missing_field", "missing field 'type'", field: "type")
+        }
+        do {
+            try JobEnvelope.validateType(type)
+        } catch {
+            throw APIError(.unprocessableContent, "invalid_field", error.message, field: "type")
+        }
+        guard knownTypes.contains(type) else {
+            throw APIError(.unprocessableContent, "unknown_type", "unknown job type '\(type)' (known: \(knownTypes.sorted().joined(separator: ", ")))",
+                           field: "type")
+        }
+        let payload = member("payload").map { Array(body[$0.value]) } ?? Array("{}".utf8)
+        let idempotencyKey = try string("idempotency_key")
+        let request: JobRequest
+        do throws(JobError) {
+            request = try JobRequest(type: type, tier: token.tier, payload: payload, idempotencyKey: idempotencyKey, tenant: token.tenant)
+        } catch {
+            throw APIError(.unprocessableContent, "invalid_field", error.message, field: error.field)
+        }
+        let job = request.envelope(correlationID: requestID)
+        do {
+            try await publisher.publish(job)
+        } catch let error as AMQPError where error.code == .nacked {
+            throw APIError(.serviceUnavailable, "queue_full", "the \(job.tier.rawValue) queue is full; retry later", retryAfter: 5)
+        } catch {
+            logger.warning("publish failed", metadata: ["error": "\(error)", "request_id": "\(requestID)"])
+            throw APIError(.serviceUnavailable, "broker_unavailable", "the job could not be confirmed by the broker; retry later",
+                           retryAfter: 2)
+        }
+        let body202 = #"{"id":"\#(job.id.lowercasedString)","status":"queued","type":\#(Self.jsonString(job.type)),"tier":"\#(job.tier.rawValue)","enqueued_at":"\#(job.enqueuedAt.iso8601)"}"#
+        return (json(.accepted, body202), token.tenant)
+    }
+
+    // MARK: - Pieces
+
+    private func authenticate(_ request: Request, scope: Scope) async throws(APIError) -> APIToken {
+        guard let header = request.headers[.authorization] else {
+            throw APIError(.unauthorized, "unauthorized", "missing Authorization: Bearer <token>")
+        }
+        let parts = header.split(separator: " ", maxSplits: 1)
+        guard parts.count == 2, parts[0].lowercased() == "bearer", !parts[1].isEmpty else {
+            throw APIError(.unauthorized, "unauthorized", "malformed Authorization header; expected Bearer <token>")
+        }
+        let result: Result<APIToken, TokenRejection>
+        do {
+            result = try await tokens.check(String(parts[1]))
+        } catch {
+            throw APIError(.serviceUnavailable, "database_unavailable", "cannot check the token right now", retryAfter: 2)
+        }
+        switch result {
+        case .failure(.unknown): throw APIError(.unauthorized, "unauthorized", "unknown token")
+        case .failure(.expired): throw APIError(.unauthorized, "unauthorized", "token expired")
+        case .failure(.revoked): throw APIError(.unauthorized, "unauthorized", "token revoked")
+        case .success(let token):
+            guard token.allows(scope) else {
+                throw APIError(.forbidden, "forbidden", "this token lacks the '\(scope.rawValue)' scope")
+            }
+            return token
+        }
+    }
+
+    private func jsonBody(_ request: Request) async throws(APIError) -> [UInt8] {
+        let contentType = request.headers[.contentType]?.lowercased() ?? ""
+        guard contentType.hasPrefix("application/json") else {
+            throw APIError(.unsupportedMediaType, "unsupported_media_type", "Content-Type must be application/json")
+        }
+        do {
+            let buffer = try await request.body.collect(upTo: maxBodyBytes)
+            return Array(buffer.readableBytesView)
+        } catch {
+            throw APIError(.contentTooLarge, "body_too_large", "the body is larger than \(maxBodyBytes) bytes")
+        }
+    }
+
+    /// Runs a route with a request id (the caller's `X-Request-Id`, or a new one), turns
+    /// `APIError`s into JSON error responses, and logs one line per request.
+    private func logged(_ request: Request, route: String,
+                        _ handler: (String) async throws(APIError) -> (Response, String?)) async -> Response {
+        let started = ContinuousClock.now
+        let requestID = request.headers[Self.requestID].flatMap { $0.isEmpty || $0.count > 200 ? nil : $0 } ?? JobID.make().lowercasedString
+        var response: Response
+        var tenant: String?
+        do {
+            (response, tenant) = try await handler(requestID)
+        } catch {
+            response = error.response
+        }
+        response.headers[Self.requestID] = requestID
+        let elapsed = ContinuousClock.now - started
+        Counter(label: "warren_http_requests_total", dimensions: [("route", route), ("status", String(response.status.code))]).increment()
+        Metrics.Timer(label: "warren_http_request_duration_seconds", dimensions: [("route", route)], preferredDisplayUnit: .seconds)
+            .recordNanoseconds(elapsed.nanoseconds)
+        logger.info("request", metadata: [
+            "request_id": "\(requestID)", "method": "\(request.method.rawValue)", "route": "\(route)",
+            "status": "\(response.status.code)", "tenant": "\(tenant ?? "-")",
+            "duration_ms": "\(String(format: "%.2f", Double(elapsed.nanoseconds) / 1e6))",
+        ])
+        return response
+    }
+
+    static func jsonString(_ text: String) -> String {
+        guard let data = try? JSONSerialization.data(withJSONObject: [text]), let array = String(data: data, encoding: .utf8) else { return "\"\"" }
+        return String(array.dropFirst().dropLast())
+    }
+}
+
+func json(_ status: HTTPResponse.Status, _ body: String) -> Response {
+    Response(status: status, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(string: body)))
+}
+
+/// A request that cannot be served, as the JSON error body clients get.
+struct APIError: Error {
+    var status: HTTPResponse.Status
+    var code: String
+    var message: String
+    var field: String?
+    var retryAfter: Int?
+
+    init(_ status: HTTPResponse.Status, _ code: String, _ message: String, field: String? = nil, retryAfter: Int? = nil) {
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.retryAfter = retryAfter
+    }
+
+    var response: Response {
+        var fields = [#""code":\#(JobsAPI.jsonString(code))"#, #""message":\#(JobsAPI.jsonString(message))"#]
+        if let field { fields.append(#""field":\#(JobsAPI.jsonString(field))"#) }
+        var response = json(status, #"{"error":{\#(fields.joined(separator: ","))}}"#)
+        if status == .unauthorized { response.headers[.wwwAuthenticate] = #"Bearer realm="warren""# }
+        if let retryAfter { response.headers[.retryAfter] = String(retryAfter) }
+        return response
+    }
+}

@@ -1,0 +1,53 @@
+import ArgumentParser
+import Common
+import Foundation
+import Hummingbird
+import Logging
+import ServiceLifecycle
+import UnixSignals
+
+/// `producer serve`: the HTTP API (see docs/architecture.md). Configuration from the
+/// environment: `WARREN_HTTP_PORT` (8080), `WARREN_HTTP_HOST` (0.0.0.0), `WARREN_HTTP_MAX_BODY_BYTES`
+/// (1 MiB), `WARREN_JOB_TYPES` (extra accepted job types, comma-separated).
+struct ServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "serve", abstract: "Serve the HTTP API.")
+
+    @Option(help: "Port (default: $WARREN_HTTP_PORT or 8080).")
+    var port: Int?
+
+    @Option(help: "Address to listen on (default: $WARREN_HTTP_HOST or 0.0.0.0).")
+    var host: String?
+
+    func run() async throws {
+        let logger = Observability.bootstrap(service: "producer")
+        let environment = ProcessInfo.processInfo.environment
+        let settings: Settings
+        do { settings = try Settings() } catch { throw ValidationError("\(error)") }
+        let listenPort = port ?? environment["WARREN_HTTP_PORT"].flatMap(Int.init) ?? 8080
+        guard (1...65_535).contains(listenPort) else { throw ValidationError("port must be 1...65535") }
+        let maxBody = environment["WARREN_HTTP_MAX_BODY_BYTES"].flatMap(Int.init) ?? 1_048_576
+        let extraTypes = (environment["WARREN_JOB_TYPES"] ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+
+        let amqp: AMQPConfiguration
+        do { amqp = try AMQPConfiguration(url: settings.amqpURL, connectionName: "producer serve") } catch {
+            throw ValidationError("\(error)")
+        }
+        let publisher = JobPublisher(configuration: amqp, logger: logger)
+        let pool = PostgresPool(configuration: settings.postgres(applicationName: "warren-producer"), logger: logger)
+        try await publisher.start()
+        _ = try await Migrator(migrations: Schema.migrations, logger: logger).migrate(pool)
+
+        let api = JobsAPI(publisher: publisher, pool: pool, tokens: APITokenStore(pool: pool),
+                          knownTypes: Set(HandlerRegistry.builtIn.types + extraTypes.filter { !$0.isEmpty }),
+                          maxBodyBytes: maxBody, logger: logger)
+        let app = Application(router: api.router(),
+                              configuration: .init(address: .hostname(host ?? environment["WARREN_HTTP_HOST"] ?? "0.0.0.0", port: listenPort),
+                                                   serverName: "warren"),
+                              logger: logger)
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: app)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+        await publisher.close()
+        await pool.close()
+    }
+}

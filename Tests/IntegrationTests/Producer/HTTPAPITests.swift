@@ -1,0 +1,127 @@
+import Common
+import Foundation
+import Testing
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// `producer serve` and `producer tokens` as users run them, over real HTTP, against the real
+/// broker (a vhost of its own) and Postgres (a schema of its own).
+@Suite(.enabled(if: TestServices.enabled))
+struct HTTPAPITests {
+    struct Server: Sendable {
+        var base: String
+        var environment: [String: String]
+
+        func request(_ method: String, _ path: String, token: String? = nil, contentType: String? = "application/json",
+                     body: String? = nil, headers: [String: String] = [:]) async throws -> (Int, [String: String], String) {
+            var request = URLRequest(url: URL(string: base + path)!)
+            request.httpMethod = method
+            if let token { request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }
+            if let contentType { request.setValue(contentType, forHTTPHeaderField: "Content-Type") }
+            for (name, value) in headers { request.setValue(value, forHTTPHeaderField: name) }
+            request.httpBody = body.map { Data($0.utf8) }
+            let (data, response) = try await URLSession.shared.data(for: request)
+            let http = response as? HTTPURLResponse
+            var fields: [String: String] = [:]
+            for (name, value) in http?.allHeaderFields ?? [:] { fields[String(describing: name).lowercased()] = String(describing: value) }
+            return (http?.statusCode ?? 0, fields, String(decoding: data, as: UTF8.self))
+        }
+
+        func token(tier: String, scopes: String) async throws -> String {
+            let result = try await Products.run("producer", ["tokens", "create", "--tenant", "acme", "--tier", tier, "--scopes", scopes],
+                                                environment: environment)
+            #expect(result.status == 0, "\(result.stderr)")
+            return result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+    }
+
+    func withServer<T: Sendable>(_ body: (Server, AMQPConnection) async throws -> T) async throws -> T {
+        try await TestServices.withVhost { url in
+            try await TestServices.withSchema { pool in
+                let port = Int.random(in: 20_000...29_999)
+                let environment = ["WARREN_AMQP_URL": url, "WARREN_DATABASE_URL": TestServices.databaseURL,
+                                   "WARREN_DATABASE_SCHEMA": pool.configuration.searchPath ?? "public",
+                                   "WARREN_HTTP_PORT": String(port), "WARREN_HTTP_HOST": "127.0.0.1",
+                                   "WARREN_HTTP_MAX_BODY_BYTES": "2000"]
+                let server = Server(base: "http://127.0.0.1:\(port)", environment: environment)
+                let process = try RunningProduct("producer", ["serve"], environment: environment)
+                defer { process.signal(SIGKILL) }
+                try await TestServices.waitUntil(timeout: .seconds(20), "the API answers /healthz") {
+                    (try? await server.request("GET", "/healthz").0) == 200
+                }
+                return try await TestServices.withConnection("test http", url: url) { connection in
+                    let value = try await body(server, connection)
+                    process.signal(SIGTERM)
+                    #expect(try await process.wait(timeout: .seconds(20)) == 0, "graceful stop")
+                    return value
+                }
+            }
+        }
+    }
+
+    @Test func acceptedJobsAreConfirmedInTheTokensTierWithTheRequestIdAsCorrelation() async throws {
+        try await withServer { server, connection in
+            let token = try await server.token(tier: "premium", scopes: "jobs:write")
+            let (status, headers, body) = try await server.request("POST", "/v1/jobs", token: token,
+                                                                  body: #"{"type":"noop","payload":{"n":1},"idempotency_key":"k-1"}"#,
+                                                                  headers: ["X-Request-Id": "req-42"])
+            #expect(status == 202, "\(body)")
+            #expect(headers["x-request-id"] == "req-42")
+            #expect(body.contains(#""status":"queued""#) && body.contains(#""tier":"premium""#))
+            let deliveries = try await connection.consume(queue: Tier.premium.queueName, prefetch: 1)
+            var iterator = deliveries.makeAsyncIterator()
+            let delivery = try #require(try await iterator.next())
+            let job = try JobEnvelope(properties: delivery.properties, body: delivery.body)
+            #expect(body.contains(job.id.lowercasedString))
+            #expect(job.correlationID == "req-42")
+            #expect(job.tenant == "acme")
+            #expect(job.idempotencyKey == "k-1")
+            #expect(job.payload == Array(#"{"n":1}"#.utf8))
+            try await connection.ack(delivery)
+        }
+    }
+
+    @Test func badRequestsGetPreciseErrorsAndPublishNothing() async throws {
+        try await withServer { server, connection in
+            let writer = try await server.token(tier: "free", scopes: "jobs:write")
+            let reader = try await server.token(tier: "free", scopes: "jobs:read")
+            let cases: [(String, Int, String?, String?, String?)] = [
+                ("no token", 401, nil, "application/json", #"{"type":"noop"}"#),
+                ("unknown token", 401, "wrn_nope", "application/json", #"{"type":"noop"}"#),
+                ("missing scope", 403, reader, "application/json", #"{"type":"noop"}"#),
+                ("wrong content type", 415, writer, "text/plain", #"{"type":"noop"}"#),
+                ("invalid JSON", 400, writer, "application/json", #"{"type":"#),
+                ("too large", 413, writer, "application/json", #"{"type":"noop","payload":"\#(String(repeating: "x", count: 3_000))"}"#),
+                ("unknown type", 422, writer, "application/json", #"{"type":"no.such"}"#),
+                ("missing type", 422, writer, "application/json", #"{"payload":{}}"#),
+                ("unknown field", 422, writer, "application/json", #"{"type":"noop","tier":"enterprise"}"#),
+                ("delayed", 501, writer, "application/json", #"{"type":"noop","delay_seconds":5}"#),
+            ]
+            for (name, expected, token, contentType, body) in cases {
+                let (status, headers, text) = try await server.request("POST", "/v1/jobs", token: token, contentType: contentType, body: body)
+                #expect(status == expected, "\(name): \(text)")
+                #expect(text.hasPrefix(#"{"error":{"code":"#), "\(name): \(text)")
+                if expected == 401 { #expect(headers["www-authenticate"]?.hasPrefix("Bearer") == true, "\(name)") }
+            }
+            let revoked = try await Products.run("producer", ["tokens", "revoke", String(writer.prefix(12))], environment: server.environment)
+            #expect(revoked.status == 0, "\(revoked.stderr)")
+            #expect(try await server.request("POST", "/v1/jobs", token: writer, body: #"{"type":"noop"}"#).0 == 401, "revoked")
+            let depths = try await connection.withControl { control in
+                try Tier.allCases.map { try control.queueDepth($0.queueName).messages }
+            }
+            #expect(depths == [0, 0, 0], "nothing was published")
+        }
+    }
+
+    @Test func healthReadinessAndMetrics() async throws {
+        try await withServer { server, _ in
+            #expect(try await server.request("GET", "/healthz").0 == 200)
+            #expect(try await server.request("GET", "/readyz").0 == 200)
+            #expect(try await server.request("POST", "/v1/jobs", body: "{}").0 == 401)
+            let (status, _, metrics) = try await server.request("GET", "/metrics")
+            #expect(status == 200)
+            #expect(metrics.contains(#"warren_http_requests_total{route="/v1/jobs",status="401"} 1"#), "\(metrics)")
+        }
+    }
+}
