@@ -60,5 +60,23 @@ package enum Schema {
                 revoked_at  timestamptz
             );
             """),
+        Migration(version: 3, name: "api_jobs: jobs accepted over HTTP, idempotency keys", sql: """
+            -- One row per job accepted through the HTTP API: who sent it (for status and
+            -- tenant isolation) and its idempotency key. `state` is 'pending' from the claim
+            -- until the broker confirmed the publish.
+            CREATE TABLE api_jobs (
+                job_id          uuid        PRIMARY KEY,
+                tenant          text        NOT NULL,
+                type            text        NOT NULL,
+                tier            text        NOT NULL,
+                enqueued_at     timestamptz NOT NULL,
+                idempotency_key text,
+                request_id      text,
+                state           text        NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'published')),
+                created_at      timestamptz NOT NULL DEFAULT now()
+            );
+            CREATE UNIQUE INDEX api_jobs_idempotency_idx ON api_jobs (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL;
+            CREATE INDEX api_jobs_created_idx ON api_jobs (created_at);
+            """),
     ]
 }

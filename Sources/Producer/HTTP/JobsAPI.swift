@@ -10,6 +10,7 @@ struct JobsAPI: Sendable {
     let publisher: JobPublisher
     let pool: PostgresPool
     let tokens: APITokenStore
+    let jobs: APIJobStore
     let knownTypes: Set<String>
     let maxBodyBytes: Int
     let logger: Logger
@@ -23,6 +24,11 @@ struct JobsAPI: Sendable {
         router.get("metrics") { _, _ in
             Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
                      body: ResponseBody(byteBuffer: ByteBuffer(string: Observability.renderMetrics())))
+        }
+        router.get("v1/jobs/:id") { request, context in
+            await logged(request, route: "/v1/jobs/{id}") { (_: String) async throws(APIError) -> (Response, String?) in
+                try await jobStatus(request, id: context.parameters.get("id") ?? "")
+            }
         }
         router.post("v1/jobs") { request, _ in
             await logged(request, route: "/v1/jobs") { (id: String) async throws(APIError) -> (Response, String?) in
@@ -92,17 +98,62 @@ struct JobsAPI: Sendable {
             throw APIError(.unprocessableContent, "invalid_field", error.message, field: error.field)
         }
         let job = request.envelope(correlationID: requestID)
+        let claim: APIJobStore.Claim
+        do {
+            claim = try await jobs.claim(job, tenant: token.tenant, requestID: requestID)
+        } catch {
+            logger.warning("cannot record the job", metadata: ["error": "\(error)", "request_id": "\(requestID)"])
+            throw APIError(.serviceUnavailable, "database_unavailable", "cannot record the job right now; retry later", retryAfter: 2)
+        }
+        if case .existing(let id, let pending) = claim {
+            if pending {
+                throw APIError(.conflict, "idempotency_in_progress",
+                               "a request with this idempotency key is still being published; retry shortly", field: "idempotency_key",
+                               retryAfter: 1)
+            }
+            let status = (try? await jobs.status(of: id, tenant: token.tenant))?["status"] ?? nil
+            return (json(.ok, #"{"id":"\#(id.lowercasedString)","status":\#(Self.jsonString(status ?? "queued")),"duplicate":true}"#),
+                    token.tenant)
+        }
         do {
             try await publisher.publish(job)
-        } catch let error as AMQPError where error.code == .nacked {
-            throw APIError(.serviceUnavailable, "queue_full", "the \(job.tier.rawValue) queue is full; retry later", retryAfter: 5)
         } catch {
+            try? await jobs.release(job.id)
+            if let error = error as? AMQPError, error.code == .nacked {
+                throw APIError(.serviceUnavailable, "queue_full", "the \(job.tier.rawValue) queue is full; retry later", retryAfter: 5)
+            }
             logger.warning("publish failed", metadata: ["error": "\(error)", "request_id": "\(requestID)"])
             throw APIError(.serviceUnavailable, "broker_unavailable", "the job could not be confirmed by the broker; retry later",
                            retryAfter: 2)
         }
+        // The job is accepted; if recording that fails, a pending claim older than a minute counts as published.
+        try? await jobs.markPublished(job.id)
         let body202 = #"{"id":"\#(job.id.lowercasedString)","status":"queued","type":\#(Self.jsonString(job.type)),"tier":"\#(job.tier.rawValue)","enqueued_at":"\#(job.enqueuedAt.iso8601)"}"#
         return (json(.accepted, body202), token.tenant)
+    }
+
+    private func jobStatus(_ request: Request, id: String) async throws(APIError) -> (Response, String?) {
+        let token = try await authenticate(request, scope: .jobsRead)
+        guard let uuid = UUID(uuidString: id) else { throw APIError(.notFound, "not_found", "no such job") }
+        let status: [String: String?]?
+        do {
+            status = try await jobs.status(of: uuid, tenant: token.tenant)
+        } catch {
+            throw APIError(.serviceUnavailable, "database_unavailable", "cannot read the job right now", retryAfter: 2)
+        }
+        guard let status else { throw APIError(.notFound, "not_found", "no such job") }
+        var fields: [String] = []
+        for key in ["id", "type", "tier", "status", "attempts", "result", "error", "idempotency_key", "enqueued_at", "started_at", "finished_at"] {
+            guard let value = status[key] ?? nil else {
+                fields.append(#""\#(key)":null"#)
+                continue
+            }
+            switch key {
+            case "attempts", "result": fields.append(#""\#(key)":\#(value)"#)  // a number; JSON from jsonb
+            default: fields.append(#""\#(key)":\#(Self.jsonString(value))"#)
+            }
+        }
+        return (json(.ok, "{" + fields.joined(separator: ",") + "}"), token.tenant)
     }
 
     // MARK: - Pieces

@@ -114,6 +114,57 @@ struct HTTPAPITests {
         }
     }
 
+    @Test func anIdempotencyKeyReturnsTheFirstJobAndPublishesOnce() async throws {
+        try await withServer { server, connection in
+            let token = try await server.token(tier: "free", scopes: "jobs:write,jobs:read")
+            let body = #"{"type":"noop","idempotency_key":"order-7"}"#
+            let first = try await server.request("POST", "/v1/jobs", token: token, body: body)
+            let second = try await server.request("POST", "/v1/jobs", token: token, body: body)
+            #expect(first.0 == 202, "\(first.2)")
+            #expect(second.0 == 200, "\(second.2)")
+            let id = try #require(first.2.split(separator: "\"").dropFirst(3).first.map(String.init))
+            #expect(second.2.contains(id) && second.2.contains(#""duplicate":true"#), "\(second.2)")
+            // Another key is another job.
+            #expect(try await server.request("POST", "/v1/jobs", token: token, body: #"{"type":"noop","idempotency_key":"order-8"}"#).0 == 202)
+            let depth = try await connection.withControl { control in try control.queueDepth(Tier.free.queueName).messages }
+            #expect(depth == 2, "published once per key")
+        }
+    }
+
+    @Test func statusFollowsTheJobAndStaysWithinItsTenant() async throws {
+        try await withServer { server, _ in
+            let token = try await server.token(tier: "premium", scopes: "jobs:write,jobs:read")
+            let writeOnly = try await server.token(tier: "premium", scopes: "jobs:write")
+            let other = try await Products.run("producer", ["tokens", "create", "--tenant", "globex", "--tier", "premium",
+                                                            "--scopes", "jobs:read"], environment: server.environment)
+            let otherToken = other.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            let created = try await server.request("POST", "/v1/jobs", token: token, body: #"{"type":"fail","payload":{"times":1}}"#)
+            #expect(created.0 == 202)
+            let id = try #require(created.2.split(separator: "\"").dropFirst(3).first.map(String.init))
+
+            let queued = try await server.request("GET", "/v1/jobs/\(id)", token: token, contentType: nil)
+            #expect(queued.0 == 200, "\(queued.2)")
+            #expect(queued.2.contains(#""status":"queued""#), "\(queued.2)")
+            #expect(try await server.request("GET", "/v1/jobs/\(id)", token: otherToken, contentType: nil).0 == 404, "another tenant's job")
+            #expect(try await server.request("GET", "/v1/jobs/\(id)", token: writeOnly, contentType: nil).0 == 403)
+            #expect(try await server.request("GET", "/v1/jobs/\(UUID().uuidString)", token: token, contentType: nil).0 == 404)
+            #expect(try await server.request("GET", "/v1/jobs/not-a-uuid", token: token, contentType: nil).0 == 404)
+
+            // A consumer runs it (one retry through the 1 s queue), and the status says so.
+            var environment = server.environment
+            environment["WARREN_RETRY_BASE_SECONDS"] = "0.01"
+            let consumer = try RunningProduct("consumer", ["--tier", "premium"], environment: environment)
+            defer { consumer.signal(SIGKILL) }
+            try await TestServices.waitUntil(timeout: .seconds(20), "the job succeeded") {
+                try await server.request("GET", "/v1/jobs/\(id)", token: token, contentType: nil).2.contains(#""status":"succeeded""#)
+            }
+            let done = try await server.request("GET", "/v1/jobs/\(id)", token: token, contentType: nil).2
+            #expect(done.contains(#""attempts":2"#) && done.contains(#""result":{"attempts": 2}"#), "\(done)")
+            consumer.signal(SIGTERM)
+            #expect(try await consumer.wait() == 0)
+        }
+    }
+
     @Test func healthReadinessAndMetrics() async throws {
         try await withServer { server, _ in
             #expect(try await server.request("GET", "/healthz").0 == 200)

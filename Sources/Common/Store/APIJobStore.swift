@@ -1,0 +1,71 @@
+import Foundation
+
+/// Jobs accepted over HTTP (`api_jobs`): idempotency-key claims and what `GET /v1/jobs/{id}`
+/// reports, joined with the consumer's `job_runs`.
+package struct APIJobStore: Sendable {
+    package let pool: PostgresPool
+
+    /// How long a tenant's idempotency key maps to its first job.
+    package static let idempotencyWindowHours = 24
+    /// A claim still pending after this long is taken as published (the producer that made it
+    /// may have died between the confirm and recording it).
+    package static let pendingGraceSeconds = 60
+
+    package init(pool: PostgresPool) { self.pool = pool }
+
+    package enum Claim: Sendable, Equatable {
+        /// This request owns the job: publish it, then `markPublished` (or `release` on failure).
+        case claimed
+        /// The key was used within the window: the first job.
+        case existing(id: UUID, pending: Bool)
+    }
+
+    /// Records `job` for `tenant`; with an idempotency key used in the last 24 h, returns the
+    /// first job instead (one statement, so concurrent requests agree).
+    package func claim(_ job: JobEnvelope, tenant: String, requestID: String) async throws -> Claim {
+        let rows = try await pool.query("""
+            INSERT INTO api_jobs (job_id, tenant, type, tier, enqueued_at, idempotency_key, request_id)
+            VALUES ($1, $2, $3, $4, $5, $6, $7)
+            ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL
+            DO UPDATE SET job_id = EXCLUDED.job_id, type = EXCLUDED.type, tier = EXCLUDED.tier,
+                          enqueued_at = EXCLUDED.enqueued_at, request_id = EXCLUDED.request_id,
+                          state = 'pending', created_at = now()
+                WHERE api_jobs.created_at < now() - make_interval(hours => $8::int)
+            RETURNING job_id
+            """, [job.id, tenant, job.type, job.tier.rawValue, job.enqueuedAt, job.idempotencyKey, requestID,
+                  Self.idempotencyWindowHours]).rows
+        if !rows.isEmpty { return .claimed }
+        let existing = try await pool.query("""
+            SELECT job_id, state = 'pending' AND created_at > now() - make_interval(secs => $3::int)
+            FROM api_jobs WHERE tenant = $1 AND idempotency_key = $2
+            """, [tenant, job.idempotencyKey, Self.pendingGraceSeconds]).rows
+        guard let row = existing.first else { return try await claim(job, tenant: tenant, requestID: requestID) }
+        return .existing(id: try row.uuid(0), pending: try row.bool(1))
+    }
+
+    package func markPublished(_ id: UUID) async throws {
+        try await pool.query("UPDATE api_jobs SET state = 'published' WHERE job_id = $1", [id])
+    }
+
+    /// Drops a claim whose publish failed, so the client's retry can succeed.
+    package func release(_ id: UUID) async throws {
+        try await pool.query("DELETE FROM api_jobs WHERE job_id = $1 AND state = 'pending'", [id])
+    }
+
+    /// What `GET /v1/jobs/{id}` shows: the job's status (`queued` until a consumer records
+    /// it), attempts, result or error, timings. Nil unless the job is `tenant`'s.
+    package func status(of id: UUID, tenant: String) async throws -> [String: String?]? {
+        let rows = try await pool.query("""
+            SELECT a.job_id, a.type, a.tier, coalesce(r.status, 'queued'), coalesce(r.attempts, 0), r.result::text, r.error,
+                   a.enqueued_at, r.started_at, r.finished_at, a.idempotency_key
+            FROM api_jobs a
+            LEFT JOIN job_runs r ON r.job_id = a.job_id AND r.enqueued_at = a.enqueued_at
+            WHERE a.job_id = $1 AND a.tenant = $2
+            """, [id, tenant]).rows
+        guard let row = rows.first else { return nil }
+        return ["id": row[0], "type": row[1], "tier": row[2], "status": row[3], "attempts": row[4], "result": row[5],
+                "error": row[6], "enqueued_at": row[7].flatMap(Timestamp.init(iso8601:))?.iso8601,
+                "started_at": row[8].flatMap(Timestamp.init(iso8601:))?.iso8601,
+                "finished_at": row[9].flatMap(Timestamp.init(iso8601:))?.iso8601, "idempotency_key": row[10]]
+    }
+}
