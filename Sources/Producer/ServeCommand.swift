@@ -37,7 +37,9 @@ struct ServeCommand: AsyncParsableCommand {
         try await publisher.start()
         _ = try await Migrator(migrations: Schema.migrations, logger: logger).migrate(pool)
 
-        let api = JobsAPI(publisher: publisher, pool: pool, tokens: APITokenStore(pool: pool), jobs: APIJobStore(pool: pool),
+        let rateLimits: [Tier: RateLimiter.Limit]
+        do { rateLimits = try RateLimiter.limits(environment: environment) } catch { throw ValidationError("\(error)") }
+        let api = JobsAPI(publisher: publisher, pool: pool, tokens: APITokenStore(pool: pool), jobs: APIJobStore(pool: pool), rateLimiter: RateLimiter(limits: rateLimits),
                           knownTypes: Set(HandlerRegistry.builtIn.types + extraTypes.filter { !$0.isEmpty }),
                           maxBodyBytes: maxBody, logger: logger)
         let app = Application(router: api.router(),

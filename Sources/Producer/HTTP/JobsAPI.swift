@@ -11,11 +11,15 @@ struct JobsAPI: Sendable {
     let pool: PostgresPool
     let tokens: APITokenStore
     let jobs: APIJobStore
+    let rateLimiter: RateLimiter
     let knownTypes: Set<String>
     let maxBodyBytes: Int
     let logger: Logger
 
     static let requestID = HTTPField.Name("X-Request-Id")!
+    static let rateLimitLimit = HTTPField.Name("RateLimit-Limit")!
+    static let rateLimitRemaining = HTTPField.Name("RateLimit-Remaining")!
+    static let rateLimitReset = HTTPField.Name("RateLimit-Reset")!
 
     func router() -> Router<BasicRequestContext> {
         let router = Router(context: BasicRequestContext.self)
@@ -54,6 +58,30 @@ struct JobsAPI: Sendable {
 
     private func createJob(_ request: Request, requestID: String) async throws(APIError) -> (Response, String?) {
         let token = try await authenticate(request, scope: .jobsWrite)
+        let limit = rateLimiter.take(key: token.id.lowercasedString, tier: token.tier)
+        var result = try await limited(limit, token) { () async throws(APIError) in
+            try await acceptJob(request, token: token, requestID: requestID)
+        }
+        result.0.headers[Self.rateLimitLimit] = String(Int(rateLimiter.limits[token.tier]?.burst ?? 0))
+        result.0.headers[Self.rateLimitRemaining] = String(limit.remaining)
+        result.0.headers[Self.rateLimitReset] = String(limit.reset)
+        return result
+    }
+
+    /// Runs `body` when the token's bucket allowed the request; otherwise a 429 carrying the
+    /// RateLimit-* headers and Retry-After.
+    private func limited(_ decision: TokenBucket.Decision, _ token: APIToken,
+                         _ body: () async throws(APIError) -> (Response, String?)) async throws(APIError) -> (Response, String?) {
+        guard decision.allowed else {
+            let error = APIError(.tooManyRequests, "rate_limited",
+                                 "rate limit of the \(token.tier.rawValue) tier reached; retry after \(decision.retryAfter) s",
+                                 retryAfter: decision.retryAfter)
+            return (error.response, token.tenant)
+        }
+        return try await body()
+    }
+
+    private func acceptJob(_ request: Request, token: APIToken, requestID: String) async throws(APIError) -> (Response, String?) {
         let body = try await jsonBody(request)
         let members: [JSONScanner.Member]
         do {

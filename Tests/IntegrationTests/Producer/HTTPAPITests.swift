@@ -36,14 +36,14 @@ struct HTTPAPITests {
         }
     }
 
-    func withServer<T: Sendable>(_ body: (Server, AMQPConnection) async throws -> T) async throws -> T {
+    func withServer<T: Sendable>(extra: [String: String] = [:], _ body: (Server, AMQPConnection) async throws -> T) async throws -> T {
         try await TestServices.withVhost { url in
             try await TestServices.withSchema { pool in
                 let port = Int.random(in: 20_000...29_999)
                 let environment = ["WARREN_AMQP_URL": url, "WARREN_DATABASE_URL": TestServices.databaseURL,
                                    "WARREN_DATABASE_SCHEMA": pool.configuration.searchPath ?? "public",
                                    "WARREN_HTTP_PORT": String(port), "WARREN_HTTP_HOST": "127.0.0.1",
-                                   "WARREN_HTTP_MAX_BODY_BYTES": "2000"]
+                                   "WARREN_HTTP_MAX_BODY_BYTES": "2000"].merging(extra) { $1 }
                 let server = Server(base: "http://127.0.0.1:\(port)", environment: environment)
                 let process = try RunningProduct("producer", ["serve"], environment: environment)
                 defer { process.signal(SIGKILL) }
@@ -162,6 +162,26 @@ struct HTTPAPITests {
             #expect(done.contains(#""attempts":2"#) && done.contains(#""result":{"attempts": 2}"#), "\(done)")
             consumer.signal(SIGTERM)
             #expect(try await consumer.wait() == 0)
+        }
+    }
+
+    @Test func overTheTiersRateLimitA429SaysWhenToComeBack() async throws {
+        try await withServer(extra: ["WARREN_RATE_LIMIT_FREE": "0.2,2"]) { server, _ in
+            let free = try await server.token(tier: "free", scopes: "jobs:write")
+            let premium = try await server.token(tier: "premium", scopes: "jobs:write")
+            let body = #"{"type":"noop"}"#
+            let first = try await server.request("POST", "/v1/jobs", token: free, body: body)
+            #expect(first.0 == 202)
+            #expect(first.1["ratelimit-limit"] == "2")
+            #expect(first.1["ratelimit-remaining"] == "1")
+            #expect(try await server.request("POST", "/v1/jobs", token: free, body: body).0 == 202)
+            let limited = try await server.request("POST", "/v1/jobs", token: free, body: body)
+            #expect(limited.0 == 429, "\(limited.2)")
+            #expect(Int(limited.1["retry-after"] ?? "") ?? 0 >= 1)
+            #expect(limited.1["ratelimit-remaining"] == "0")
+            #expect(limited.2.contains(#""code":"rate_limited""#))
+            // Another tenant's token (another tier) has its own bucket.
+            #expect(try await server.request("POST", "/v1/jobs", token: premium, body: body).0 == 202)
         }
     }
 
