@@ -23,11 +23,17 @@ struct ServeCommand: AsyncParsableCommand {
         let environment = ProcessInfo.processInfo.environment
         let settings: Settings
         do { settings = try Settings() } catch { throw ValidationError("\(error)") }
-        let listenPort = port ?? environment["WARREN_HTTP_PORT"].flatMap(Int.init) ?? 8080
-        guard (1...65_535).contains(listenPort) else { throw ValidationError("port must be 1...65535") }
-        let maxBody = environment["WARREN_HTTP_MAX_BODY_BYTES"].flatMap(Int.init) ?? 1_048_576
-        let extraTypes = (environment["WARREN_JOB_TYPES"] ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
-
+        let reader = EnvironmentReader(environment)
+        let listenPort: Int
+        let maxBody: Int
+        do {
+            listenPort = try port ?? reader.integer("WARREN_HTTP_PORT", 1...65_535) ?? 8080
+            maxBody = try reader.integer("WARREN_HTTP_MAX_BODY_BYTES", 1...1_073_741_824) ?? 1_048_576
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        guard (1...65_535).contains(listenPort) else { throw ValidationError("--port must be 1...65535") }
+        let extraTypes = (reader.string("WARREN_JOB_TYPES") ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
         let amqp: AMQPConfiguration
         do { amqp = try AMQPConfiguration(url: settings.amqpURL, connectionName: "producer serve") } catch {
             throw ValidationError("\(error)")
@@ -43,7 +49,7 @@ struct ServeCommand: AsyncParsableCommand {
                           knownTypes: Set(HandlerRegistry.builtIn.types + extraTypes.filter { !$0.isEmpty }),
                           maxBodyBytes: maxBody, logger: logger)
         let app = Application(router: api.router(),
-                              configuration: .init(address: .hostname(host ?? environment["WARREN_HTTP_HOST"] ?? "0.0.0.0", port: listenPort),
+                              configuration: .init(address: .hostname(host ?? reader.string("WARREN_HTTP_HOST") ?? "0.0.0.0", port: listenPort),
                                                    serverName: "warren"),
                               logger: logger)
         let group = ServiceGroup(configuration: .init(

@@ -27,26 +27,16 @@ package struct Settings: Sendable {
     package var upkeepIntervalSeconds: Int
 
     package init(environment: [String: String] = ProcessInfo.processInfo.environment) throws(SettingsError) {
-        func nonEmpty(_ key: String) -> String? {
-            guard let value = environment[key]?.trimmingCharacters(in: .whitespaces), !value.isEmpty else { return nil }
-            return value
-        }
-        func integer(_ key: String, default value: Int, range: ClosedRange<Int>) throws(SettingsError) -> Int {
-            guard let text = nonEmpty(key) else { return value }
-            guard let number = Int(text), range.contains(number) else {
-                throw SettingsError(key: key, message: "must be an integer in \(range.lowerBound)...\(range.upperBound), got '\(text)'")
-            }
-            return number
-        }
-        amqpURL = nonEmpty(Key.amqpURL) ?? Self.defaultAMQPURL
-        databaseURL = nonEmpty(Key.databaseURL) ?? Self.defaultDatabaseURL
-        databaseSchema = nonEmpty(Key.databaseSchema)
+        let reader = EnvironmentReader(environment)
+        amqpURL = reader.string(Key.amqpURL) ?? Self.defaultAMQPURL
+        databaseURL = reader.string(Key.databaseURL) ?? Self.defaultDatabaseURL
+        databaseSchema = reader.string(Key.databaseSchema)
         if let schema = databaseSchema, !schema.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_") }) {
             throw SettingsError(key: Key.databaseSchema, message: "must be a plain identifier (letters, digits, _), got '\(schema)'")
         }
-        partitionDaysAhead = try integer(Key.partitionDaysAhead, default: 7, range: 1...366)
-        retentionDays = try integer(Key.retentionDays, default: 30, range: 1...3660)
-        upkeepIntervalSeconds = try integer(Key.upkeepInterval, default: 300, range: 1...86_400)
+        partitionDaysAhead = try reader.integer(Key.partitionDaysAhead, 1...366) ?? 7
+        retentionDays = try reader.integer(Key.retentionDays, 1...3660) ?? 30
+        upkeepIntervalSeconds = try reader.integer(Key.upkeepInterval, 1...86_400) ?? 300
     }
 }
 

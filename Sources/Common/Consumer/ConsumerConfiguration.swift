@@ -51,36 +51,19 @@ package struct ConsumerConfiguration: Sendable {
     /// Reads the `WARREN_*` variables over the tier's defaults.
     package init(tier: Tier, environment: [String: String]) throws(SettingsError) {
         self.init(tier: tier)
-        func value(_ key: String) -> String? {
-            guard let text = environment[key]?.trimmingCharacters(in: .whitespaces), !text.isEmpty else { return nil }
-            return text
-        }
-        func integer(_ key: String, _ range: ClosedRange<Int>) throws(SettingsError) -> Int? {
-            guard let text = value(key) else { return nil }
-            guard let number = Int(text), range.contains(number) else {
-                throw SettingsError(key: key, message: "must be an integer in \(range.lowerBound)...\(range.upperBound), got '\(text)'")
-            }
-            return number
-        }
-        func seconds(_ key: String, _ range: ClosedRange<Double>) throws(SettingsError) -> Duration? {
-            guard let text = value(key) else { return nil }
-            guard let number = Double(text), range.contains(number) else {
-                throw SettingsError(key: key, message: "must be a number of seconds in \(range.lowerBound)...\(range.upperBound), got '\(text)'")
-            }
-            return .milliseconds(Int64(number * 1_000))
-        }
-        if let number = try integer("WARREN_CONCURRENCY", 1...10_000) { concurrency = number }
-        if let number = try integer("WARREN_PREFETCH", 1...65_535) { prefetch = UInt16(number) }
-        if let number = try integer("WARREN_BATCH_MAX_ROWS", 1...10_000) { batchMaxRows = number }
-        if let number = try integer("WARREN_BATCH_MAX_DELAY_MS", 0...10_000) { batchMaxDelay = .milliseconds(number) }
-        if let duration = try seconds("WARREN_SHUTDOWN_GRACE_SECONDS", 0...3_600) { shutdownGrace = duration }
-        if let number = try integer("WARREN_RETRY_MAX_ATTEMPTS", 1...1_000) { retry.maxAttempts = number }
-        if let duration = try seconds("WARREN_RETRY_BASE_SECONDS", 0.001...86_400) {
+        let reader = EnvironmentReader(environment)
+        if let number = try reader.integer("WARREN_CONCURRENCY", 1...10_000) { concurrency = number }
+        if let number = try reader.integer("WARREN_PREFETCH", 1...65_535) { prefetch = UInt16(number) }
+        if let number = try reader.integer("WARREN_BATCH_MAX_ROWS", 1...10_000) { batchMaxRows = number }
+        if let number = try reader.integer("WARREN_BATCH_MAX_DELAY_MS", 0...10_000) { batchMaxDelay = .milliseconds(number) }
+        if let duration = try reader.seconds("WARREN_SHUTDOWN_GRACE_SECONDS", 0...3_600) { shutdownGrace = duration }
+        if let number = try reader.integer("WARREN_RETRY_MAX_ATTEMPTS", 1...1_000) { retry.maxAttempts = number }
+        if let duration = try reader.seconds("WARREN_RETRY_BASE_SECONDS", 0.001...86_400) {
             retry.backoff.base = duration
             retry.backoff.floor = min(retry.backoff.floor, duration)
         }
-        if let duration = try seconds("WARREN_RETRY_CAP_SECONDS", 0.001...86_400) { retry.backoff.cap = duration }
-        if let text = value("WARREN_RETRY_MAX_ATTEMPTS_BY_TYPE") {
+        if let duration = try reader.seconds("WARREN_RETRY_CAP_SECONDS", 0.001...86_400) { retry.backoff.cap = duration }
+        if let text = reader.string("WARREN_RETRY_MAX_ATTEMPTS_BY_TYPE") {
             // "email.send=8,report.build=2"
             for entry in text.split(separator: ",") {
                 let parts = entry.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
@@ -92,7 +75,7 @@ package struct ConsumerConfiguration: Sendable {
                 retryByType[parts[0]] = policy
             }
         }
-        if let id = value("WARREN_CONSUMER_ID") { consumerID = id }
+        if let id = reader.string("WARREN_CONSUMER_ID") { consumerID = id }
     }
 
     package func retryPolicy(for type: String) -> RetryPolicy { retryByType[type] ?? retry }

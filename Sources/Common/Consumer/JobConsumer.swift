@@ -374,7 +374,7 @@ package final class JobConsumer: Sendable {
             var stored = result
             if let result, (try? JSONScanner.validate(result)) == nil {
                 logger.warning("handler returned a result that is not JSON; storing it as a JSON string")
-                stored = Array(Self.jsonString(String(decoding: result, as: UTF8.self)).utf8)
+                stored = Array(JSONText.quoted(String(decoding: result, as: UTF8.self)).utf8)
             }
             metrics.count("succeeded")
             writer.submit(.init(record: JobRunRecord(job: job, run: run(.succeeded, result: stored), event: .succeeded,
@@ -457,16 +457,7 @@ package final class JobConsumer: Sendable {
         writer.submit(.init(record: nil, delivery: delivery))
     }
 
-    private static func detail(_ fields: [String: String]) -> [UInt8]? {
-        guard let data = try? JSONSerialization.data(withJSONObject: fields, options: [.sortedKeys]) else { return nil }
-        return [UInt8](data)
-    }
-
-    private static func jsonString(_ text: String) -> String {
-        guard let data = try? JSONSerialization.data(withJSONObject: [text]),
-              let array = String(data: data, encoding: .utf8) else { return "null" }
-        return String(array.dropFirst().dropLast())
-    }
+    private static func detail(_ fields: [String: String]) -> [UInt8]? { Array(JSONText.object(fields).utf8) }
 }
 
 /// A counting semaphore for the bounded job group: `acquire` waits while `limit` jobs run.

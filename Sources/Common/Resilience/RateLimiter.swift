@@ -62,7 +62,7 @@ package final class RateLimiter: Sendable {
         var limits = defaults
         for tier in Tier.allCases {
             let key = "WARREN_RATE_LIMIT_\(tier.rawValue.uppercased())"
-            guard let text = environment[key], !text.isEmpty else { continue }
+            guard let text = EnvironmentReader(environment).string(key) else { continue }
             let parts = text.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
             guard parts.count == 2, parts[0] > 0, parts[1] >= 1 else {
                 throw SettingsError(key: key, message: "expects 'rate,burst' (requests per second, bucket size), got '\(text)'")

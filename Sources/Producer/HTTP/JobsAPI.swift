@@ -140,7 +140,7 @@ struct JobsAPI: Sendable {
                                retryAfter: 1)
             }
             let status = (try? await jobs.status(of: id, tenant: token.tenant))?["status"] ?? nil
-            return (json(.ok, #"{"id":"\#(id.lowercasedString)","status":\#(Self.jsonString(status ?? "queued")),"duplicate":true}"#),
+            return (json(.ok, #"{"id":"\#(id.lowercasedString)","status":\#(JSONText.quoted(status ?? "queued")),"duplicate":true}"#),
                     token.tenant)
         }
         do {
@@ -156,7 +156,7 @@ struct JobsAPI: Sendable {
         }
         // The job is accepted; if recording that fails, a pending claim older than a minute counts as published.
         try? await jobs.markPublished(job.id)
-        let body202 = #"{"id":"\#(job.id.lowercasedString)","status":"queued","type":\#(Self.jsonString(job.type)),"tier":"\#(job.tier.rawValue)","enqueued_at":"\#(job.enqueuedAt.iso8601)"}"#
+        let body202 = #"{"id":"\#(job.id.lowercasedString)","status":"queued","type":\#(JSONText.quoted(job.type)),"tier":"\#(job.tier.rawValue)","enqueued_at":"\#(job.enqueuedAt.iso8601)"}"#
         return (json(.accepted, body202), token.tenant)
     }
 
@@ -178,7 +178,7 @@ struct JobsAPI: Sendable {
             }
             switch key {
             case "attempts", "result": fields.append(#""\#(key)":\#(value)"#)  // a number; JSON from jsonb
-            default: fields.append(#""\#(key)":\#(Self.jsonString(value))"#)
+            default: fields.append(#""\#(key)":\#(JSONText.quoted(value))"#)
             }
         }
         return (json(.ok, "{" + fields.joined(separator: ",") + "}"), token.tenant)
@@ -250,11 +250,6 @@ struct JobsAPI: Sendable {
         ])
         return response
     }
-
-    static func jsonString(_ text: String) -> String {
-        guard let data = try? JSONSerialization.data(withJSONObject: [text]), let array = String(data: data, encoding: .utf8) else { return "\"\"" }
-        return String(array.dropFirst().dropLast())
-    }
 }
 
 func json(_ status: HTTPResponse.Status, _ body: String) -> Response {
@@ -278,8 +273,8 @@ struct APIError: Error {
     }
 
     var response: Response {
-        var fields = [#""code":\#(JobsAPI.jsonString(code))"#, #""message":\#(JobsAPI.jsonString(message))"#]
-        if let field { fields.append(#""field":\#(JobsAPI.jsonString(field))"#) }
+        var fields = [#""code":\#(JSONText.quoted(code))"#, #""message":\#(JSONText.quoted(message))"#]
+        if let field { fields.append(#""field":\#(JSONText.quoted(field))"#) }
         var response = json(status, #"{"error":{\#(fields.joined(separator: ","))}}"#)
         if status == .unauthorized { response.headers[.wwwAuthenticate] = #"Bearer realm="warren""# }
         if let retryAfter { response.headers[.retryAfter] = String(retryAfter) }

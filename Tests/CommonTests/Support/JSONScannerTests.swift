@@ -112,3 +112,17 @@ import Testing
         #expect(PayloadFields(Array("[1]".utf8)) == nil)
     }
 }
+
+@Suite struct JSONTextTests {
+    @Test(arguments: ["plain", "quote \" and \\ backslash", "line\nbreak\ttab\r", "\u{1}\u{1F}\u{8}\u{C}", "café 😀", ""])
+    func quotedTextReadsBackAsTheSameString(_ text: String) throws {
+        let quoted = JSONText.quoted(text)
+        try JSONScanner.validate(Array(quoted.utf8))
+        let parsed = try JSONSerialization.jsonObject(with: Data(quoted.utf8), options: [.fragmentsAllowed]) as? String
+        #expect(parsed == text)
+    }
+
+    @Test func objectsHaveSortedStringFields() {
+        #expect(JSONText.object(["b": "2", "a": "x\"y"]) == #"{"a":"x\"y","b":"2"}"#)
+    }
+}
