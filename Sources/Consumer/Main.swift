@@ -32,6 +32,9 @@ struct ConsumerCommand: AsyncParsableCommand {
     @Option(help: "Seconds in-flight jobs get to finish on SIGTERM (default: $WARREN_SHUTDOWN_GRACE_SECONDS or 25).")
     var shutdownGrace: Double?
 
+    @Option(help: "Port for /healthz, /readyz, /metrics and /status (default: $WARREN_ADMIN_PORT or 9090; 0 picks a free one).")
+    var adminPort: Int?
+
     @Option(help: "AMQP URL or comma-separated list (default: $WARREN_AMQP_URL).")
     var amqpURL: String?
 
@@ -44,6 +47,7 @@ struct ConsumerCommand: AsyncParsableCommand {
         let consumerConfiguration: ConsumerConfiguration
         let settings: Settings
         let amqp: AMQPConfiguration
+        let admin: (host: String, port: Int)
         do {
             settings = try Settings(environment: environment)
             guard let tierName = tier ?? environment["WARREN_TIER"] else {
@@ -71,6 +75,7 @@ struct ConsumerCommand: AsyncParsableCommand {
                 configuration.exitWhenIdle = idle
             }
             consumerConfiguration = configuration
+            admin = try AdminServer.address(flag: adminPort, environment: environment)
             amqp = try AMQPConfiguration(url: amqpURL ?? settings.amqpURL, connectionName: "consumer \(configuration.consumerID)")
         } catch let error as ValidationError {
             throw error
@@ -83,8 +88,11 @@ struct ConsumerCommand: AsyncParsableCommand {
 
         let consumer = JobConsumer(configuration: consumerConfiguration, amqp: amqp, database: database,
                                    handlers: .builtIn, logger: logger)
+        let adminServer = AdminServer.service(host: admin.host, port: admin.port, ready: { await consumer.unreachable() },
+                                              status: { await consumer.statusJSON() }, logger: logger)
         let group = ServiceGroup(configuration: .init(
-            services: [.init(service: ConsumerService(consumer: consumer), successTerminationBehavior: .gracefullyShutdownGroup)],
+            services: [.init(service: ConsumerService(consumer: consumer), successTerminationBehavior: .gracefullyShutdownGroup),
+                       .init(service: adminServer)],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
         try await group.run()

@@ -8,7 +8,8 @@ import UnixSignals
 
 /// `producer serve`: the HTTP API (see docs/architecture.md). Configuration from the
 /// environment: `WARREN_HTTP_PORT` (8080), `WARREN_HTTP_HOST` (0.0.0.0), `WARREN_HTTP_MAX_BODY_BYTES`
-/// (1 MiB), `WARREN_JOB_TYPES` (extra accepted job types, comma-separated).
+/// (1 MiB), `WARREN_JOB_TYPES` (extra accepted job types, comma-separated), `WARREN_BATCH_SWEEP_MS`
+/// (how often completed batches are looked for, 1000).
 struct ServeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "serve", abstract: "Serve the HTTP API.")
 
@@ -26,9 +27,11 @@ struct ServeCommand: AsyncParsableCommand {
         let reader = EnvironmentReader(environment)
         let listenPort: Int
         let maxBody: Int
+        let batchSweep: Int
         do {
             listenPort = try port ?? reader.integer("WARREN_HTTP_PORT", 1...65_535) ?? 8080
             maxBody = try reader.integer("WARREN_HTTP_MAX_BODY_BYTES", 1...1_073_741_824) ?? 1_048_576
+            batchSweep = try reader.integer("WARREN_BATCH_SWEEP_MS", 10...3_600_000) ?? 1_000
         } catch {
             throw ValidationError("\(error)")
         }
@@ -45,15 +48,18 @@ struct ServeCommand: AsyncParsableCommand {
 
         let rateLimits: [Tier: RateLimiter.Limit]
         do { rateLimits = try RateLimiter.limits(environment: environment) } catch { throw ValidationError("\(error)") }
-        let api = JobsAPI(publisher: publisher, pool: pool, tokens: APITokenStore(pool: pool), jobs: APIJobStore(pool: pool), rateLimiter: RateLimiter(limits: rateLimits),
+        let api = JobsAPI(publisher: publisher, pool: pool, tokens: APITokenStore(pool: pool), jobs: APIJobStore(pool: pool),
+                          batches: APIBatchStore(pool: pool), rateLimiter: RateLimiter(limits: rateLimits),
                           knownTypes: Set(HandlerRegistry.builtIn.types + extraTypes.filter { !$0.isEmpty }),
                           maxBodyBytes: maxBody, logger: logger)
         let app = Application(router: api.router(),
                               configuration: .init(address: .hostname(host ?? reader.string("WARREN_HTTP_HOST") ?? "0.0.0.0", port: listenPort),
                                                    serverName: "warren"),
                               logger: logger)
+        let completer = BatchCompleter(store: APIBatchStore(pool: pool), publisher: publisher, interval: .milliseconds(batchSweep),
+                                       logger: logger)
         let group = ServiceGroup(configuration: .init(
-            services: [.init(service: app)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            services: [.init(service: app), .init(service: completer)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
         await publisher.close()
         await pool.close()

@@ -3,6 +3,7 @@ import Common
 import Foundation
 import Logging
 import ServiceLifecycle
+import Synchronization
 import UnixSignals
 
 /// `scheduler`: applies migrations, then keeps daily partitions ready ahead and drops those
@@ -20,17 +21,42 @@ struct SchedulerCommand: AsyncParsableCommand {
     @Flag(help: "Run one upkeep round and exit.")
     var once = false
 
+    @Option(help: "Port for /healthz, /readyz, /metrics and /status (default: $WARREN_ADMIN_PORT or 9090; 0 picks a free one).")
+    var adminPort: Int?
+
     func run() async throws {
         let logger = Observability.bootstrap(service: "scheduler")
         let settings: Settings
-        do { settings = try Settings() } catch { throw ValidationError("\(error)") }
+        let admin: (host: String, port: Int)
+        do {
+            settings = try Settings()
+            admin = try AdminServer.address(flag: adminPort, environment: ProcessInfo.processInfo.environment)
+        } catch {
+            throw ValidationError("\(error)")
+        }
         var database = settings.postgres(applicationName: "warren-scheduler")
         if let databaseURL { database.url = databaseURL }
         database.maxConnections = 2
         let pool = PostgresPool(configuration: database, logger: logger)
         let upkeep = UpkeepService(pool: pool, settings: settings, once: once, logger: logger)
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: upkeep, successTerminationBehavior: .gracefullyShutdownGroup),
+        ]
+        if !once {
+            services.append(.init(service: AdminServer.service(
+                host: admin.host, port: admin.port,
+                ready: {
+                    do {
+                        _ = try await pool.query("SELECT 1")
+                        return []
+                    } catch {
+                        return ["database"]
+                    }
+                },
+                status: { await upkeep.statusJSON() }, logger: logger)))
+        }
         let group = ServiceGroup(configuration: .init(
-            services: [.init(service: upkeep, successTerminationBehavior: .gracefullyShutdownGroup)],
+            services: services,
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
         try await group.run()
@@ -38,11 +64,25 @@ struct SchedulerCommand: AsyncParsableCommand {
     }
 }
 
-struct UpkeepService: Service {
+final class UpkeepService: Service {
     let pool: PostgresPool
     let settings: Settings
     let once: Bool
     let logger: Logger
+    /// When the last upkeep round succeeded, and the last error since.
+    private let progress = Mutex<(succeeded: Timestamp?, error: String?)>((nil, nil))
+
+    init(pool: PostgresPool, settings: Settings, once: Bool, logger: Logger) {
+        self.pool = pool
+        self.settings = settings
+        self.once = once
+        self.logger = logger
+    }
+
+    func statusJSON() async -> String {
+        let (succeeded, error) = progress.withLock { ($0.succeeded, $0.error) }
+        return #"{"service":"scheduler","last_upkeep":\#(succeeded.map { "\"\($0.iso8601)\"" } ?? "null"),"last_error":\#(error.map(JSONText.quoted) ?? "null"),"upkeep_interval_seconds":\#(settings.upkeepIntervalSeconds)}"#
+    }
 
     func run() async throws {
         let applied = try await Migrator(migrations: Schema.migrations, logger: logger).migrate(pool)
@@ -55,10 +95,12 @@ struct UpkeepService: Service {
             do {
                 try await partitions.upkeep(daysAhead: settings.partitionDaysAhead, retentionDays: settings.retentionDays, pool: pool)
                 failures = 0
+                progress.withLock { $0 = (Timestamp.now(), nil) }
                 wait = .seconds(settings.upkeepIntervalSeconds)
             } catch {
                 wait = backoff.delay(attempt: failures)
                 failures += 1
+                progress.withLock { $0.error = "\(error)" }
                 logger.error("partition upkeep failed; retrying", metadata: ["error": "\(error)", "retry_in_ms": "\(wait.milliseconds)"])
                 if once { throw error }
             }

@@ -13,7 +13,7 @@ package struct ConsumerMetrics: Sendable {
     let writeFailures: Counter
     let inFlight: Gauge
 
-    static let outcomeNames = ["succeeded", "retried", "failed", "dead", "duplicate", "malformed", "handed_back"]
+    static let outcomeNames = ["succeeded", "retried", "failed", "dead", "cancelled", "duplicate", "malformed", "handed_back"]
 
     package init(tier: Tier) {
         let tierDimension = ("tier", tier.rawValue)
@@ -47,6 +47,12 @@ package final class JobConsumer: Sendable {
     private let metrics: ConsumerMetrics
     private let logger: Logger
     private let state = Mutex(State())
+    /// Cancellation requests this consumer knows of (see ``JobCancellations``).
+    package let cancellations = JobCancellations()
+    /// This consumer's own queue on `warren.control` (exclusive: gone with the connection).
+    private let controlQueue: String
+    /// How often `api_jobs` is polled for cancellation requests the fanout may have missed.
+    private let cancellationPoll: Duration = .seconds(2)
 
     private struct State {
         var stopRequested = false
@@ -67,8 +73,12 @@ package final class JobConsumer: Sendable {
         self.configuration = configuration
         self.logger = logger
         self.handlers = handlers
+        let controlQueue = "warren.control.\(configuration.consumerID).\(JobID.make().lowercasedString.prefix(8))"
+        self.controlQueue = controlQueue
         connection = AMQPConnection(configuration: amqp, logger: logger) { control in
             try Topology.standard.declare(on: control)
+            try control.declareQueue(controlQueue, durable: false, exclusive: true, autoDelete: true)
+            try control.bindQueue(controlQueue, exchange: Topology.controlExchange, routingKey: "")
         }
         pool = PostgresPool(configuration: database, logger: logger)
         store = JobRunStore(pool: pool, logger: logger)
@@ -83,9 +93,14 @@ package final class JobConsumer: Sendable {
     package func run() async throws -> Bool {
         let queue = configuration.tier.queueName
         let deliveries: AMQPDeliveries
+        let controlMessages: AMQPDeliveries
         do {
             try await connection.connect()
             try await migrateWaitingForPostgres()
+            // Hear new cancellation requests before loading the standing ones, so none falls
+            // between the two; then take jobs.
+            controlMessages = try await connection.consume(queue: controlQueue, prefetch: 256)
+            try await loadCancellations()
             deliveries = try await connection.consume(queue: queue, prefetch: configuration.prefetch,
                                                       tag: "warren-\(configuration.consumerID)")
         } catch {
@@ -106,10 +121,13 @@ package final class JobConsumer: Sendable {
         ])
 
         let writerTask = Task { await writer.run() }
+        let controlTask = Task { await listen(to: controlMessages) }
+        let pollTask = Task { await pollCancellations() }
         let idleMonitor = configuration.exitWhenIdle.map { idle in Task { await watchForIdle(idle) } }
         let limiter = Limiter(limit: configuration.concurrency)
 
         let shutdownDeadline = Mutex(ContinuousClock.now)
+        var deliveriesError: (any Error)?
         await withDiscardingTaskGroup { jobs in
             do {
                 for try await delivery in deliveries {
@@ -123,7 +141,8 @@ package final class JobConsumer: Sendable {
                     }
                 }
             } catch {
-                logger.error("deliveries ended with an error", metadata: ["error": "\(error)"])
+                logger.error("deliveries ended with an error; shutting down", metadata: ["error": "\(error)"])
+                deliveriesError = error
             }
             let deadline = ContinuousClock.now + configuration.shutdownGrace
             shutdownDeadline.withLock { $0 = deadline }
@@ -140,6 +159,8 @@ package final class JobConsumer: Sendable {
             }
         }
         idleMonitor?.cancel()
+        controlTask.cancel()
+        pollTask.cancel()
 
         // Flush what finished, ack it, then close (unacked deliveries go back to the queue).
         writer.close()
@@ -161,6 +182,12 @@ package final class JobConsumer: Sendable {
         await connection.close()
         await pool.close()
         let idle = state.withLock { $0.stoppedBecauseIdle }
+        if let deliveriesError {
+            // The broker ended the subscription (its queue deleted, say): fail, so a supervisor
+            // restarts this consumer rather than counting it as a clean exit.
+            logger.info("consumer stopped", metadata: ["reason": "deliveries ended"])
+            throw deliveriesError
+        }
         logger.info("consumer stopped", metadata: ["reason": "\(idle ? "idle" : "shutdown")"])
         return idle
     }
@@ -206,6 +233,68 @@ package final class JobConsumer: Sendable {
             } catch {
                 logger.warning("basic.cancel failed; closing the connection instead", metadata: ["error": "\(error)"])
                 await connection.close()
+            }
+        }
+    }
+
+    // MARK: - Admin port
+
+    /// What `/readyz` reports down: the broker (connection lost) or the database (no answer).
+    package func unreachable() async -> [String] {
+        var down: [String] = []
+        if !connection.isConnected { down.append("broker") }
+        do {
+            _ = try await pool.query("SELECT 1")
+        } catch {
+            down.append("database")
+        }
+        return down
+    }
+
+    /// `/status`: this consumer's tier, limits and what it holds right now.
+    package func statusJSON() async -> String {
+        let (inFlight, stopping) = state.withLock { ($0.inFlight, $0.stopRequested) }
+        return #"{"service":"consumer","consumer_id":\#(JSONText.quoted(configuration.consumerID)),"tier":"\#(configuration.tier.rawValue)","queue":"\#(configuration.tier.queueName)","concurrency":\#(configuration.concurrency),"prefetch":\#(configuration.prefetch),"in_flight":\#(inFlight),"unwritten_results":\#(writer.pending),"cancellation_requests":\#(cancellations.count),"broker_connected":\#(connection.isConnected),"stopping":\#(stopping)}"#
+    }
+
+    // MARK: - Cancellation requests
+
+    /// The standing requests: jobs of this tier asked to cancel and not yet finished.
+    private func loadCancellations() async throws {
+        let ids = try await APIJobStore(pool: pool).openCancellations(tier: configuration.tier)
+        cancellations.request(ids)
+        if !ids.isEmpty { logger.info("loaded cancellation requests", metadata: ["count": "\(ids.count)"]) }
+    }
+
+    /// Control messages from `warren.control`: cancellation requests, the moment they are made.
+    private func listen(to messages: AMQPDeliveries) async {
+        do {
+            for try await message in messages {
+                if case .cancel(let job, let tier)? = ControlMessage(body: message.body), tier == configuration.tier {
+                    let running = cancellations.request([job])
+                    logger.info("cancellation requested", metadata: ["job_id": "\(job.lowercasedString)",
+                                                                     "running": "\(running > 0)"])
+                }
+                try? await connection.ack(message)
+            }
+        } catch {
+            if !Task.isCancelled { logger.warning("control messages ended", metadata: ["error": "\(error)"]) }
+        }
+    }
+
+    /// Polls `api_jobs` for recent requests: the fanout reaches only consumers connected at
+    /// the time, so this closes the gap of a reconnect (or a lost control message).
+    private func pollCancellations() async {
+        let store = APIJobStore(pool: pool)
+        while !Task.isCancelled {
+            try? await Task.sleep(for: cancellationPoll)
+            guard !Task.isCancelled else { return }
+            do {
+                let ids = try await store.recentCancellations(tier: configuration.tier, seconds: 30)
+                let running = cancellations.request(ids.filter { !cancellations.isRequested($0) })
+                if running > 0 { logger.info("cancelled running jobs found by polling", metadata: ["count": "\(running)"]) }
+            } catch {
+                logger.debug("cannot poll cancellation requests", metadata: ["error": "\(error)"])
             }
         }
     }
@@ -322,12 +411,28 @@ package final class JobConsumer: Sendable {
         }
 
         let startedAt = Timestamp.now()
+        if cancellations.isRequested(job.id) {
+            // Asked to cancel before it started: never run it.
+            jobLogger.info("job cancelled before it started")
+            metrics.count("cancelled")
+            let run = JobRunRecord.Run(status: .cancelled, attempts: job.attempt, error: "cancelled before it started",
+                                       consumerID: configuration.consumerID, startedAt: startedAt, finishedAt: startedAt)
+            writer.submit(.init(record: JobRunRecord(job: job, run: run, event: .cancelled,
+                                                     detail: Self.detail(["when": "before start"])), delivery: delivery))
+            cancellations.forget(job.id)
+            return
+        }
+        // The `running` mark rides with the next batch (no write of its own; a job that ends
+        // within the same batch goes straight to its outcome).
+        writer.submit(.init(record: JobRunRecord(job: job, run: JobRunRecord.Run(
+            status: .running, attempts: job.attempt, consumerID: configuration.consumerID, startedAt: startedAt, finishedAt: nil),
+            event: nil), delivery: nil))
         let clockStart = ContinuousClock.now
         let outcome: JobOutcome
         if let handler = handlers.handler(for: job.type) {
             let context = JobContext(job: job, logger: jobLogger, deadline: clockStart + handler.timeout,
                                      consumerID: configuration.consumerID)
-            outcome = await Self.run(handler, context)
+            outcome = await Self.run(handler, context, cancellations: cancellations)
         } else {
             outcome = .permanentFailure(error: "unknown job type '\(job.type)' (this consumer runs: \(handlers.types.joined(separator: ", ")))")
         }
@@ -340,10 +445,14 @@ package final class JobConsumer: Sendable {
         await settle(job, outcome, delivery: delivery, startedAt: startedAt, logger: jobLogger)
     }
 
-    /// Runs a handler, cancelling it when its timeout passes (a retryable failure).
-    private static func run(_ handler: any JobHandler, _ context: JobContext) async -> JobOutcome {
+    /// Runs a handler, cancelling it when its timeout passes (a retryable failure) or when the
+    /// job is asked to cancel.
+    private static func run(_ handler: any JobHandler, _ context: JobContext, cancellations: JobCancellations) async -> JobOutcome {
         await withTaskGroup(of: JobOutcome?.self) { group in
             group.addTask { await handler.run(context) }
+            group.addTask {
+                await cancellations.wait(for: context.job.id) ? .cancelled(reason: "cancelled while running") : nil
+            }
             group.addTask {
                 do {
                     try await Task.sleep(until: context.deadline)
@@ -409,6 +518,14 @@ package final class JobConsumer: Sendable {
                                                      detail: Self.detail(["delay": delay.label, "error": error]),
                                                      loggedAt: finishedAt), delivery: delivery))
 
+        case .cancelled(let reason):
+            logger.info("job cancelled while running", metadata: ["reason": "\(reason)"])
+            metrics.count("cancelled")
+            writer.submit(.init(record: JobRunRecord(job: job, run: run(.cancelled, error: reason), event: .cancelled,
+                                                     detail: Self.detail(["when": "while running", "reason": reason]),
+                                                     loggedAt: finishedAt), delivery: delivery))
+            cancellations.forget(job.id)
+
         case .permanentFailure(let error):
             await deadLetter(job, reason: "permanent-failure", lastError: error, status: .failed, run: run(.failed, error: error),
                              delivery: delivery, logger: logger)
@@ -434,7 +551,7 @@ package final class JobConsumer: Sendable {
         metrics.count(status == .dead ? "dead" : "failed")
         writer.submit(.init(record: JobRunRecord(job: job, run: run, event: status == .dead ? .deadLettered : .failed,
                                                  detail: Self.detail(["reason": reason, "error": lastError]),
-                                                 loggedAt: run.finishedAt), delivery: delivery))
+                                                 loggedAt: run.finishedAt ?? .now()), delivery: delivery))
     }
 
     /// A message that is not a job: copied as it is to the dead queue with the reason, acked.

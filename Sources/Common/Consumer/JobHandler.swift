@@ -11,6 +11,10 @@ package enum JobOutcome: Sendable, Equatable {
     /// Failed for good (bad payload, refused by a downstream service): no retry; the row says
     /// `failed` and the job is copied to `warren.jobs.dead` for inspection.
     case permanentFailure(error: String)
+    /// Stopped because the job was cancelled (`DELETE /v1/jobs/{id}`): recorded `cancelled`,
+    /// never retried. The consumer returns this itself when a cancellation reaches a running
+    /// job; a handler may return it after noticing `Task.isCancelled`.
+    case cancelled(reason: String)
 
     package static var success: JobOutcome { .success(result: nil) }
     package static func retry(_ error: String) -> JobOutcome { .retry(error: error, retryAfter: nil) }

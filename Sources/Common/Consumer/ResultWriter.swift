@@ -13,7 +13,8 @@ package final class ResultWriter: Sendable {
         /// The outcome to make durable; nil for a delivery that only needs its ack (a
         /// malformed message already copied to the dead queue).
         package var record: JobRunRecord?
-        package var delivery: AMQPDelivery
+        /// Nil for a record with nothing to ack (the `running` mark at a job's start).
+        package var delivery: AMQPDelivery?
     }
 
     private struct State {
@@ -137,7 +138,9 @@ package final class ResultWriter: Sendable {
         metrics.batchRows.record(records.count)
         metrics.writeDuration.recordNanoseconds((ContinuousClock.now - started).nanoseconds)
         do {
-            let stale = try await connection.ack(batch.map(\.delivery))
+            let deliveries = batch.compactMap(\.delivery)
+            guard !deliveries.isEmpty else { return }
+            let stale = try await connection.ack(deliveries)
             if !stale.isEmpty {
                 logger.info("deliveries from an earlier connection were not acked; the broker redelivers them and they are recognised as duplicates",
                             metadata: ["count": "\(stale.count)"])

@@ -52,11 +52,69 @@ package struct APIJobStore: Sendable {
         try await pool.query("DELETE FROM api_jobs WHERE job_id = $1 AND state = 'pending'", [id])
     }
 
-    /// What `GET /v1/jobs/{id}` shows: the job's status (`queued` until a consumer records
+    // MARK: - Cancellation
+
+    package enum CancelRequest: Sendable, Equatable {
+        /// Not the tenant's job (or no such job).
+        case notFound
+        /// Already in a terminal status: nothing to cancel.
+        case finished(status: String)
+        /// Recorded; `status` is what the job was doing (`queued`, `retrying` or `running`).
+        case requested(status: String, tier: Tier)
+    }
+
+    /// Records a cancellation request for `tenant`'s job unless it already finished. Asking
+    /// again is harmless (the first request's time stays).
+    package func requestCancellation(of id: UUID, tenant: String) async throws -> CancelRequest {
+        try await pool.withTransaction { connection in
+            let rows = try await connection.query("""
+                SELECT coalesce(r.status, 'queued'), a.tier
+                FROM api_jobs a LEFT JOIN job_runs r ON r.job_id = a.job_id AND r.enqueued_at = a.enqueued_at
+                WHERE a.job_id = $1 AND a.tenant = $2
+                FOR UPDATE OF a
+                """, [id, tenant]).rows
+            guard let row = rows.first else { return .notFound }
+            let status = try row.string(0)
+            if JobStatus(rawValue: status)?.isTerminal ?? false { return .finished(status: status) }
+            guard let tier = Tier(rawValue: try row.string(1)) else { return .notFound }
+            try await connection.query(
+                "UPDATE api_jobs SET cancel_requested_at = coalesce(cancel_requested_at, now()) WHERE job_id = $1", [id])
+            return .requested(status: status, tier: tier)
+        }
+    }
+
+    /// Jobs of `tier` asked to cancel that have not finished: what a consumer loads at start.
+    package func openCancellations(tier: Tier) async throws -> [UUID] {
+        try await cancellations(tier: tier, since: "'-infinity'::timestamptz")
+    }
+
+    /// Requests made in the last `seconds` for jobs of `tier` not yet finished.
+    package func recentCancellations(tier: Tier, seconds: Int) async throws -> [UUID] {
+        try await cancellations(tier: tier, since: "now() - make_interval(secs => \(seconds))")
+    }
+
+    private func cancellations(tier: Tier, since: String) async throws -> [UUID] {
+        try await pool.query("""
+            SELECT a.job_id FROM api_jobs a
+            WHERE a.cancel_requested_at IS NOT NULL AND a.cancel_requested_at > \(since) AND a.tier = $1
+              AND NOT EXISTS (SELECT 1 FROM job_runs r WHERE r.job_id = a.job_id AND r.enqueued_at = a.enqueued_at
+                                AND r.status IN ('succeeded', 'failed', 'dead', 'cancelled'))
+            """, [tier.rawValue]).rows.map { try $0.uuid(0) }
+    }
+
+    /// What `GET /v1/jobs/{id}`: the job's status (`queued` until a consumer records
     /// it), attempts, result or error, timings. Nil unless the job is `tenant`'s.
+    /// The status a client sees: `queued` until a consumer records the job, and `cancelled`
+    /// at once for a job asked to cancel while waiting (queued or between retries), since it
+    /// will never run again.
+    static let reportedStatus = """
+        CASE WHEN a.cancel_requested_at IS NOT NULL AND coalesce(r.status, 'queued') IN ('queued', 'retrying')
+             THEN 'cancelled' ELSE coalesce(r.status, 'queued') END
+        """
+
     package func status(of id: UUID, tenant: String) async throws -> [String: String?]? {
         let rows = try await pool.query("""
-            SELECT a.job_id, a.type, a.tier, coalesce(r.status, 'queued'), coalesce(r.attempts, 0), r.result::text, r.error,
+            SELECT a.job_id, a.type, a.tier, \(Self.reportedStatus), coalesce(r.attempts, 0), r.result::text, r.error,
                    a.enqueued_at, r.started_at, r.finished_at, a.idempotency_key
             FROM api_jobs a
             LEFT JOIN job_runs r ON r.job_id = a.job_id AND r.enqueued_at = a.enqueued_at

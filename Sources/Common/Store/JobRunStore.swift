@@ -13,8 +13,8 @@ package enum JobEvent: String, Sendable {
     case published, started, retried, succeeded, failed, deadLettered = "dead_lettered", cancelled, duplicate
 }
 
-/// One finished delivery's durable outcome: the `job_runs` row (unless `run` is nil, as for
-/// a duplicate) and the `message_logs` event.
+/// One delivery's durable outcome: the `job_runs` row (unless `run` is nil, as for a
+/// duplicate) and the `message_logs` event (none for the `running` mark written at start).
 package struct JobRunRecord: Sendable {
     package struct Run: Sendable {
         package var status: JobStatus
@@ -23,10 +23,11 @@ package struct JobRunRecord: Sendable {
         package var error: String?
         package var consumerID: String
         package var startedAt: Timestamp
-        package var finishedAt: Timestamp
+        /// Nil while the job runs.
+        package var finishedAt: Timestamp?
 
         package init(status: JobStatus, attempts: Int, result: [UInt8]? = nil, error: String? = nil, consumerID: String,
-                     startedAt: Timestamp, finishedAt: Timestamp) {
+                     startedAt: Timestamp, finishedAt: Timestamp?) {
             self.status = status
             self.attempts = attempts
             self.result = result
@@ -39,12 +40,12 @@ package struct JobRunRecord: Sendable {
 
     package var job: JobEnvelope
     package var run: Run?
-    package var event: JobEvent
+    package var event: JobEvent?
     /// JSON object text for `message_logs.detail`.
     package var detail: [UInt8]?
     package var loggedAt: Timestamp
 
-    package init(job: JobEnvelope, run: Run?, event: JobEvent, detail: [UInt8]? = nil, loggedAt: Timestamp = .now()) {
+    package init(job: JobEnvelope, run: Run?, event: JobEvent?, detail: [UInt8]? = nil, loggedAt: Timestamp = .now()) {
         self.job = job
         self.run = run
         self.event = event
@@ -125,14 +126,16 @@ package struct JobRunStore: Sendable {
                     PostgresArray(rows.map { $0.1.finishedAt }),
                 ])
             }
+            let events = records.filter { $0.event != nil }
+            guard !events.isEmpty else { return }
             try await connection.query(Self.insertEvents, [
-                PostgresArray(records.map { $0.job.id }),
-                PostgresArray(records.map { $0.job.enqueuedAt }),
-                PostgresArray(records.map { $0.event.rawValue }),
-                PostgresArray(records.map { $0.job.attempt }),
-                PostgresArray(records.map { $0.job.tier.rawValue }),
-                PostgresArray(records.map { $0.detail.map { String(decoding: $0, as: UTF8.self) } }),
-                PostgresArray(records.map { $0.loggedAt }),
+                PostgresArray(events.map { $0.job.id }),
+                PostgresArray(events.map { $0.job.enqueuedAt }),
+                PostgresArray(events.map { $0.event?.rawValue }),
+                PostgresArray(events.map { $0.job.attempt }),
+                PostgresArray(events.map { $0.job.tier.rawValue }),
+                PostgresArray(events.map { $0.detail.map { String(decoding: $0, as: UTF8.self) } }),
+                PostgresArray(events.map { $0.loggedAt }),
             ])
         }
     }

@@ -78,5 +78,36 @@ package enum Schema {
             CREATE UNIQUE INDEX api_jobs_idempotency_idx ON api_jobs (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL;
             CREATE INDEX api_jobs_created_idx ON api_jobs (created_at);
             """),
+        Migration(version: 4, name: "api_jobs: cancellation requests", sql: """
+            -- Set by DELETE /v1/jobs/{id}. Consumers load the requests of jobs not yet finished
+            -- at start and poll for new ones (besides the warren.control fanout), and skip or
+            -- cancel those jobs.
+            ALTER TABLE api_jobs ADD COLUMN cancel_requested_at timestamptz;
+            CREATE INDEX api_jobs_cancel_idx ON api_jobs (cancel_requested_at) WHERE cancel_requested_at IS NOT NULL;
+            """),
+        Migration(version: 5, name: "api_batches: batches of jobs and their on_complete job", sql: """
+            -- One row per POST /v1/batches. Its jobs are api_jobs rows with this batch_id.
+            -- `completed_at` is set once every job is terminal, in the same statement that
+            -- claims the on_complete job (so it is published once); `on_complete_published_at`
+            -- once the broker confirmed it.
+            CREATE TABLE api_batches (
+                batch_id                 uuid        PRIMARY KEY,
+                tenant                   text        NOT NULL,
+                tier                     text        NOT NULL,
+                total                    integer     NOT NULL,
+                request_id               text,
+                on_complete_type         text,
+                on_complete_payload      text,
+                on_complete_job_id       uuid,
+                on_complete_published_at timestamptz,
+                created_at               timestamptz NOT NULL DEFAULT now(),
+                completed_at             timestamptz
+            );
+            CREATE INDEX api_batches_open_idx ON api_batches (created_at) WHERE completed_at IS NULL;
+            CREATE INDEX api_batches_unpublished_idx ON api_batches (completed_at)
+                WHERE on_complete_type IS NOT NULL AND on_complete_published_at IS NULL;
+            ALTER TABLE api_jobs ADD COLUMN batch_id uuid;
+            CREATE INDEX api_jobs_batch_idx ON api_jobs (batch_id) WHERE batch_id IS NOT NULL;
+            """),
     ]
 }

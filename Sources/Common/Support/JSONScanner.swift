@@ -83,6 +83,37 @@ package enum JSONScanner {
         }
     }
 
+    /// Validates `bytes` as one JSON array and returns its elements' ranges and kinds, in order.
+    package static func arrayElements(_ bytes: some Collection<UInt8>) throws(Failure) -> [(value: Range<Int>, kind: Kind)] {
+        try withBuffer(bytes) { (buffer) throws(Failure) -> [(value: Range<Int>, kind: Kind)] in
+            var reader = Reader(buffer: buffer)
+            reader.skipWhitespace()
+            guard reader.peek == UInt8(ascii: "[") else { throw Failure(offset: reader.index, reason: "expected a JSON array") }
+            reader.index += 1
+            var elements: [(value: Range<Int>, kind: Kind)] = []
+            reader.skipWhitespace()
+            if reader.peek == UInt8(ascii: "]") {
+                reader.index += 1
+            } else {
+                while true {
+                    let start = reader.index
+                    let kind = try reader.value(depth: 1)
+                    elements.append((start..<reader.index, kind))
+                    reader.skipWhitespace()
+                    if reader.peek == UInt8(ascii: ",") {
+                        reader.index += 1
+                        reader.skipWhitespace()
+                        continue
+                    }
+                    try reader.expect(UInt8(ascii: "]"))
+                    break
+                }
+            }
+            try reader.expectEnd()
+            return elements
+        }
+    }
+
     /// The text of a JSON string token (quotes included) at `range` of `bytes`, unescaped.
     package static func string(_ bytes: some Collection<UInt8>, at range: Range<Int>) throws(Failure) -> String {
         try withBuffer(bytes) { (buffer) throws(Failure) in try decodeString(buffer, range) }

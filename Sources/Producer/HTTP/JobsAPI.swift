@@ -11,9 +11,12 @@ struct JobsAPI: Sendable {
     let pool: PostgresPool
     let tokens: APITokenStore
     let jobs: APIJobStore
+    let batches: APIBatchStore
     let rateLimiter: RateLimiter
     let knownTypes: Set<String>
     let maxBodyBytes: Int
+    /// Most jobs in one `POST /v1/batches`.
+    static let maxBatchJobs = 1_000
     let logger: Logger
 
     static let requestID = HTTPField.Name("X-Request-Id")!
@@ -23,15 +26,27 @@ struct JobsAPI: Sendable {
 
     func router() -> Router<BasicRequestContext> {
         let router = Router(context: BasicRequestContext.self)
-        router.get("healthz") { _, _ in json(.ok, #"{"status":"ok"}"#) }
-        router.get("readyz") { _, _ in await ready() }
-        router.get("metrics") { _, _ in
-            Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
-                     body: ResponseBody(byteBuffer: ByteBuffer(string: Observability.renderMetrics())))
-        }
+        AdminServer.addHealthRoutes(to: router) { await ready() }
         router.get("v1/jobs/:id") { request, context in
             await logged(request, route: "/v1/jobs/{id}") { (_: String) async throws(APIError) -> (Response, String?) in
                 try await jobStatus(request, id: context.parameters.get("id") ?? "")
+            }
+        }
+        router.delete("v1/jobs/:id") { request, context in
+            await logged(request, route: "/v1/jobs/{id}") { (_: String) async throws(APIError) -> (Response, String?) in
+                try await cancelJob(request, id: context.parameters.get("id") ?? "")
+            }
+        }
+        router.post("v1/batches") { request, _ in
+            await logged(request, route: "/v1/batches") { (id: String) async throws(APIError) -> (Response, String?) in
+                try await rateLimited(request, scope: .jobsWrite) { (token) async throws(APIError) in
+                    try await createBatch(request, token: token, requestID: id)
+                }
+            }
+        }
+        router.get("v1/batches/:id") { request, context in
+            await logged(request, route: "/v1/batches/{id}") { (_: String) async throws(APIError) -> (Response, String?) in
+                try await batchStatus(request, id: context.parameters.get("id") ?? "")
             }
         }
         router.post("v1/jobs") { request, _ in
@@ -44,7 +59,8 @@ struct JobsAPI: Sendable {
 
     // MARK: - Routes
 
-    private func ready() async -> Response {
+    /// What `/readyz` reports down: the broker (connection lost) or the database (no answer).
+    private func ready() async -> [String] {
         var down: [String] = []
         if !publisher.connection.isConnected { down.append("broker") }
         do {
@@ -52,16 +68,22 @@ struct JobsAPI: Sendable {
         } catch {
             down.append("database")
         }
-        if down.isEmpty { return json(.ok, #"{"status":"ready"}"#) }
-        return json(.serviceUnavailable, #"{"status":"unavailable","down":[\#(down.map { "\"\($0)\"" }.joined(separator: ","))]}"#)
+        return down
     }
 
     private func createJob(_ request: Request, requestID: String) async throws(APIError) -> (Response, String?) {
-        let token = try await authenticate(request, scope: .jobsWrite)
-        let limit = rateLimiter.take(key: token.id.lowercasedString, tier: token.tier)
-        var result = try await limited(limit, token) { () async throws(APIError) in
+        try await rateLimited(request, scope: .jobsWrite) { (token) async throws(APIError) in
             try await acceptJob(request, token: token, requestID: requestID)
         }
+    }
+
+    /// Authenticates, takes one request from the token's bucket, and runs `body` (or answers
+    /// 429); the response carries the RateLimit-* headers either way.
+    func rateLimited(_ request: Request, scope: Scope,
+                     _ body: (APIToken) async throws(APIError) -> (Response, String?)) async throws(APIError) -> (Response, String?) {
+        let token = try await authenticate(request, scope: scope)
+        let limit = rateLimiter.take(key: token.id.lowercasedString, tier: token.tier)
+        var result = try await limited(limit, token) { () async throws(APIError) in try await body(token) }
         result.0.headers[Self.rateLimitLimit] = String(Int(rateLimiter.limits[token.tier]?.burst ?? 0))
         result.0.headers[Self.rateLimitRemaining] = String(limit.remaining)
         result.0.headers[Self.rateLimitReset] = String(limit.reset)
@@ -70,7 +92,7 @@ struct JobsAPI: Sendable {
 
     /// Runs `body` when the token's bucket allowed the request; otherwise a 429 carrying the
     /// RateLimit-* headers and Retry-After.
-    private func limited(_ decision: TokenBucket.Decision, _ token: APIToken,
+    func limited(_ decision: TokenBucket.Decision, _ token: APIToken,
                          _ body: () async throws(APIError) -> (Response, String?)) async throws(APIError) -> (Response, String?) {
         guard decision.allowed else {
             let error = APIError(.tooManyRequests, "rate_limited",
@@ -83,48 +105,7 @@ struct JobsAPI: Sendable {
 
     private func acceptJob(_ request: Request, token: APIToken, requestID: String) async throws(APIError) -> (Response, String?) {
         let body = try await jsonBody(request)
-        let members: [JSONScanner.Member]
-        do {
-            members = try JSONScanner.objectMembers(body)
-        } catch {
-            throw APIError(.badRequest, "invalid_json", "the body is not a JSON object: \(error)")
-        }
-        let known: Set<String> = ["type", "payload", "idempotency_key", "run_at", "delay_seconds"]
-        if let unknown = members.first(where: { !known.contains($0.key) }) {
-            throw APIError(.unprocessableContent, "unknown_field", "unknown field '\(unknown.key)'", field: unknown.key)
-        }
-        func member(_ key: String) -> JSONScanner.Member? { members.first { $0.key == key && $0.kind != .null } }
-        func string(_ key: String) throws(APIError) -> String? {
-            guard let member = member(key) else { return nil }
-            guard member.kind == .string, let value = try? JSONScanner.string(body, at: member.value) else {
-                throw APIError(.unprocessableContent, "invalid_field", "'\(key)' must be a string", field: key)
-            }
-            return value
-        }
-        if member("run_at") != nil || member("delay_seconds") != nil {
-            throw APIError(.notImplemented, "not_implemented", "delayed jobs (run_at, delay_seconds) arrive with the scheduler",
-                           field: member("run_at") != nil ? "run_at" : "delay_seconds")
-        }
-        guard let type = try string("type") else {
-            throw APIError(.unprocessableContent, "missing_field", "missing field 'type'", field: "type")
-        }
-        do {
-            try JobEnvelope.validateType(type)
-        } catch {
-            throw APIError(.unprocessableContent, "invalid_field", error.message, field: "type")
-        }
-        guard knownTypes.contains(type) else {
-            throw APIError(.unprocessableContent, "unknown_type", "unknown job type '\(type)' (known: \(knownTypes.sorted().joined(separator: ", ")))",
-                           field: "type")
-        }
-        let payload = member("payload").map { Array(body[$0.value]) } ?? Array("{}".utf8)
-        let idempotencyKey = try string("idempotency_key")
-        let request: JobRequest
-        do throws(JobError) {
-            request = try JobRequest(type: type, tier: token.tier, payload: payload, idempotencyKey: idempotencyKey, tenant: token.tenant)
-        } catch {
-            throw APIError(.unprocessableContent, "invalid_field", error.message, field: error.field)
-        }
+        let request = try parseJob(body, token: token, allowed: ["type", "payload", "idempotency_key", "run_at", "delay_seconds"])
         let job = request.envelope(correlationID: requestID)
         let claim: APIJobStore.Claim
         do {
@@ -184,9 +165,88 @@ struct JobsAPI: Sendable {
         return (json(.ok, "{" + fields.joined(separator: ",") + "}"), token.tenant)
     }
 
+    /// `DELETE /v1/jobs/{id}`: a job not yet started is never run (200, `cancelled`); a
+    /// running one has its handler cancelled (202, `running` until it stops); a finished one
+    /// is a 409.
+    private func cancelJob(_ request: Request, id: String) async throws(APIError) -> (Response, String?) {
+        let token = try await authenticate(request, scope: .jobsWrite)
+        guard let uuid = UUID(uuidString: id) else { throw APIError(.notFound, "not_found", "no such job") }
+        let outcome: APIJobStore.CancelRequest
+        do {
+            outcome = try await jobs.requestCancellation(of: uuid, tenant: token.tenant)
+        } catch {
+            throw APIError(.serviceUnavailable, "database_unavailable", "cannot record the cancellation right now", retryAfter: 2)
+        }
+        switch outcome {
+        case .notFound:
+            throw APIError(.notFound, "not_found", "no such job")
+        case .finished(let status):
+            throw APIError(.conflict, "job_finished", "the job already finished (\(status)); there is nothing to cancel")
+        case .requested(let status, let tier):
+            // Consumers also poll the request from Postgres, so a failed publish here only
+            // delays the cancellation by a poll interval.
+            do {
+                try await publisher.connection.publish(ControlMessage.cancel(job: uuid, tier: tier).outgoing)
+            } catch {
+                logger.warning("cancel signal not published; consumers pick the request up by polling",
+                               metadata: ["error": "\(error)", "job_id": "\(uuid.lowercasedString)"])
+            }
+            let running = status == JobStatus.running.rawValue
+            let body = #"{"id":"\#(uuid.lowercasedString)","status":"\#(running ? "running" : "cancelled")","cancellation":"\#(running ? "signalled_running" : "not_started")"}"#
+            return (json(running ? .accepted : .ok, body), token.tenant)
+        }
+    }
+
     // MARK: - Pieces
 
-    private func authenticate(_ request: Request, scope: Scope) async throws(APIError) -> APIToken {
+    /// Parses one job object (`{"type", "payload", ...}`) into a request in the token's tier.
+    /// `field` prefixes the names in errors (`jobs[3].` in a batch).
+    func parseJob(_ body: [UInt8], token: APIToken, allowed: Set<String>, field prefix: String = "") throws(APIError) -> JobRequest {
+        let members: [JSONScanner.Member]
+        do {
+            members = try JSONScanner.objectMembers(body)
+        } catch {
+            if prefix.isEmpty { throw APIError(.badRequest, "invalid_json", "the body is not a JSON object: \(error)") }
+            throw APIError(.unprocessableContent, "invalid_field", "'\(prefix.dropLast())' must be a JSON object",
+                           field: String(prefix.dropLast()))
+        }
+        if let unknown = members.first(where: { !allowed.contains($0.key) }) {
+            throw APIError(.unprocessableContent, "unknown_field", "unknown field '\(prefix)\(unknown.key)'", field: prefix + unknown.key)
+        }
+        func member(_ key: String) -> JSONScanner.Member? { members.first { $0.key == key && $0.kind != .null } }
+        func string(_ key: String) throws(APIError) -> String? {
+            guard let member = member(key) else { return nil }
+            guard member.kind == .string, let value = try? JSONScanner.string(body, at: member.value) else {
+                throw APIError(.unprocessableContent, "invalid_field", "'\(prefix)\(key)' must be a string", field: prefix + key)
+            }
+            return value
+        }
+        if member("run_at") != nil || member("delay_seconds") != nil {
+            throw APIError(.notImplemented, "not_implemented", "delayed jobs (run_at, delay_seconds) arrive with the scheduler",
+                           field: member("run_at") != nil ? "run_at" : "delay_seconds")
+        }
+        guard let type = try string("type") else {
+            throw APIError(.unprocessableContent, "missing_field", "missing field '\(prefix)type'", field: prefix + "type")
+        }
+        do {
+            try JobEnvelope.validateType(type)
+        } catch {
+            throw APIError(.unprocessableContent, "invalid_field", error.message, field: prefix + "type")
+        }
+        guard knownTypes.contains(type) else {
+            throw APIError(.unprocessableContent, "unknown_type", "unknown job type '\(type)' (known: \(knownTypes.sorted().joined(separator: ", ")))",
+                           field: prefix + "type")
+        }
+        let payload = member("payload").map { Array(body[$0.value]) } ?? Array("{}".utf8)
+        let idempotencyKey = try string("idempotency_key")
+        do throws(JobError) {
+            return try JobRequest(type: type, tier: token.tier, payload: payload, idempotencyKey: idempotencyKey, tenant: token.tenant)
+        } catch {
+            throw APIError(.unprocessableContent, "invalid_field", error.message, field: error.field.map { prefix + $0 })
+        }
+    }
+
+    func authenticate(_ request: Request, scope: Scope) async throws(APIError) -> APIToken {
         guard let header = request.headers[.authorization] else {
             throw APIError(.unauthorized, "unauthorized", "missing Authorization: Bearer <token>")
         }
@@ -212,7 +272,7 @@ struct JobsAPI: Sendable {
         }
     }
 
-    private func jsonBody(_ request: Request) async throws(APIError) -> [UInt8] {
+    func jsonBody(_ request: Request) async throws(APIError) -> [UInt8] {
         let contentType = request.headers[.contentType]?.lowercased() ?? ""
         guard contentType.hasPrefix("application/json") else {
             throw APIError(.unsupportedMediaType, "unsupported_media_type", "Content-Type must be application/json")
@@ -227,7 +287,7 @@ struct JobsAPI: Sendable {
 
     /// Runs a route with a request id (the caller's `X-Request-Id`, or a new one), turns
     /// `APIError`s into JSON error responses, and logs one line per request.
-    private func logged(_ request: Request, route: String,
+    func logged(_ request: Request, route: String,
                         _ handler: (String) async throws(APIError) -> (Response, String?)) async -> Response {
         let started = ContinuousClock.now
         let requestID = request.headers[Self.requestID].flatMap { $0.isEmpty || $0.count > 200 ? nil : $0 } ?? JobID.make().lowercasedString
@@ -263,19 +323,23 @@ struct APIError: Error {
     var message: String
     var field: String?
     var retryAfter: Int?
+    /// More top-level members of the body, as JSON text (`"errors":[...]` for a batch).
+    var extra: String?
 
-    init(_ status: HTTPResponse.Status, _ code: String, _ message: String, field: String? = nil, retryAfter: Int? = nil) {
+    init(_ status: HTTPResponse.Status, _ code: String, _ message: String, field: String? = nil, retryAfter: Int? = nil,
+         extra: String? = nil) {
         self.status = status
         self.code = code
         self.message = message
         self.field = field
         self.retryAfter = retryAfter
+        self.extra = extra
     }
 
     var response: Response {
         var fields = [#""code":\#(JSONText.quoted(code))"#, #""message":\#(JSONText.quoted(message))"#]
         if let field { fields.append(#""field":\#(JSONText.quoted(field))"#) }
-        var response = json(status, #"{"error":{\#(fields.joined(separator: ","))}}"#)
+        var response = json(status, #"{"error":{\#(fields.joined(separator: ","))}\#(extra.map { "," + $0 } ?? "")}"#)
         if status == .unauthorized { response.headers[.wwwAuthenticate] = #"Bearer realm="warren""# }
         if let retryAfter { response.headers[.retryAfter] = String(retryAfter) }
         return response

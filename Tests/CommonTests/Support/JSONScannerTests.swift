@@ -54,6 +54,17 @@ import Testing
         #expect(throws: JSONScanner.Failure.self) { try JSONScanner.objectMembers(Array(#"{"a":1} []"#.utf8)) }
     }
 
+    @Test func splitsArrayElements() throws {
+        let bytes = Array(#" [ {"type": "noop"}, 1 ,"x",[2], null ] "#.utf8)
+        let elements = try JSONScanner.arrayElements(bytes)
+        #expect(elements.map(\.kind) == [.object, .number, .string, .array, .null])
+        #expect(elements.map { String(decoding: bytes[$0.value], as: UTF8.self) } == [#"{"type": "noop"}"#, "1", #""x""#, "[2]", "null"])
+        #expect(try JSONScanner.arrayElements(Array("[]".utf8)).isEmpty)
+        #expect(throws: JSONScanner.Failure.self) { try JSONScanner.arrayElements(Array("{}".utf8)) }
+        #expect(throws: JSONScanner.Failure.self) { try JSONScanner.arrayElements(Array("[1,]".utf8)) }
+        #expect(throws: JSONScanner.Failure.self) { try JSONScanner.arrayElements(Array("[1] 2".utf8)) }
+    }
+
     /// Whatever Foundation writes, the scanner reads, and the values' bytes re-parse to the same objects.
     @Test func readsWhatFoundationWrites() throws {
         var generator = SystemRandomNumberGenerator()

@@ -9,55 +9,8 @@ import FoundationNetworking
 /// broker (a vhost of its own) and Postgres (a schema of its own).
 @Suite(.enabled(if: TestServices.enabled))
 struct HTTPAPITests {
-    struct Server: Sendable {
-        var base: String
-        var environment: [String: String]
-
-        func request(_ method: String, _ path: String, token: String? = nil, contentType: String? = "application/json",
-                     body: String? = nil, headers: [String: String] = [:]) async throws -> (Int, [String: String], String) {
-            var request = URLRequest(url: URL(string: base + path)!)
-            request.httpMethod = method
-            if let token { request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }
-            if let contentType { request.setValue(contentType, forHTTPHeaderField: "Content-Type") }
-            for (name, value) in headers { request.setValue(value, forHTTPHeaderField: name) }
-            request.httpBody = body.map { Data($0.utf8) }
-            let (data, response) = try await URLSession.shared.data(for: request)
-            let http = response as? HTTPURLResponse
-            var fields: [String: String] = [:]
-            for (name, value) in http?.allHeaderFields ?? [:] { fields[String(describing: name).lowercased()] = String(describing: value) }
-            return (http?.statusCode ?? 0, fields, String(decoding: data, as: UTF8.self))
-        }
-
-        func token(tier: String, scopes: String) async throws -> String {
-            let result = try await Products.run("producer", ["tokens", "create", "--tenant", "acme", "--tier", tier, "--scopes", scopes],
-                                                environment: environment)
-            #expect(result.status == 0, "\(result.stderr)")
-            return result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-        }
-    }
-
-    func withServer<T: Sendable>(extra: [String: String] = [:], _ body: (Server, AMQPConnection) async throws -> T) async throws -> T {
-        try await TestServices.withVhost { url in
-            try await TestServices.withSchema { pool in
-                let port = Int.random(in: 20_000...29_999)
-                let environment = ["WARREN_AMQP_URL": url, "WARREN_DATABASE_URL": TestServices.databaseURL,
-                                   "WARREN_DATABASE_SCHEMA": pool.configuration.searchPath ?? "public",
-                                   "WARREN_HTTP_PORT": String(port), "WARREN_HTTP_HOST": "127.0.0.1",
-                                   "WARREN_HTTP_MAX_BODY_BYTES": "2000"].merging(extra) { $1 }
-                let server = Server(base: "http://127.0.0.1:\(port)", environment: environment)
-                let process = try RunningProduct("producer", ["serve"], environment: environment)
-                defer { process.signal(SIGKILL) }
-                try await TestServices.waitUntil(timeout: .seconds(20), "the API answers /healthz") {
-                    (try? await server.request("GET", "/healthz").0) == 200
-                }
-                return try await TestServices.withConnection("test http", url: url) { connection in
-                    let value = try await body(server, connection)
-                    process.signal(SIGTERM)
-                    #expect(try await process.wait(timeout: .seconds(20)) == 0, "graceful stop")
-                    return value
-                }
-            }
-        }
+    func withServer<T: Sendable>(extra: [String: String] = [:], _ body: (APIServer, AMQPConnection) async throws -> T) async throws -> T {
+        try await APIServer.with(extra: extra) { server, connection, _ in try await body(server, connection) }
     }
 
     @Test func acceptedJobsAreConfirmedInTheTokensTierWithTheRequestIdAsCorrelation() async throws {

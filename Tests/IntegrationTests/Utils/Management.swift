@@ -1,3 +1,4 @@
+import Common
 import Foundation
 #if canImport(FoundationNetworking)
 import FoundationNetworking
@@ -46,9 +47,27 @@ enum Management {
     static func createVhost(_ name: String) async throws {
         let (status, body) = try await request("PUT", "/api/vhosts/\(name)", json: "{}")
         guard (200..<300).contains(status) else { throw ManagementError(status: status, body: body) }
-        let (granted, grantBody) = try await request("PUT", "/api/permissions/\(name)/guest",
+        try await grantGuest(name)
+    }
+
+    static func grantGuest(_ vhost: String) async throws {
+        let (granted, grantBody) = try await request("PUT", "/api/permissions/\(vhost)/guest",
                                                      json: #"{"configure":".*","write":".*","read":".*"}"#)
         guard (200..<300).contains(granted) else { throw ManagementError(status: granted, body: grantBody) }
+    }
+
+    /// Takes guest's access to `vhost` away: its reconnects are refused until ``grantGuest(_:)``
+    /// (the broker is "down" for that client, while the other tests go on).
+    static func revokeGuest(_ vhost: String) async throws {
+        let (status, body) = try await request("DELETE", "/api/permissions/\(vhost)/guest")
+        guard (200..<300).contains(status) else { throw ManagementError(status: status, body: body) }
+    }
+
+    /// A policy on `vhost` for queues matching `pattern` (`definition` is its JSON object).
+    static func setPolicy(vhost: String, name: String, pattern: String, definition: String) async throws {
+        let (status, body) = try await request("PUT", "/api/policies/\(vhost)/\(name)",
+                                               json: #"{"pattern":\#(JSONText.quoted(pattern)),"definition":\#(definition),"apply-to":"queues","priority":10}"#)
+        guard (200..<300).contains(status) else { throw ManagementError(status: status, body: body) }
     }
 
     static func deleteVhost(_ name: String) async throws {

@@ -36,7 +36,7 @@ enum Products {
         let process = Process()
         process.executableURL = executable
         process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        process.environment = ProcessInfo.processInfo.environment.merging(["WARREN_ADMIN_PORT": "0"].merging(environment) { $1 }) { $1 }
         let out = Pipe(), err = Pipe(), input = Pipe()
         process.standardOutput = out
         process.standardError = err
@@ -74,7 +74,7 @@ final class RunningProduct: Sendable {
         process = Process()
         process.executableURL = try Products.url(product)
         process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        process.environment = ProcessInfo.processInfo.environment.merging(["WARREN_ADMIN_PORT": "0"].merging(environment) { $1 }) { $1 }
         let out = Pipe(), err = Pipe()
         process.standardOutput = out
         process.standardError = err

@@ -1,0 +1,64 @@
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+import ServiceLifecycle
+
+/// The admin port every Warren service serves (the consumers and the scheduler on
+/// `WARREN_ADMIN_PORT`; `producer serve` on its API port): `GET /healthz` (the process is
+/// alive), `GET /readyz` (503 naming what is down), `GET /metrics` (Prometheus text), and
+/// `GET /status` (JSON: what this process is doing).
+package enum AdminServer {
+    /// Default `WARREN_ADMIN_PORT`. Port 0 asks the kernel for a free one (logged at start).
+    package static let defaultPort = 9090
+
+    /// Names of the dependencies a process cannot reach (empty when ready).
+    package typealias ReadinessCheck = @Sendable () async -> [String]
+
+    /// The HTTP server as a swift-service-lifecycle service, to run in the process's group.
+    package static func service(host: String, port: Int, ready: @escaping ReadinessCheck,
+                                status: @escaping @Sendable () async -> String, logger: Logger) -> some Service {
+        let router = Router(context: BasicRequestContext.self)
+        addHealthRoutes(to: router, ready: ready)
+        router.get("status") { _, _ in jsonResponse(.ok, await status()) }
+        return Application(
+            router: router,
+            configuration: .init(address: .hostname(host, port: port), serverName: "warren-admin"),
+            onServerRunning: { channel in
+                logger.info("admin server listening", metadata: [
+                    "admin_port": "\(channel.localAddress?.port ?? port)", "routes": "/healthz /readyz /metrics /status",
+                ])
+            },
+            logger: logger)
+    }
+
+    /// `/healthz`, `/readyz` and `/metrics` on `router` (the producer adds them to its API).
+    package static func addHealthRoutes(to router: Router<BasicRequestContext>, ready: @escaping ReadinessCheck) {
+        router.get("healthz") { _, _ in jsonResponse(.ok, #"{"status":"ok"}"#) }
+        router.get("readyz") { _, _ in
+            let down = await ready()
+            if down.isEmpty { return jsonResponse(.ok, #"{"status":"ready"}"#) }
+            return jsonResponse(.serviceUnavailable,
+                                #"{"status":"unavailable","down":[\#(down.map(JSONText.quoted).joined(separator: ","))]}"#)
+        }
+        router.get("metrics") { _, _ in
+            Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
+                     body: ResponseBody(byteBuffer: ByteBuffer(string: Observability.renderMetrics())))
+        }
+    }
+
+    package static func jsonResponse(_ status: HTTPResponse.Status, _ body: String) -> Response {
+        Response(status: status, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(string: body)))
+    }
+
+    /// `WARREN_ADMIN_HOST` (0.0.0.0) and `WARREN_ADMIN_PORT` (9090), a flag winning.
+    package static func address(flag: Int?, environment: [String: String]) throws(SettingsError) -> (host: String, port: Int) {
+        let reader = EnvironmentReader(environment)
+        let port: Int
+        if let flag { port = flag } else { port = try reader.integer("WARREN_ADMIN_PORT", 0...65_535) ?? defaultPort }
+        guard (0...65_535).contains(port) else {
+            throw SettingsError(key: "--admin-port", message: "must be 0...65535, got \(port)")
+        }
+        return (reader.string("WARREN_ADMIN_HOST") ?? "0.0.0.0", port)
+    }
+}

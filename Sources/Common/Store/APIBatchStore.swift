@@ -1,0 +1,202 @@
+import Foundation
+
+/// Batches of jobs accepted over HTTP (`api_batches`, with their jobs in `api_jobs`): creating
+/// them, what `GET /v1/batches/{id}` reports, and publishing a batch's `on_complete` job once
+/// every job in it is terminal.
+package struct APIBatchStore: Sendable {
+    package let pool: PostgresPool
+
+    package init(pool: PostgresPool) { self.pool = pool }
+
+    /// The job to publish when a batch completes.
+    package struct OnComplete: Sendable, Equatable {
+        package var type: String
+        package var payload: [UInt8]
+
+        package init(type: String, payload: [UInt8]) {
+            self.type = type
+            self.payload = payload
+        }
+    }
+
+    /// Records a batch and its jobs (state `pending` until confirmed), in one transaction.
+    package func create(id: UUID, tenant: String, tier: Tier, requestID: String, jobs: [JobEnvelope],
+                        onComplete: OnComplete?) async throws {
+        try await pool.withTransaction { connection in
+            try await connection.query("""
+                INSERT INTO api_batches (batch_id, tenant, tier, total, request_id, on_complete_type, on_complete_payload)
+                VALUES ($1, $2, $3, $4, $5, $6, $7)
+                """, [id, tenant, tier.rawValue, jobs.count, requestID, onComplete?.type,
+                      onComplete.map { String(decoding: $0.payload, as: UTF8.self) }])
+            try await connection.query("""
+                INSERT INTO api_jobs (job_id, tenant, type, tier, enqueued_at, request_id, batch_id)
+                SELECT u.job_id, $2, u.type, $3, u.enqueued_at, $4, $5
+                FROM unnest($1::uuid[], $6::text[], $7::timestamptz[]) AS u(job_id, type, enqueued_at)
+                """, [PostgresArray(jobs.map(\.id)), tenant, tier.rawValue, requestID, id,
+                      PostgresArray(jobs.map(\.type)), PostgresArray(jobs.map(\.enqueuedAt))])
+        }
+    }
+
+    /// After publishing: confirmed jobs become `published`; refused ones are removed and the
+    /// batch's total shrinks to what was accepted (a batch with none accepted is deleted).
+    package func settle(batch id: UUID, published: [UUID], refused: [UUID]) async throws {
+        try await pool.withTransaction { connection in
+            if !published.isEmpty {
+                try await connection.query("UPDATE api_jobs SET state = 'published' WHERE job_id = ANY($1::uuid[])",
+                                           [PostgresArray(published)])
+            }
+            if !refused.isEmpty {
+                try await connection.query("DELETE FROM api_jobs WHERE job_id = ANY($1::uuid[])", [PostgresArray(refused)])
+                if published.isEmpty {
+                    try await connection.query("DELETE FROM api_batches WHERE batch_id = $1", [id])
+                } else {
+                    try await connection.query("UPDATE api_batches SET total = $2 WHERE batch_id = $1", [id, published.count])
+                }
+            }
+        }
+    }
+
+    // MARK: - Progress
+
+    package struct Summary: Sendable, Equatable {
+        package struct ErrorGroup: Sendable, Equatable {
+            package var message: String
+            package var count: Int
+            /// The first few jobs (by finish time) that failed with this message.
+            package var jobIDs: [UUID]
+        }
+
+        package var id: UUID
+        package var total: Int
+        package var counts: [String: Int]
+        package var errors: [ErrorGroup]
+        package var onCompleteType: String?
+        package var onCompleteJobID: UUID?
+        package var onCompletePublished: Bool
+        package var createdAt: Timestamp
+        package var completedAt: Timestamp?
+
+        /// Jobs in a terminal status.
+        package var finished: Int {
+            counts.filter { JobStatus(rawValue: $0.key)?.isTerminal ?? false }.values.reduce(0, +)
+        }
+    }
+
+    /// Counts by status, the errors of failed and dead jobs grouped by message, and the
+    /// on_complete job; nil unless the batch is `tenant`'s.
+    package func summary(of id: UUID, tenant: String, errorGroups: Int = 20, sampleJobs: Int = 5) async throws -> Summary? {
+        try await pool.withConnection { connection in
+            let batches = try await connection.query("""
+                SELECT total, on_complete_type, on_complete_job_id, on_complete_published_at IS NOT NULL, created_at, completed_at
+                FROM api_batches WHERE batch_id = $1 AND tenant = $2
+                """, [id, tenant]).rows
+            guard let batch = batches.first else { return nil }
+            var counts: [String: Int] = [:]
+            for status in JobStatus.allCases { counts[status.rawValue] = 0 }
+            for row in try await connection.query("""
+                SELECT \(APIJobStore.reportedStatus), count(*)
+                FROM api_jobs a LEFT JOIN job_runs r ON r.job_id = a.job_id AND r.enqueued_at = a.enqueued_at
+                WHERE a.batch_id = $1 GROUP BY 1
+                """, [id]).rows {
+                counts[try row.string(0)] = try row.int(1)
+            }
+            var errors: [Summary.ErrorGroup] = []
+            for row in try await connection.query("""
+                SELECT coalesce(r.error, ''), count(*),
+                       array_to_string((array_agg(a.job_id ORDER BY r.finished_at, a.job_id))[1:$2], ',')
+                FROM api_jobs a JOIN job_runs r ON r.job_id = a.job_id AND r.enqueued_at = a.enqueued_at
+                WHERE a.batch_id = $1 AND r.status IN ('failed', 'dead')
+                GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT $3
+                """, [id, sampleJobs, errorGroups]).rows {
+                let ids = try row.string(2).split(separator: ",").compactMap { UUID(uuidString: String($0)) }
+                errors.append(.init(message: try row.string(0), count: try row.int(1), jobIDs: ids))
+            }
+            return Summary(id: id, total: try batch.int(0), counts: counts, errors: errors, onCompleteType: batch[1],
+                           onCompleteJobID: batch[2].flatMap(UUID.init(uuidString:)), onCompletePublished: try batch.bool(3),
+                           createdAt: try batch.timestamp(4), completedAt: batch[5].flatMap(Timestamp.init(iso8601:)))
+        }
+    }
+
+    // MARK: - Completion
+
+    /// A batch's on_complete job, claimed and ready to publish.
+    package struct Completion: Sendable {
+        package var batchID: UUID
+        package var job: JobEnvelope
+    }
+
+    /// Marks complete the batches whose jobs are all terminal (up to `limit`), and claims each
+    /// one's on_complete job: given an id and an `api_jobs` row in the same transaction, so
+    /// however many producers sweep, each batch completes once. Returns the jobs to publish;
+    /// ``markPublished(_:)`` after the confirm.
+    package func claimCompleted(limit: Int = 100) async throws -> [Completion] {
+        try await pool.withTransaction { connection in
+            let rows = try await connection.query("""
+                SELECT b.batch_id, b.tenant, b.tier, b.on_complete_type, b.on_complete_payload, b.request_id
+                FROM api_batches b
+                WHERE b.completed_at IS NULL
+                  AND NOT EXISTS (
+                      SELECT 1 FROM api_jobs a LEFT JOIN job_runs r ON r.job_id = a.job_id AND r.enqueued_at = a.enqueued_at
+                      WHERE a.batch_id = b.batch_id
+                        AND \(APIJobStore.reportedStatus) NOT IN ('succeeded', 'failed', 'dead', 'cancelled'))
+                ORDER BY b.created_at
+                LIMIT $1
+                FOR UPDATE OF b SKIP LOCKED
+                """, [limit]).rows
+            var completions: [Completion] = []
+            for row in rows {
+                let batchID = try row.uuid(0)
+                guard let type = row[3], let tier = Tier(rawValue: try row.string(2)) else {
+                    try await connection.query("UPDATE api_batches SET completed_at = now() WHERE batch_id = $1", [batchID])
+                    continue
+                }
+                let job = Self.onCompleteJob(batch: batchID, id: JobID.make(), type: type, tier: tier, tenant: try row.string(1),
+                                             payload: row[4] ?? "{}", requestID: row[5], enqueuedAt: .now())
+                try await connection.query("""
+                    UPDATE api_batches SET completed_at = now(), on_complete_job_id = $2 WHERE batch_id = $1
+                    """, [batchID, job.id])
+                try await connection.query("""
+                    INSERT INTO api_jobs (job_id, tenant, type, tier, enqueued_at, idempotency_key, request_id)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7)
+                    """, [job.id, job.tenant, job.type, tier.rawValue, job.enqueuedAt, job.idempotencyKey, row[5]])
+                completions.append(Completion(batchID: batchID, job: job))
+            }
+            return completions
+        }
+    }
+
+    /// Claimed on_complete jobs whose publish was never confirmed (the producer died between
+    /// claim and confirm) for `olderThanSeconds`: published again with the same id.
+    package func unpublishedCompletions(olderThanSeconds: Int) async throws -> [Completion] {
+        try await pool.query("""
+            SELECT b.batch_id, b.tenant, b.tier, b.on_complete_type, b.on_complete_payload, b.request_id,
+                   b.on_complete_job_id, a.enqueued_at
+            FROM api_batches b JOIN api_jobs a ON a.job_id = b.on_complete_job_id
+            WHERE b.on_complete_type IS NOT NULL AND b.on_complete_published_at IS NULL
+              AND b.completed_at < now() - make_interval(secs => $1)
+            ORDER BY b.completed_at LIMIT 100
+            """, [olderThanSeconds]).rows.compactMap { row in
+            guard let type = row[3], let tier = Tier(rawValue: try row.string(2)) else { return nil }
+            return Completion(batchID: try row.uuid(0), job: Self.onCompleteJob(
+                batch: try row.uuid(0), id: try row.uuid(6), type: type, tier: tier, tenant: try row.string(1),
+                payload: row[4] ?? "{}", requestID: row[5], enqueuedAt: try row.timestamp(7)))
+        }
+    }
+
+    package func markPublished(_ completion: Completion) async throws {
+        try await pool.withTransaction { connection in
+            try await connection.query("UPDATE api_batches SET on_complete_published_at = now() WHERE batch_id = $1",
+                                       [completion.batchID])
+            try await connection.query("UPDATE api_jobs SET state = 'published' WHERE job_id = $1", [completion.job.id])
+        }
+    }
+
+    /// The on_complete job: the payload given with the batch, in the batch's tier, with the
+    /// idempotency key `batch:<batch id>:on_complete` (which names its batch).
+    static func onCompleteJob(batch: UUID, id: UUID, type: String, tier: Tier, tenant: String, payload: String,
+                              requestID: String?, enqueuedAt: Timestamp) -> JobEnvelope {
+        JobEnvelope(type: type, tier: tier, payload: Array(payload.utf8), tenant: tenant,
+                    idempotencyKey: "batch:\(batch.lowercasedString):on_complete", correlationID: requestID,
+                    enqueuedAt: enqueuedAt, id: id)
+    }
+}

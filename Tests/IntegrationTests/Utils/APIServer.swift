@@ -1,0 +1,109 @@
+import Common
+import Foundation
+import Testing
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// A `producer serve` started as a user starts it, in a vhost and a database schema of its
+/// own, with helpers to call it over real HTTP.
+struct APIServer: Sendable {
+    var base: String
+    var environment: [String: String]
+    /// The server's own virtual host (for policies, or to take the broker away).
+    var vhost: String
+
+    func request(_ method: String, _ path: String, token: String? = nil, contentType: String? = "application/json",
+                 body: String? = nil, headers: [String: String] = [:]) async throws -> (Int, [String: String], String) {
+        try await HTTP.request(method, base + path, token: token, contentType: contentType, body: body, headers: headers)
+    }
+
+    /// A new token for `tenant` (acme by default), as `producer tokens create` prints it.
+    func token(tier: String, scopes: String, tenant: String = "acme") async throws -> String {
+        let result = try await Products.run("producer", ["tokens", "create", "--tenant", tenant, "--tier", tier, "--scopes", scopes],
+                                            environment: environment)
+        #expect(result.status == 0, "\(result.stderr)")
+        return result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// A pool on the server's database and schema, for checking what it stored.
+    func withDatabase<T: Sendable>(_ body: (PostgresPool) async throws -> T) async throws -> T {
+        var configuration = PostgresConfiguration(url: environment["WARREN_DATABASE_URL"] ?? TestServices.databaseURL,
+                                                  applicationName: "warren-tests")
+        configuration.searchPath = environment["WARREN_DATABASE_SCHEMA"]
+        let pool = PostgresPool(configuration: configuration, logger: TestServices.logger)
+        do {
+            let value = try await body(pool)
+            await pool.close()
+            return value
+        } catch {
+            await pool.close()
+            throw error
+        }
+    }
+
+    /// Runs `body` with a started server (stopped with SIGTERM afterwards, which must exit 0)
+    /// and a connection into its vhost. `databaseURL` replaces the shared test database (with
+    /// no schema of its own then).
+    static func with<T: Sendable>(extra: [String: String] = [:], databaseURL: String? = nil,
+                                  _ body: (APIServer, AMQPConnection, RunningProduct) async throws -> T) async throws -> T {
+        try await TestServices.withVhost { url in
+            if let databaseURL {
+                return try await run(url: url, database: ["WARREN_DATABASE_URL": databaseURL], extra: extra, body)
+            }
+            return try await TestServices.withSchema { pool in
+                try await run(url: url, database: ["WARREN_DATABASE_URL": TestServices.databaseURL,
+                                                   "WARREN_DATABASE_SCHEMA": pool.configuration.searchPath ?? "public"],
+                              extra: extra, body)
+            }
+        }
+    }
+
+    private static func run<T: Sendable>(url: String, database: [String: String], extra: [String: String],
+                                         _ body: (APIServer, AMQPConnection, RunningProduct) async throws -> T) async throws -> T {
+        let port = Int.random(in: 20_000...29_999)
+        let environment = ["WARREN_AMQP_URL": url, "WARREN_HTTP_PORT": String(port), "WARREN_HTTP_HOST": "127.0.0.1",
+                           "WARREN_HTTP_MAX_BODY_BYTES": "2000"].merging(database) { $1 }.merging(extra) { $1 }
+        let server = APIServer(base: "http://127.0.0.1:\(port)", environment: environment,
+                               vhost: String(url[url.index(after: url.lastIndex(of: "/")!)...]))
+        let process = try RunningProduct("producer", ["serve"], environment: environment)
+        defer { process.signal(SIGKILL) }
+        try await TestServices.waitUntil(timeout: .seconds(20), "the API answers /healthz") {
+            (try? await server.request("GET", "/healthz").0) == 200
+        }
+        return try await TestServices.withConnection("test http", url: url) { connection in
+            let value = try await body(server, connection, process)
+            process.signal(SIGTERM)
+            #expect(try await process.wait(timeout: .seconds(20)) == 0, "graceful stop")
+            return value
+        }
+    }
+}
+
+/// Plain HTTP calls through URLSession.
+enum HTTP {
+    static func request(_ method: String, _ url: String, token: String? = nil, contentType: String? = "application/json",
+                        body: String? = nil, headers: [String: String] = [:]) async throws -> (Int, [String: String], String) {
+        var request = URLRequest(url: URL(string: url)!)
+        request.httpMethod = method
+        if let token { request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }
+        if let contentType { request.setValue(contentType, forHTTPHeaderField: "Content-Type") }
+        for (name, value) in headers { request.setValue(value, forHTTPHeaderField: name) }
+        request.httpBody = body.map { Data($0.utf8) }
+        let (data, response) = try await URLSession.shared.data(for: request)
+        let http = response as? HTTPURLResponse
+        var fields: [String: String] = [:]
+        for (name, value) in http?.allHeaderFields ?? [:] { fields[String(describing: name).lowercased()] = String(describing: value) }
+        return (http?.statusCode ?? 0, fields, String(decoding: data, as: UTF8.self))
+    }
+
+    /// A top-level string field of a JSON object body (`id`, `status`...).
+    static func field(_ name: String, in body: String) -> String? {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any] else { return nil }
+        return object[name] as? String
+    }
+
+    static func object(_ body: String) -> [String: Any] {
+        (try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any]) ?? [:]
+    }
+}
