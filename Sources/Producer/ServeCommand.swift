@@ -9,7 +9,8 @@ import UnixSignals
 /// `producer serve`: the HTTP API (see docs/architecture.md). Configuration from the
 /// environment: `WARREN_HTTP_PORT` (8080), `WARREN_HTTP_HOST` (0.0.0.0), `WARREN_HTTP_MAX_BODY_BYTES`
 /// (1 MiB), `WARREN_JOB_TYPES` (extra accepted job types, comma-separated), `WARREN_BATCH_SWEEP_MS`
-/// (how often completed batches are looked for, 1000).
+/// (how often completed batches are looked for, 1000), `WARREN_TOKEN_CACHE_SECONDS` (how long a
+/// valid token is remembered, 2; a revoked one stops working within that).
 struct ServeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "serve", abstract: "Serve the HTTP API.")
 
@@ -28,10 +29,12 @@ struct ServeCommand: AsyncParsableCommand {
         let listenPort: Int
         let maxBody: Int
         let batchSweep: Int
+        let tokenCacheSeconds: Int
         do {
             listenPort = try port ?? reader.integer("WARREN_HTTP_PORT", 1...65_535) ?? 8080
             maxBody = try reader.integer("WARREN_HTTP_MAX_BODY_BYTES", 1...1_073_741_824) ?? 1_048_576
             batchSweep = try reader.integer("WARREN_BATCH_SWEEP_MS", 10...3_600_000) ?? 1_000
+            tokenCacheSeconds = try reader.integer("WARREN_TOKEN_CACHE_SECONDS", 0...3_600) ?? 2
         } catch {
             throw ValidationError("\(error)")
         }
@@ -48,7 +51,8 @@ struct ServeCommand: AsyncParsableCommand {
 
         let rateLimits: [Tier: RateLimiter.Limit]
         do { rateLimits = try RateLimiter.limits(environment: environment) } catch { throw ValidationError("\(error)") }
-        let api = JobsAPI(publisher: publisher, pool: pool, tokens: APITokenStore(pool: pool), jobs: APIJobStore(pool: pool),
+        let api = JobsAPI(publisher: publisher, pool: pool, tokens: TokenCache(store: APITokenStore(pool: pool), ttl: .seconds(tokenCacheSeconds)),
+                          recorder: APIJobRecorder(pool: pool), jobs: APIJobStore(pool: pool),
                           batches: APIBatchStore(pool: pool), rateLimiter: RateLimiter(limits: rateLimits),
                           knownTypes: Set(HandlerRegistry.builtIn.types + extraTypes.filter { !$0.isEmpty }),
                           maxBodyBytes: maxBody, logger: logger)

@@ -35,8 +35,8 @@ _warren_as_root() {
 # Dependencies
 # ---------------------------------------------------------------------------
 
-warren_install_deps() {
-    local pkgs=(rabbitmq-server librabbitmq-dev libpq-dev postgresql pkg-config)
+warren_install_deps() { # [EXTRA_PACKAGE...]
+    local pkgs=(rabbitmq-server librabbitmq-dev libpq-dev postgresql pkg-config "$@")
     # rabbitmqadmin is a python3 script, and we use python3 to download it.
     command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
 

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// What a bearer token allows.
 package enum Scope: String, Sendable, CaseIterable {
@@ -91,5 +92,37 @@ package struct APITokenStore: Sendable {
         return APIToken(id: try row.uuid(0), prefix: try row.string(1), tenant: try row.string(2), tier: tier, scopes: scopes,
                         createdAt: try row.timestamp(5), expiresAt: row[6].flatMap(Timestamp.init(iso8601:)),
                         revokedAt: row[7].flatMap(Timestamp.init(iso8601:)))
+    }
+}
+
+/// Valid tokens remembered for a few seconds, so a busy client does not cost a Postgres
+/// round trip per request. Only successes are kept; a revoked token stops working within
+/// `ttl` in every producer (`WARREN_TOKEN_CACHE_SECONDS`, default 2, 0 turns it off), and an
+/// expiry is checked on every use.
+package final class TokenCache: Sendable {
+    private let store: APITokenStore
+    private let ttl: Duration
+    private let entries = Mutex<[String: (token: APIToken, until: ContinuousClock.Instant)]>([:])
+    private static let maxEntries = 10_000
+
+    package init(store: APITokenStore, ttl: Duration) {
+        self.store = store
+        self.ttl = ttl
+    }
+
+    package func check(_ token: String) async throws -> Result<APIToken, TokenRejection> {
+        let now = ContinuousClock.now
+        if ttl > .zero, let cached = entries.withLock({ $0[token] }), cached.until > now {
+            if let expiresAt = cached.token.expiresAt, expiresAt <= .now() { return .failure(.expired) }
+            return .success(cached.token)
+        }
+        let result = try await store.check(token)
+        if ttl > .zero, case .success(let valid) = result {
+            entries.withLock { entries in
+                if entries.count >= Self.maxEntries { entries = entries.filter { $0.value.until > now } }
+                if entries.count < Self.maxEntries { entries[token] = (valid, now + ttl) }
+            }
+        }
+        return result
     }
 }

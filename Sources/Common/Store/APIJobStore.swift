@@ -47,6 +47,11 @@ package struct APIJobStore: Sendable {
         try await pool.query("UPDATE api_jobs SET state = 'published' WHERE job_id = $1", [id])
     }
 
+    /// Drops the row of a job the broker refused (recorded by ``APIJobRecorder``).
+    package func forget(_ id: UUID) async throws {
+        try await pool.query("DELETE FROM api_jobs WHERE job_id = $1", [id])
+    }
+
     /// Drops a claim whose publish failed, so the client's retry can succeed.
     package func release(_ id: UUID) async throws {
         try await pool.query("DELETE FROM api_jobs WHERE job_id = $1 AND state = 'pending'", [id])

@@ -52,7 +52,7 @@ extension JobsAPI {
         }
         guard invalid.isEmpty else {
             throw APIError(.unprocessableContent, "invalid_batch",
-                           "\(invalid.count) item(s) of the batch are invalid; nothing was accepted", field: "jobs",
+                           "\(invalid.count) item(s) of the batch are invalid; nothing was accepted",
                            extra: #""errors":[\#(invalid.joined(separator: ","))]"#)
         }
 
@@ -96,7 +96,7 @@ extension JobsAPI {
                            extra: #""batch_id":\#(published.isEmpty ? "null" : "\"\(batchID.lowercasedString)\""),"accepted":[\#(accepted.joined(separator: ","))],"rejected":[\#(rejected.joined(separator: ","))]"#)
         }
         let ids = jobs.map { #""\#($0.id.lowercasedString)""# }.joined(separator: ",")
-        return (json(.accepted, #"{"id":"\#(batchID.lowercasedString)","status":"queued","total":\#(jobs.count),"jobs":[\#(ids)]}"#),
+        return (json(.accepted, #"{"id":"\#(batchID.lowercasedString)","status":"running","total":\#(jobs.count),"jobs":[\#(ids)]}"#),
                 token.tenant)
     }
 

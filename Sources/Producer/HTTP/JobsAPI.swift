@@ -4,12 +4,14 @@ import HTTPTypes
 import Hummingbird
 import Logging
 import Metrics
+import Synchronization
 
 /// The HTTP API's routes (Hummingbird 2). Errors are JSON: `{"error": {"code", "message", "field"?}}`.
 struct JobsAPI: Sendable {
     let publisher: JobPublisher
     let pool: PostgresPool
-    let tokens: APITokenStore
+    let tokens: TokenCache
+    let recorder: APIJobRecorder
     let jobs: APIJobStore
     let batches: APIBatchStore
     let rateLimiter: RateLimiter
@@ -83,7 +85,12 @@ struct JobsAPI: Sendable {
                      _ body: (APIToken) async throws(APIError) -> (Response, String?)) async throws(APIError) -> (Response, String?) {
         let token = try await authenticate(request, scope: scope)
         let limit = rateLimiter.take(key: token.id.lowercasedString, tier: token.tier)
-        var result = try await limited(limit, token) { () async throws(APIError) in try await body(token) }
+        var result: (Response, String?)
+        do {
+            result = try await limited(limit, token) { () async throws(APIError) in try await body(token) }
+        } catch {
+            result = (error.response, token.tenant)
+        }
         result.0.headers[Self.rateLimitLimit] = String(Int(rateLimiter.limits[token.tier]?.burst ?? 0))
         result.0.headers[Self.rateLimitRemaining] = String(limit.remaining)
         result.0.headers[Self.rateLimitReset] = String(limit.reset)
@@ -107,6 +114,7 @@ struct JobsAPI: Sendable {
         let body = try await jsonBody(request)
         let request = try parseJob(body, token: token, allowed: ["type", "payload", "idempotency_key", "run_at", "delay_seconds"])
         let job = request.envelope(correlationID: requestID)
+        guard job.idempotencyKey != nil else { return try await acceptUnkeyed(job, token: token, requestID: requestID) }
         let claim: APIJobStore.Claim
         do {
             claim = try await jobs.claim(job, tenant: token.tenant, requestID: requestID)
@@ -128,17 +136,59 @@ struct JobsAPI: Sendable {
             try await publisher.publish(job)
         } catch {
             try? await jobs.release(job.id)
-            if let error = error as? AMQPError, error.code == .nacked {
-                throw APIError(.serviceUnavailable, "queue_full", "the \(job.tier.rawValue) queue is full; retry later", retryAfter: 5)
-            }
-            logger.warning("publish failed", metadata: ["error": "\(error)", "request_id": "\(requestID)"])
-            throw APIError(.serviceUnavailable, "broker_unavailable", "the job could not be confirmed by the broker; retry later",
-                           retryAfter: 2)
+            throw publishError(error, job: job, requestID: requestID)
         }
         // The job is accepted; if recording that fails, a pending claim older than a minute counts as published.
         try? await jobs.markPublished(job.id)
-        let body202 = #"{"id":"\#(job.id.lowercasedString)","status":"queued","type":\#(JSONText.quoted(job.type)),"tier":"\#(job.tier.rawValue)","enqueued_at":"\#(job.enqueuedAt.iso8601)"}"#
-        return (json(.accepted, body202), token.tenant)
+        return (accepted(job), token.tenant)
+    }
+
+    /// A job without an idempotency key: its `api_jobs` row (group commit, shared with
+    /// concurrent requests) and its publish run side by side, so the answer waits for the
+    /// slower of the two rather than both in turn. A refused publish removes the row again; a
+    /// confirmed job whose row could not be written is still accepted (the broker has it),
+    /// only its status cannot be looked up.
+    private func acceptUnkeyed(_ job: JobEnvelope, token: APIToken, requestID: String) async throws(APIError) -> (Response, String?) {
+        async let recorded: Result<Void, any Error> = { () async -> Result<Void, any Error> in
+            do {
+                try await recorder.record(job, tenant: token.tenant, requestID: requestID)
+                return .success(())
+            } catch {
+                return .failure(error)
+            }
+        }()
+        let published: Result<Void, any Error>
+        do {
+            try await publisher.publishCoalesced(job)
+            published = .success(())
+        } catch {
+            published = .failure(error)
+        }
+        let record = await recorded
+        switch (published, record) {
+        case (.success, .success):
+            return (accepted(job), token.tenant)
+        case (.success, .failure(let error)):
+            logger.error("job accepted by the broker but its status row was not written; GET /v1/jobs/{id} will not find it",
+                         metadata: ["error": "\(error)", "job_id": "\(job.id.lowercasedString)", "request_id": "\(requestID)"])
+            return (accepted(job), token.tenant)
+        case (.failure(let error), let record):
+            if case .success = record { try? await jobs.forget(job.id) }
+            throw publishError(error, job: job, requestID: requestID)
+        }
+    }
+
+    private func publishError(_ error: any Error, job: JobEnvelope, requestID: String) -> APIError {
+        if let error = error as? AMQPError, error.code == .nacked {
+            return APIError(.serviceUnavailable, "queue_full", "the \(job.tier.rawValue) queue is full; retry later", retryAfter: 5)
+        }
+        logger.warning("publish failed", metadata: ["error": "\(error)", "request_id": "\(requestID)"])
+        return APIError(.serviceUnavailable, "broker_unavailable", "the job could not be confirmed by the broker; retry later",
+                        retryAfter: 2)
+    }
+
+    private func accepted(_ job: JobEnvelope) -> Response {
+        json(.accepted, #"{"id":"\#(job.id.lowercasedString)","status":"queued","type":\#(JSONText.quoted(job.type)),"tier":"\#(job.tier.rawValue)","enqueued_at":"\#(job.enqueuedAt.iso8601)"}"#)
     }
 
     private func jobStatus(_ request: Request, id: String) async throws(APIError) -> (Response, String?) {
@@ -165,7 +215,8 @@ struct JobsAPI: Sendable {
         return (json(.ok, "{" + fields.joined(separator: ",") + "}"), token.tenant)
     }
 
-    /// `DELETE /v1/jobs/{id}`: a job not yet started is never run (200, `cancelled`); a
+    /// `DELETE /v1/jobs/{id}`: a job waiting (queued, or between retries) never runs again
+    /// (200, `cancelled`, `"cancellation":"not_running"`); a
     /// running one has its handler cancelled (202, `running` until it stops); a finished one
     /// is a 409.
     private func cancelJob(_ request: Request, id: String) async throws(APIError) -> (Response, String?) {
@@ -192,7 +243,7 @@ struct JobsAPI: Sendable {
                                metadata: ["error": "\(error)", "job_id": "\(uuid.lowercasedString)"])
             }
             let running = status == JobStatus.running.rawValue
-            let body = #"{"id":"\#(uuid.lowercasedString)","status":"\#(running ? "running" : "cancelled")","cancellation":"\#(running ? "signalled_running" : "not_started")"}"#
+            let body = #"{"id":"\#(uuid.lowercasedString)","status":"\#(running ? "running" : "cancelled")","cancellation":"\#(running ? "signalled_running" : "not_running")"}"#
             return (json(running ? .accepted : .ok, body), token.tenant)
         }
     }
@@ -256,7 +307,7 @@ struct JobsAPI: Sendable {
         }
         let result: Result<APIToken, TokenRejection>
         do {
-            result = try await tokens.check(String(parts[1]))
+            result = try await tokens.check(String(parts[1]))  // TokenCache: valid tokens kept a few seconds
         } catch {
             throw APIError(.serviceUnavailable, "database_unavailable", "cannot check the token right now", retryAfter: 2)
         }
@@ -274,7 +325,7 @@ struct JobsAPI: Sendable {
 
     func jsonBody(_ request: Request) async throws(APIError) -> [UInt8] {
         let contentType = request.headers[.contentType]?.lowercased() ?? ""
-        guard contentType.hasPrefix("application/json") else {
+        guard contentType == "application/json" || contentType.hasPrefix("application/json;") else {
             throw APIError(.unsupportedMediaType, "unsupported_media_type", "Content-Type must be application/json")
         }
         do {
@@ -300,9 +351,7 @@ struct JobsAPI: Sendable {
         }
         response.headers[Self.requestID] = requestID
         let elapsed = ContinuousClock.now - started
-        Counter(label: "warren_http_requests_total", dimensions: [("route", route), ("status", String(response.status.code))]).increment()
-        Metrics.Timer(label: "warren_http_request_duration_seconds", dimensions: [("route", route)], preferredDisplayUnit: .seconds)
-            .recordNanoseconds(elapsed.nanoseconds)
+        HTTPMetrics.shared.record(route: route, status: response.status.code, nanoseconds: elapsed.nanoseconds)
         logger.info("request", metadata: [
             "request_id": "\(requestID)", "method": "\(request.method.rawValue)", "route": "\(route)",
             "status": "\(response.status.code)", "tenant": "\(tenant ?? "-")",
@@ -343,5 +392,28 @@ struct APIError: Error {
         if status == .unauthorized { response.headers[.wwwAuthenticate] = #"Bearer realm="warren""# }
         if let retryAfter { response.headers[.retryAfter] = String(retryAfter) }
         return response
+    }
+}
+
+/// The request metrics, created once per route and status (a swift-metrics lookup per request
+/// costs a registry lock and label hashing).
+final class HTTPMetrics: Sendable {
+    static let shared = HTTPMetrics()
+
+    private let handles = Mutex<(counters: [String: Counter], timers: [String: Metrics.Timer])>(([:], [:]))
+
+    func record(route: String, status: Int, nanoseconds: Int64) {
+        let (counter, timer) = handles.withLock { handles -> (Counter, Metrics.Timer) in
+            let key = "\(route) \(status)"
+            let counter = handles.counters[key] ?? Counter(label: "warren_http_requests_total",
+                                                           dimensions: [("route", route), ("status", String(status))])
+            handles.counters[key] = counter
+            let timer = handles.timers[route] ?? Metrics.Timer(label: "warren_http_request_duration_seconds",
+                                                               dimensions: [("route", route)], preferredDisplayUnit: .seconds)
+            handles.timers[route] = timer
+            return (counter, timer)
+        }
+        counter.increment()
+        timer.recordNanoseconds(nanoseconds)
     }
 }

@@ -59,7 +59,14 @@ struct HTTPAPITests {
             }
             let revoked = try await Products.run("producer", ["tokens", "revoke", String(writer.prefix(12))], environment: server.environment)
             #expect(revoked.status == 0, "\(revoked.stderr)")
-            #expect(try await server.request("POST", "/v1/jobs", token: writer, body: #"{"type":"noop"}"#).0 == 401, "revoked")
+            // Valid tokens are remembered for WARREN_TOKEN_CACHE_SECONDS (2 s): revocation takes hold within that.
+            let revokedAt = ContinuousClock.now
+            try await TestServices.waitUntil(timeout: .seconds(10), "the revoked token is refused") {
+                try await server.request("GET", "/v1/jobs/\(UUID().uuidString)", token: writer, contentType: nil).0 == 401
+            }
+            #expect(ContinuousClock.now - revokedAt < .seconds(4), "within the cache's 2 s (and some slack)")
+            let refused = try await server.request("POST", "/v1/jobs", token: writer, body: #"{"type":"noop"}"#)
+            #expect(refused.0 == 401 && refused.2.contains("revoked"), "\(refused.2)")
             let depths = try await connection.withControl { control in
                 try Tier.allCases.map { try control.queueDepth($0.queueName).messages }
             }

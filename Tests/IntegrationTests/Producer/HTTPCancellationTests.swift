@@ -25,7 +25,7 @@ struct HTTPCancellationTests {
             let (status, _, body) = try await server.request("DELETE", "/v1/jobs/\(id)", token: token, contentType: nil)
             #expect(status == 200, "\(body)")
             #expect(HTTP.field("status", in: body) == "cancelled")
-            #expect(HTTP.field("cancellation", in: body) == "not_started")
+            #expect(HTTP.field("cancellation", in: body) == "not_running")
             #expect(try await job(server, token, id)["status"] as? String == "cancelled", "reported at once")
             // Asking again is harmless.
             #expect(try await server.request("DELETE", "/v1/jobs/\(id)", token: token, contentType: nil).0 == 200)
