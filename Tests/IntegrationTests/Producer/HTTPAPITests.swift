@@ -126,7 +126,7 @@ struct HTTPAPITests {
     }
 
     @Test func overTheTiersRateLimitA429SaysWhenToComeBack() async throws {
-        try await withServer(extra: ["WARREN_RATE_LIMIT_FREE": "0.2,2"]) { server, _ in
+        try await withServer(extra: ["WARREN_RATE_LIMIT_FREE": "1,2"]) { server, _ in
             let free = try await server.token(tier: "free", scopes: "jobs:write")
             let premium = try await server.token(tier: "premium", scopes: "jobs:write")
             let body = #"{"type":"noop"}"#
@@ -140,6 +140,11 @@ struct HTTPAPITests {
             #expect(Int(limited.1["retry-after"] ?? "") ?? 0 >= 1)
             #expect(limited.1["ratelimit-remaining"] == "0")
             #expect(limited.2.contains(#""code":"rate_limited""#))
+            // Coming back after Retry-After (the client's wait the header asks for) succeeds.
+            let retryAfter = try #require(Int(limited.1["retry-after"] ?? ""))
+            try await Task.sleep(for: .seconds(retryAfter))
+            let again = try await server.request("POST", "/v1/jobs", token: free, body: body)
+            #expect(again.0 == 202, "after Retry-After: \(again.2)")
             // Another tenant's token (another tier) has its own bucket.
             #expect(try await server.request("POST", "/v1/jobs", token: premium, body: body).0 == 202)
         }
