@@ -13,7 +13,14 @@ import UnixSignals
 struct SchedulerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "scheduler",
-        abstract: "Run Warren's scheduler: migrations and partition upkeep.")
+        abstract: "Run Warren's scheduler: migrations and partition upkeep.",
+        subcommands: [RunCommand.self, CronCommand.self],
+        defaultSubcommand: RunCommand.self)
+}
+
+/// `scheduler` (or `scheduler run`): the service.
+struct RunCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "run", abstract: "Run the scheduler (the default).")
 
     @Option(help: "Postgres URL (default: $WARREN_DATABASE_URL).")
     var databaseURL: String?
