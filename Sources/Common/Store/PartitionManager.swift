@@ -26,23 +26,14 @@ package struct PartitionManager: Sendable {
         }
 
         package init?(year: Int, month: Int, day: Int) {
-            guard (1...12).contains(month), day >= 1, day <= Timestamp.daysInMonth(year: year, month: month),
-                  let index = Timestamp.daysFromCivil(year: year, month: month, day: day)
-            else { return nil }
-            self.index = index
+            guard let date = CivilDate(validating: year, month, day) else { return nil }
+            index = date.daysSinceEpoch
         }
 
-        /// Year, month, day (proleptic Gregorian, Howard Hinnant's algorithm).
+        /// Year, month, day (proleptic Gregorian).
         package var civil: (year: Int, month: Int, day: Int) {
-            let z = index + 719_468
-            let era = (z >= 0 ? z : z - 146_096) / 146_097
-            let doe = z - era * 146_097
-            let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365
-            let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
-            let mp = (5 * doy + 2) / 153
-            let day = doy - (153 * mp + 2) / 5 + 1
-            let month = mp < 10 ? mp + 3 : mp - 9
-            return (yoe + era * 400 + (month <= 2 ? 1 : 0), month, day)
+            let date = CivilDate(daysSinceEpoch: index)
+            return (date.year, date.month, date.day)
         }
 
         package var start: Timestamp { Timestamp(microseconds: Int64(index) * 86_400_000_000) }

@@ -117,9 +117,7 @@ package struct Timestamp: Sendable, Hashable, Comparable, CustomStringConvertibl
             return nil
         }
         guard index == bytes.count else { return nil }
-        guard let days = Timestamp.daysFromCivil(year: year, month: month, day: day),
-              Timestamp.daysInMonth(year: year, month: month) >= day
-        else { return nil }
+        guard let days = CivilDate(validating: year, month, day)?.daysSinceEpoch else { return nil }
         let seconds = Int64(days) * 86_400 + Int64(hour * 3600 + minute * 60 + second) - Int64(offsetSeconds)
         microseconds = seconds * 1_000_000 + Int64(micros)
     }
@@ -127,28 +125,4 @@ package struct Timestamp: Sendable, Hashable, Comparable, CustomStringConvertibl
     package var description: String { iso8601 }
 
     package static func < (lhs: Timestamp, rhs: Timestamp) -> Bool { lhs.microseconds < rhs.microseconds }
-
-    /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-    package static func daysFromCivil(year: Int, month: Int, day: Int) -> Int? {
-        guard (1...12).contains(month), (1...31).contains(day) else { return nil }
-        let y = month <= 2 ? year - 1 : year
-        let era = (y >= 0 ? y : y - 399) / 400
-        let yoe = y - era * 400
-        let mp = (month + 9) % 12
-        let doy = (153 * mp + 2) / 5 + day - 1
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
-        return era * 146_097 + doe - 719_468
-    }
-
-    package static func isLeapYear(_ year: Int) -> Bool {
-        (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
-    }
-
-    package static func daysInMonth(year: Int, month: Int) -> Int {
-        switch month {
-        case 2: return isLeapYear(year) ? 29 : 28
-        case 4, 6, 9, 11: return 30
-        default: return 31
-        }
-    }
 }
