@@ -10,19 +10,10 @@ struct TokensCommand: AsyncParsableCommand {
         subcommands: [Create.self, List.self, Revoke.self])
 
     static func withStore<T: Sendable>(_ body: (APITokenStore) async throws -> T) async throws -> T {
-        var logger = Logger(label: "warren.producer.tokens")
-        logger.logLevel = .warning
-        let settings: Settings
-        do { settings = try Settings() } catch { throw ValidationError("\(error)") }
-        let pool = PostgresPool(configuration: settings.postgres(applicationName: "warren-tokens"), logger: logger)
         do {
-            _ = try await Migrator(migrations: Schema.migrations, logger: logger).migrate(pool)
-            let value = try await body(APITokenStore(pool: pool))
-            await pool.close()
-            return value
-        } catch {
-            await pool.close()
-            throw error
+            return try await PostgresPool.withMigrated(applicationName: "warren-tokens") { try await body(APITokenStore(pool: $0)) }
+        } catch let error as SettingsError {
+            throw ValidationError("\(error)")
         }
     }
 

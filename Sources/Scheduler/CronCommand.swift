@@ -37,7 +37,7 @@ struct CronCommand: AsyncParsableCommand {
                 guard let timestamp = Timestamp(iso8601: from) else {
                     throw ValidationError("--from: expected an ISO 8601 instant such as 2026-03-07T00:00:00Z, got '\(from)'")
                 }
-                start = timestamp.microseconds.floorDivided(by: 1_000_000)
+                start = timestamp.microseconds.floorDiv(1_000_000)
             } else {
                 start = Timestamp.now().microseconds / 1_000_000
             }
@@ -46,12 +46,5 @@ struct CronCommand: AsyncParsableCommand {
             for fire in fires { print(WallClock.iso8601(fire, in: schedule.zone)) }
             if fires.count < count { FileHandle.standardError.write(Data("no further fires within 30 years\n".utf8)) }
         }
-    }
-}
-
-extension Int64 {
-    fileprivate func floorDivided(by divisor: Int64) -> Int64 {
-        let quotient = self / divisor
-        return (self % divisor != 0 && self < 0) ? quotient - 1 : quotient
     }
 }

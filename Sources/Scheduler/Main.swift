@@ -6,15 +6,16 @@ import ServiceLifecycle
 import Synchronization
 import UnixSignals
 
-/// `scheduler`: applies migrations, then keeps daily partitions ready ahead and drops those
-/// past retention, every WARREN_UPKEEP_INTERVAL_SECONDS, under a lock so several schedulers
-/// do not fight. (Cron, contact events, delayed jobs and leadership are a later issue.)
+/// `scheduler`: applies migrations, keeps daily partitions ready ahead and drops those past
+/// retention (every WARREN_UPKEEP_INTERVAL_SECONDS, under a lock), and, while it is the leader
+/// (a Postgres advisory lock), fires the cron schedules exactly once each. (Contact events and
+/// delayed jobs come next.)
 @main
 struct SchedulerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "scheduler",
-        abstract: "Run Warren's scheduler: migrations and partition upkeep.",
-        subcommands: [RunCommand.self, CronCommand.self],
+        abstract: "Run Warren's scheduler: cron schedules, migrations and partition upkeep.",
+        subcommands: [RunCommand.self, SchedulesCommand.self, CronCommand.self],
         defaultSubcommand: RunCommand.self)
 }
 
@@ -31,6 +32,9 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: "Port for /healthz, /readyz, /metrics and /status (default: $WARREN_ADMIN_PORT or 9090; 0 picks a free one).")
     var adminPort: Int?
 
+    @Option(help: ArgumentHelp("Read the time from this file (an ISO 8601 instant, re-read every tick) instead of the system clock: for tests and rehearsals.", visibility: .hidden))
+    var clockFile: String?
+
     func run() async throws {
         let logger = Observability.bootstrap(service: "scheduler")
         let settings: Settings
@@ -46,9 +50,21 @@ struct RunCommand: AsyncParsableCommand {
         database.maxConnections = 2
         let pool = PostgresPool(configuration: database, logger: logger)
         let upkeep = UpkeepService(pool: pool, settings: settings, once: once, logger: logger)
+        var statusExtra: @Sendable () -> String = { #""leader":false"# }
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: upkeep, successTerminationBehavior: .gracefullyShutdownGroup),
         ]
+        if !once {
+            let amqp: AMQPConfiguration
+            do { amqp = try AMQPConfiguration(url: settings.amqpURL, connectionName: "scheduler") } catch {
+                throw ValidationError("\(error)")
+            }
+            let firing = FiringService(store: ScheduleStore(pool: pool), publisher: JobPublisher(configuration: amqp, logger: logger),
+                                       lock: LeaderLock(configuration: database, logger: logger),
+                                       clock: clockFile.map(SchedulerClock.file) ?? .system, interval: .seconds(1), logger: logger)
+            services.append(.init(service: firing))
+            statusExtra = { firing.statusJSON() }
+        }
         if !once {
             services.append(.init(service: AdminServer.service(
                 host: admin.host, port: admin.port,
@@ -60,7 +76,10 @@ struct RunCommand: AsyncParsableCommand {
                         return ["database"]
                     }
                 },
-                status: { await upkeep.statusJSON() }, logger: logger)))
+                status: { [statusExtra] in
+                    let upkeepStatus = await upkeep.statusJSON()
+                    return String(upkeepStatus.dropLast()) + "," + statusExtra() + "}"
+                }, logger: logger)))
         }
         let group = ServiceGroup(configuration: .init(
             services: services,

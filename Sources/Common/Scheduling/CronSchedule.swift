@@ -108,7 +108,7 @@ package enum WallClock {
 
 extension Int64 {
     /// Division rounding toward minus infinity (for instants before 1970).
-    func floorDiv(_ divisor: Int64) -> Int64 {
+    package func floorDiv(_ divisor: Int64) -> Int64 {
         let quotient = self / divisor
         return (self % divisor != 0 && (self < 0) != (divisor < 0)) ? quotient - 1 : quotient
     }

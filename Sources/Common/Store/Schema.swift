@@ -109,5 +109,39 @@ package enum Schema {
             ALTER TABLE api_jobs ADD COLUMN batch_id uuid;
             CREATE INDEX api_jobs_batch_idx ON api_jobs (batch_id) WHERE batch_id IS NOT NULL;
             """),
+        Migration(version: 6, name: "schedules and schedule_fires: cron in time zones, one row per fire", sql: """
+            -- A cron schedule: expression, IANA zone, the job it publishes, and the next fire
+            -- (UTC), always computed from the previous scheduled fire.
+            CREATE TABLE schedules (
+                id               uuid        PRIMARY KEY,
+                tenant           text        NOT NULL,
+                name             text        NOT NULL,
+                cron             text        NOT NULL,
+                time_zone        text        NOT NULL,
+                job_type         text        NOT NULL,
+                tier             text        NOT NULL CHECK (tier IN ('enterprise', 'premium', 'free')),
+                payload          text        NOT NULL DEFAULT '{}',
+                enabled          boolean     NOT NULL DEFAULT true,
+                catch_up_seconds integer     NOT NULL DEFAULT 86400 CHECK (catch_up_seconds >= 0),
+                next_fire_at     timestamptz NOT NULL,
+                created_at       timestamptz NOT NULL DEFAULT now(),
+                updated_at       timestamptz NOT NULL DEFAULT now(),
+                UNIQUE (tenant, name)
+            );
+            CREATE INDEX schedules_due_idx ON schedules (next_fire_at) WHERE enabled;
+            -- One row per fire, written before its job is published: the primary key is the
+            -- fire key, so two schedulers, a restart mid-fire or an overlap hour cannot make a
+            -- second job for it. `skipped`: missed beyond the catch-up window.
+            CREATE TABLE schedule_fires (
+                schedule_id uuid        NOT NULL REFERENCES schedules (id) ON DELETE CASCADE,
+                fire_at     timestamptz NOT NULL,
+                local_time  text        NOT NULL,
+                job_id      uuid,
+                state       text        NOT NULL CHECK (state IN ('pending', 'published', 'skipped')),
+                created_at  timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY (schedule_id, fire_at)
+            );
+            CREATE INDEX schedule_fires_pending_idx ON schedule_fires (created_at) WHERE state = 'pending';
+            """),
     ]
 }

@@ -1,0 +1,167 @@
+import Foundation
+
+/// Cron schedules in Postgres (`schedules`) and their fires (`schedule_fires`).
+package struct ScheduleStore: Sendable {
+    package let pool: PostgresPool
+
+    /// Fires less late than this are on time, whatever the catch-up window (a tick runs every
+    /// second or so; a window of 0 means "skip what was missed while down", not "skip
+    /// everything a tick late").
+    package static let onTimeGraceSeconds: Int64 = 60
+
+    package init(pool: PostgresPool) { self.pool = pool }
+
+    package struct Schedule: Sendable, Equatable {
+        package var id: UUID
+        package var tenant: String
+        package var name: String
+        package var cron: String
+        package var timeZone: String
+        package var jobType: String
+        package var tier: Tier
+        package var payload: String
+        package var enabled: Bool
+        package var catchUpSeconds: Int
+        package var nextFireAt: Timestamp
+    }
+
+    /// Adds (or replaces, by tenant and name) a schedule; its first fire is the first after `now`.
+    @discardableResult
+    package func put(tenant: String, name: String, cron: String, timeZone: String, jobType: String, tier: Tier,
+                     payload: String, enabled: Bool = true, catchUpSeconds: Int = 86_400, now: Timestamp) async throws -> Schedule {
+        let schedule = try CronSchedule(cron, zone: timeZone)
+        guard let next = schedule.next(after: now.microseconds / 1_000_000) else {
+            throw CronExpression.ParseError(field: "cron", message: "never fires")
+        }
+        let rows = try await pool.query("""
+            INSERT INTO schedules (id, tenant, name, cron, time_zone, job_type, tier, payload, enabled, catch_up_seconds, next_fire_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+            ON CONFLICT (tenant, name) DO UPDATE SET cron = EXCLUDED.cron, time_zone = EXCLUDED.time_zone,
+                job_type = EXCLUDED.job_type, tier = EXCLUDED.tier, payload = EXCLUDED.payload, enabled = EXCLUDED.enabled,
+                catch_up_seconds = EXCLUDED.catch_up_seconds, next_fire_at = EXCLUDED.next_fire_at, updated_at = now()
+            RETURNING \(Self.columns)
+            """, [JobID.make(), tenant, name, schedule.expression.description, timeZone, jobType, tier.rawValue, payload, enabled,
+                  catchUpSeconds, Timestamp(microseconds: next * 1_000_000)]).rows
+        return try Self.schedule(try rows.first.unwrap())
+    }
+
+    package func list(tenant: String? = nil) async throws -> [Schedule] {
+        try await pool.query("SELECT \(Self.columns) FROM schedules WHERE $1::text IS NULL OR tenant = $1 ORDER BY tenant, name",
+                             [tenant]).rows.map(Self.schedule)
+    }
+
+    /// True when there was such a schedule.
+    package func remove(tenant: String, name: String) async throws -> Bool {
+        !(try await pool.query("DELETE FROM schedules WHERE tenant = $1 AND name = $2 RETURNING id", [tenant, name]).rows.isEmpty)
+    }
+
+    static let columns = "id, tenant, name, cron, time_zone, job_type, tier, payload, enabled, catch_up_seconds, next_fire_at"
+
+    static func schedule(_ row: PostgresRow) throws -> Schedule {
+        guard let tier = Tier(rawValue: try row.string(6)) else {
+            throw PostgresError(.decoding, function: "schedules.tier", message: "unknown tier")
+        }
+        return Schedule(id: try row.uuid(0), tenant: try row.string(1), name: try row.string(2), cron: try row.string(3),
+                        timeZone: try row.string(4), jobType: try row.string(5), tier: tier, payload: try row.string(7),
+                        enabled: try row.bool(8), catchUpSeconds: try row.int(9), nextFireAt: try row.timestamp(10))
+    }
+
+    // MARK: - Firing
+
+    /// A fire claimed in Postgres, to publish.
+    package struct Fire: Sendable {
+        package var scheduleID: UUID
+        package var fireAt: Timestamp
+        package var job: JobEnvelope
+    }
+
+    package struct TickResult: Sendable, Equatable {
+        package var published = 0
+        package var skipped = 0
+    }
+
+    /// Claims every fire due at `now`: for each due schedule (locked, `SKIP LOCKED`), the fires
+    /// from its `next_fire_at` up to `now`, oldest first; a fire later than its catch-up window
+    /// is recorded `skipped`, the others `pending` with a job id, each under its fire key (an
+    /// existing key means another scheduler already has it). `next_fire_at` moves past `now`.
+    /// Returns the fires to publish, then ``markPublished(_:)``.
+    package func claimDue(now: Timestamp, limit: Int = 100) async throws -> (fires: [Fire], skipped: Int) {
+        try await pool.withTransaction { connection in
+            let due = try await connection.query("""
+                SELECT \(Self.columns) FROM schedules
+                WHERE enabled AND next_fire_at <= $1
+                ORDER BY next_fire_at LIMIT $2
+                FOR UPDATE SKIP LOCKED
+                """, [now, limit]).rows.map(Self.schedule)
+            var fires: [Fire] = []
+            var skipped = 0
+            let nowSeconds = now.microseconds.floorDiv(1_000_000)
+            for schedule in due {
+                guard let cron = try? CronSchedule(schedule.cron, zone: schedule.timeZone) else { continue }
+                var fireAt = schedule.nextFireAt.microseconds.floorDiv(1_000_000)
+                var count = 0
+                while fireAt <= nowSeconds, count < 10_000 {
+                    count += 1
+                    let local = WallClock.iso8601(fireAt, in: cron.zone)
+                    let late = nowSeconds - fireAt
+                    let missed = late > Self.onTimeGraceSeconds && late > Int64(schedule.catchUpSeconds)
+                    let at = Timestamp(microseconds: fireAt * 1_000_000)
+                    if missed {
+                        let inserted = try await connection.query("""
+                            INSERT INTO schedule_fires (schedule_id, fire_at, local_time, state) VALUES ($1, $2, $3, 'skipped')
+                            ON CONFLICT DO NOTHING RETURNING fire_at
+                            """, [schedule.id, at, local]).rows
+                        skipped += inserted.count
+                    } else {
+                        let job = JobEnvelope(type: schedule.jobType, tier: schedule.tier, payload: Array(schedule.payload.utf8),
+                                              tenant: schedule.tenant,
+                                              idempotencyKey: "schedule:\(schedule.id.lowercasedString):\(local)")
+                        let inserted = try await connection.query("""
+                            INSERT INTO schedule_fires (schedule_id, fire_at, local_time, job_id, state) VALUES ($1, $2, $3, $4, 'pending')
+                            ON CONFLICT DO NOTHING RETURNING fire_at
+                            """, [schedule.id, at, local, job.id]).rows
+                        if !inserted.isEmpty { fires.append(Fire(scheduleID: schedule.id, fireAt: at, job: job)) }
+                    }
+                    guard let next = cron.next(after: fireAt) else { break }
+                    fireAt = next
+                }
+                try await connection.query("UPDATE schedules SET next_fire_at = $2, updated_at = now() WHERE id = $1",
+                                           [schedule.id, Timestamp(microseconds: fireAt * 1_000_000)])
+            }
+            return (fires, skipped)
+        }
+    }
+
+    /// Fires claimed but not confirmed for `olderThanSeconds` (a scheduler died between claim
+    /// and confirm): published again with the same job id and key.
+    package func unconfirmedFires(olderThanSeconds: Int) async throws -> [Fire] {
+        try await pool.query("""
+            SELECT f.schedule_id, f.fire_at, f.local_time, f.job_id, s.job_type, s.tier, s.payload, s.tenant
+            FROM schedule_fires f JOIN schedules s ON s.id = f.schedule_id
+            WHERE f.state = 'pending' AND f.created_at < now() - make_interval(secs => $1)
+            ORDER BY f.created_at LIMIT 100
+            """, [olderThanSeconds]).rows.compactMap { row in
+            guard let tier = Tier(rawValue: try row.string(5)) else { return nil }
+            let scheduleID = try row.uuid(0)
+            let job = JobEnvelope(type: try row.string(4), tier: tier, payload: Array(try row.string(6).utf8), tenant: try row.string(7),
+                                  idempotencyKey: "schedule:\(scheduleID.lowercasedString):\(try row.string(2))", id: try row.uuid(3))
+            return Fire(scheduleID: scheduleID, fireAt: try row.timestamp(1), job: job)
+        }
+    }
+
+    package func markPublished(_ fires: [Fire]) async throws {
+        guard !fires.isEmpty else { return }
+        try await pool.query("""
+            UPDATE schedule_fires f SET state = 'published'
+            FROM unnest($1::uuid[], $2::timestamptz[]) AS u(schedule_id, fire_at)
+            WHERE f.schedule_id = u.schedule_id AND f.fire_at = u.fire_at
+            """, [PostgresArray(fires.map(\.scheduleID)), PostgresArray(fires.map(\.fireAt))])
+    }
+}
+
+extension Optional {
+    func unwrap() throws -> Wrapped {
+        guard let value = self else { throw PostgresError(.decoding, function: "unwrap", message: "no row returned") }
+        return value
+    }
+}

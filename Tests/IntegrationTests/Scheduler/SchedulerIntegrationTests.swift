@@ -1,0 +1,167 @@
+import Common
+import Foundation
+import Testing
+
+/// Cron schedules fired by real `scheduler` processes against the real broker and Postgres,
+/// with the time injected through `--clock-file` (never the wall clock): one job per fire with
+/// two schedulers, a SIGKILLed leader handing over, and catch-up after downtime.
+@Suite(.enabled(if: TestServices.enabled))
+struct SchedulerIntegrationTests {
+    struct World: Sendable {
+        var environment: [String: String]
+        var clockFile: URL
+        var connection: AMQPConnection
+        var pool: PostgresPool
+
+        func setClock(_ seconds: Int64) throws {
+            try Data(Timestamp(microseconds: seconds * 1_000_000).iso8601.utf8).write(to: clockFile, options: .atomic)
+        }
+
+        func depth(_ tier: Tier) async throws -> UInt32 {
+            try await connection.withControl { control in try control.queueDepth(tier.queueName).messages }
+        }
+
+        func scheduler(adminPort: Int) throws -> RunningProduct {
+            try RunningProduct("scheduler", ["--admin-port", String(adminPort), "--clock-file", clockFile.path], environment: environment)
+        }
+
+        func status(_ port: Int) async -> [String: Any] {
+            guard let (_, _, body) = try? await HTTP.request("GET", "http://127.0.0.1:\(port)/status") else { return [:] }
+            return HTTP.object(body)
+        }
+
+        func addSchedule(_ arguments: [String]) async throws {
+            let added = try await Products.run("scheduler", ["schedules", "add", "--tenant", "acme"] + arguments, environment: environment)
+            #expect(added.status == 0, "\(added.stderr)")
+        }
+
+        func fireStates() async throws -> [String: Int] {
+            var states: [String: Int] = [:]
+            for row in try await pool.query("SELECT state, count(*) FROM schedule_fires GROUP BY state").rows {
+                states[try row.string(0)] = try row.int(1)
+            }
+            return states
+        }
+    }
+
+    func withWorld<T: Sendable>(_ body: (World) async throws -> T) async throws -> T {
+        try await TestServices.withVhost { url in
+            try await TestServices.withSchema { pool in
+                let clockFile = FileManager.default.temporaryDirectory.appendingPathComponent("warren-clock-\(UUID().uuidString)")
+                defer { try? FileManager.default.removeItem(at: clockFile) }
+                let environment = ["WARREN_AMQP_URL": url, "WARREN_DATABASE_URL": TestServices.databaseURL,
+                                   "WARREN_DATABASE_SCHEMA": pool.configuration.searchPath ?? "public", "WARREN_ADMIN_HOST": "127.0.0.1"]
+                return try await TestServices.withConnection("test scheduler", url: url) { connection in
+                    try await body(World(environment: environment, clockFile: clockFile, connection: connection, pool: pool))
+                }
+            }
+        }
+    }
+
+    /// The next 09:00 in New York after the real now: where `schedules add` puts the first fire.
+    func nextMorning() throws -> (CronSchedule, Int64) {
+        let schedule = try CronSchedule("0 9 * * *", zone: "America/New_York")
+        return (schedule, try #require(schedule.next(after: Timestamp.now().microseconds / 1_000_000)))
+    }
+
+    @Test func twoSchedulersFireOnceAndAStandbyTakesOverFromAKilledLeader() async throws {
+        try await withWorld { world in
+            let (schedule, first) = try nextMorning()
+            try world.setClock(first - 60)
+            try await world.addSchedule(["--name", "morning", "--cron", "0 9 * * *", "--tz", "America/New_York",
+                                         "--type", "noop", "--tier", "premium"])
+            let ports = [try OwnPostgres.freePort(), try OwnPostgres.freePort()]
+            let schedulers = try ports.map { try world.scheduler(adminPort: $0) }
+            defer { for scheduler in schedulers { scheduler.signal(SIGKILL) } }
+            var leaderIndex = -1
+            try await TestServices.waitUntil(timeout: .seconds(20), "one scheduler is leader, the other standby") {
+                let leaders = await ports.asyncMap { await world.status($0)["leader"] as? Bool }
+                guard leaders.allSatisfy({ $0 != nil }), leaders.filter({ $0 == true }).count == 1 else { return false }
+                leaderIndex = leaders.firstIndex(of: true)!
+                return true
+            }
+
+            try world.setClock(first + 5)
+            try await TestServices.waitUntil(timeout: .seconds(20), "the first fire's job is in the queue") {
+                try await world.depth(.premium) == 1
+            }
+            // Both kept ticking past the fire; still one job and one fire row.
+            try world.setClock(first + 30)
+            try await TestServices.waitUntil(timeout: .seconds(10), "both schedulers ticked after the fire") {
+                let ticks = await ports.asyncMap { await world.status($0)["last_tick"] as? String }
+                return ticks[leaderIndex] == Timestamp(microseconds: (first + 30) * 1_000_000).iso8601
+            }
+            #expect(try await world.depth(.premium) == 1)
+            let deliveries = try await world.connection.consume(queue: Tier.premium.queueName, prefetch: 10)
+            var iterator = deliveries.makeAsyncIterator()
+            let delivery = try #require(try await iterator.next())
+            let job = try JobEnvelope(properties: delivery.properties, body: delivery.body)
+            let scheduleID = try #require(try await world.pool.query("SELECT id FROM schedules").rows.first?.uuid(0))
+            #expect(job.idempotencyKey == "schedule:\(scheduleID.lowercasedString):\(WallClock.iso8601(first, in: schedule.zone))")
+            #expect(job.type == "noop" && job.tenant == "acme" && job.tier == .premium)
+            try await world.connection.ack(delivery)
+
+            // The leader dies; the standby takes over and fires the next morning, once.
+            schedulers[leaderIndex].signal(SIGKILL)
+            let standby = 1 - leaderIndex
+            try await TestServices.waitUntil(timeout: .seconds(20), "the standby became leader") {
+                await world.status(ports[standby])["leader"] as? Bool == true
+            }
+            let second = try #require(schedule.next(after: first))
+            try world.setClock(second + 5)
+            let next = try #require(try await iterator.next())
+            let nextJob = try JobEnvelope(properties: next.properties, body: next.body)
+            #expect(nextJob.idempotencyKey == "schedule:\(scheduleID.lowercasedString):\(WallClock.iso8601(second, in: schedule.zone))")
+            try await world.connection.ack(next)
+            // The fire is marked published after the broker's confirm (the delivery can come first).
+            try await TestServices.waitUntil(timeout: .seconds(10), "one published fire row per fire, nothing twice") {
+                try await world.fireStates() == ["published": 2]
+            }
+            #expect(try await world.depth(.premium) == 0)
+            schedulers[standby].signal(SIGTERM)
+            #expect(try await schedulers[standby].wait(timeout: .seconds(20)) == 0)
+        }
+    }
+
+    @Test func afterThreeHoursDownFiresWithinTheWindowArePublishedOldestFirstAndOlderOnesSkipped() async throws {
+        try await withWorld { world in
+            let hourly = try CronSchedule("0 * * * *", zone: "Europe/London")
+            let first = try #require(hourly.next(after: Timestamp.now().microseconds / 1_000_000))
+            // Two hours of catch-up; the scheduler comes up 3 h 5 s after the first fire.
+            try await world.addSchedule(["--name", "hourly", "--cron", "0 * * * *", "--tz", "Europe/London",
+                                         "--type", "noop", "--tier", "free", "--catch-up", "7200"])
+            try world.setClock(first + 3 * 3_600 + 5)
+            let port = try OwnPostgres.freePort()
+            let scheduler = try world.scheduler(adminPort: port)
+            defer { scheduler.signal(SIGKILL) }
+            try await TestServices.waitUntil(timeout: .seconds(20), "the missed fires were handled") {
+                try await world.fireStates() == ["published": 2, "skipped": 2]
+            }
+            let deliveries = try await world.connection.consume(queue: Tier.free.queueName, prefetch: 10)
+            var iterator = deliveries.makeAsyncIterator()
+            var keys: [String] = []
+            for _ in 0..<2 {
+                let delivery = try #require(try await iterator.next())
+                keys.append(try JobEnvelope(properties: delivery.properties, body: delivery.body).idempotencyKey ?? "")
+                try await world.connection.ack(delivery)
+            }
+            let expected = [first + 2 * 3_600, first + 3 * 3_600].map { WallClock.iso8601($0, in: hourly.zone) }
+            #expect(keys.map { String($0.split(separator: ":", maxSplits: 2).last ?? "") } == expected, "oldest first: \(keys)")
+            let skipped = try await world.pool.query("SELECT fire_at FROM schedule_fires WHERE state = 'skipped' ORDER BY fire_at").rows
+                .map { try $0.timestamp(0).microseconds / 1_000_000 }
+            #expect(skipped == [first, first + 3_600])
+            let next = try await world.pool.query("SELECT next_fire_at FROM schedules").rows.first?.timestamp(0)
+            #expect(next?.microseconds == (first + 4 * 3_600) * 1_000_000, "the next fire is computed from the last scheduled one")
+            scheduler.signal(SIGTERM)
+            #expect(try await scheduler.wait(timeout: .seconds(20)) == 0)
+        }
+    }
+}
+
+extension Array {
+    func asyncMap<T>(_ transform: (Element) async -> T) async -> [T] {
+        var results: [T] = []
+        for element in self { results.append(await transform(element)) }
+        return results
+    }
+}
