@@ -51,6 +51,7 @@ struct RunCommand: AsyncParsableCommand {
         let pool = PostgresPool(configuration: database, logger: logger)
         let upkeep = UpkeepService(pool: pool, settings: settings, once: once, logger: logger)
         var statusExtra: @Sendable () -> String = { #""leader":false"# }
+        var firingConnection: AMQPConnection?
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: upkeep, successTerminationBehavior: .gracefullyShutdownGroup),
         ]
@@ -59,7 +60,9 @@ struct RunCommand: AsyncParsableCommand {
             do { amqp = try AMQPConfiguration(url: settings.amqpURL, connectionName: "scheduler") } catch {
                 throw ValidationError("\(error)")
             }
-            let firing = FiringService(store: ScheduleStore(pool: pool), publisher: JobPublisher(configuration: amqp, logger: logger),
+            let publisher = JobPublisher(configuration: amqp, logger: logger)
+            firingConnection = publisher.connection
+            let firing = FiringService(store: ScheduleStore(pool: pool), publisher: publisher,
                                        lock: LeaderLock(configuration: database, logger: logger),
                                        clock: clockFile.map(SchedulerClock.file) ?? .system, interval: .seconds(1), logger: logger)
             services.append(.init(service: firing))
@@ -68,14 +71,7 @@ struct RunCommand: AsyncParsableCommand {
         if !once {
             services.append(.init(service: AdminServer.service(
                 host: admin.host, port: admin.port,
-                ready: {
-                    do {
-                        _ = try await pool.query("SELECT 1")
-                        return []
-                    } catch {
-                        return ["database"]
-                    }
-                },
+                ready: { [firingConnection] in await AdminServer.unreachable(broker: firingConnection, database: pool) },
                 status: { [statusExtra] in
                     let upkeepStatus = await upkeep.statusJSON()
                     return String(upkeepStatus.dropLast()) + "," + statusExtra() + "}"

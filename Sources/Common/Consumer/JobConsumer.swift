@@ -240,16 +240,7 @@ package final class JobConsumer: Sendable {
     // MARK: - Admin port
 
     /// What `/readyz` reports down: the broker (connection lost) or the database (no answer).
-    package func unreachable() async -> [String] {
-        var down: [String] = []
-        if !connection.isConnected { down.append("broker") }
-        do {
-            _ = try await pool.query("SELECT 1")
-        } catch {
-            down.append("database")
-        }
-        return down
-    }
+    package func unreachable() async -> [String] { await AdminServer.unreachable(broker: connection, database: pool) }
 
     /// `/status`: this consumer's tier, limits and what it holds right now.
     package func statusJSON() async -> String {

@@ -47,6 +47,19 @@ package enum AdminServer {
         }
     }
 
+    /// The usual readiness check: `broker` when `connection` is not connected, `database` when
+    /// `pool` does not answer `SELECT 1`.
+    package static func unreachable(broker connection: AMQPConnection?, database pool: PostgresPool) async -> [String] {
+        var down: [String] = []
+        if let connection, !connection.isConnected { down.append("broker") }
+        do {
+            _ = try await pool.query("SELECT 1")
+        } catch {
+            down.append("database")
+        }
+        return down
+    }
+
     package static func jsonResponse(_ status: HTTPResponse.Status, _ body: String) -> Response {
         Response(status: status, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(string: body)))
     }

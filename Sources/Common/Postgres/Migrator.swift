@@ -77,14 +77,9 @@ extension PostgresPool {
         var logger = Logger(label: "warren.\(applicationName)")
         logger.logLevel = .warning
         let pool = PostgresPool(configuration: try Settings().postgres(applicationName: applicationName), logger: logger)
-        do {
+        return try await pool.closing { pool in
             _ = try await Migrator(migrations: Schema.migrations, logger: logger).migrate(pool)
-            let value = try await body(pool)
-            await pool.close()
-            return value
-        } catch {
-            await pool.close()
-            throw error
+            return try await body(pool)
         }
     }
 }

@@ -58,6 +58,18 @@ package final class PostgresPool: Sendable {
         try await withConnection { try await $0.query(sql, parameters) }
     }
 
+    /// Runs `body` with this pool, then closes it whether `body` returned or threw.
+    package func closing<T: Sendable>(after body: (PostgresPool) async throws -> T) async throws -> T {
+        do {
+            let value = try await body(self)
+            await close()
+            return value
+        } catch {
+            await close()
+            throw error
+        }
+    }
+
     /// Closes idle connections and refuses new borrowers; borrowed ones close when returned.
     package func close() async {
         let (idle, waiters) = state.withLock { state in

@@ -62,16 +62,7 @@ struct JobsAPI: Sendable {
     // MARK: - Routes
 
     /// What `/readyz` reports down: the broker (connection lost) or the database (no answer).
-    private func ready() async -> [String] {
-        var down: [String] = []
-        if !publisher.connection.isConnected { down.append("broker") }
-        do {
-            _ = try await pool.query("SELECT 1")
-        } catch {
-            down.append("database")
-        }
-        return down
-    }
+    private func ready() async -> [String] { await AdminServer.unreachable(broker: publisher.connection, database: pool) }
 
     private func createJob(_ request: Request, requestID: String) async throws(APIError) -> (Response, String?) {
         try await rateLimited(request, scope: .jobsWrite) { (token) async throws(APIError) in

@@ -31,15 +31,7 @@ struct APIServer: Sendable {
         var configuration = PostgresConfiguration(url: environment["WARREN_DATABASE_URL"] ?? TestServices.databaseURL,
                                                   applicationName: "warren-tests")
         configuration.searchPath = environment["WARREN_DATABASE_SCHEMA"]
-        let pool = PostgresPool(configuration: configuration, logger: TestServices.logger)
-        do {
-            let value = try await body(pool)
-            await pool.close()
-            return value
-        } catch {
-            await pool.close()
-            throw error
-        }
+        return try await PostgresPool(configuration: configuration, logger: TestServices.logger).closing(after: body)
     }
 
     /// Runs `body` with a started server (stopped with SIGTERM afterwards, which must exit 0)
