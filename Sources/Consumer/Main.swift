@@ -99,17 +99,6 @@ struct ConsumerCommand: AsyncParsableCommand {
     }
 }
 
-/// `2s`, `500ms`, `1.5s`, `1m`, or a bare number of seconds.
-func parseDuration(_ text: String) -> Duration? {
-    let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60)]
-    for (suffix, scale) in units where text.hasSuffix(suffix) {
-        guard let value = Double(text.dropLast(suffix.count)), value > 0 else { return nil }
-        return .milliseconds(Int64(value * scale * 1_000))
-    }
-    guard let seconds = Double(text), seconds > 0 else { return nil }
-    return .milliseconds(Int64(seconds * 1_000))
-}
-
 /// The consumer as a swift-service-lifecycle service: graceful shutdown calls `stop()`.
 struct ConsumerService: Service {
     let consumer: JobConsumer

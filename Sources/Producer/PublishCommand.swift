@@ -11,6 +11,7 @@ struct PublishCommand: AsyncParsableCommand {
         discussion: """
             One job:   producer publish --type email.welcome --tier premium --payload '{"to":"a@b.c"}'
             Many jobs: producer publish --jsonl jobs.jsonl   (one {"type","tier","payload",...} per line; - for stdin)
+            Later:     producer publish --type report.build --tier free --in 10m   (or --at 2026-12-24T09:00:00+01:00)
 
             Prints the job id (one job). Exit status: 0 when every job was confirmed, 1 when any
             was not (each is listed with its line), 2 for bad input (nothing is published).
@@ -34,6 +35,12 @@ struct PublishCommand: AsyncParsableCommand {
     @Option(help: "Correlation id (default: none).")
     var correlationID: String?
 
+    @Option(help: "Run the job at this instant (ISO 8601 with offset, e.g. 2026-12-24T09:00:00+01:00): held in Postgres ($WARREN_DATABASE_URL) and published by the scheduler when due.")
+    var at: String?
+
+    @Option(name: .customLong("in"), help: "Run the job after this delay (90s, 5m, 2h, or seconds): held like --at.")
+    var delay: String?
+
     @Option(help: "Publish every line of this JSON-lines file (- for standard input).")
     var jsonl: String?
 
@@ -52,6 +59,8 @@ struct PublishCommand: AsyncParsableCommand {
     func validate() throws {
         if jsonl == nil, type == nil { throw ValidationError("give --type (one job) or --jsonl FILE (many jobs)") }
         if jsonl != nil, type != nil { throw ValidationError("--type and --jsonl do not go together") }
+        if at != nil, delay != nil { throw ValidationError("--at and --in do not go together") }
+        if jsonl != nil, at != nil || delay != nil { throw ValidationError("--at and --in take one job (--type), not --jsonl") }
         guard (1...10_000).contains(batchSize) else { throw ValidationError("--batch-size must be in 1...10000") }
         if let rate, !(rate > 0 && rate <= 1_000_000) { throw ValidationError("--rate must be in (0, 1000000] jobs per second") }
         guard (1...100_000).contains(window) else { throw ValidationError("--window must be in 1...100000") }
@@ -90,7 +99,17 @@ struct PublishCommand: AsyncParsableCommand {
         } catch let error as JobError {
             throw fail(error.field.map { "--\($0.replacingOccurrences(of: "_", with: "-")): \(error.message)" } ?? error.message, code: 2)
         }
-        let job = request.envelope(correlationID: correlationID)
+        var job = request.envelope(correlationID: correlationID)
+        if let runAt = try runAt(now: job.enqueuedAt), runAt > job.enqueuedAt {
+            job.enqueuedAt = runAt
+            do {
+                try await PostgresPool.withMigrated(applicationName: "warren-publish") { try await DelayedJobStore(pool: $0).hold(job) }
+            } catch {
+                throw fail("job not stored: \(error)", code: 1)
+            }
+            print("\(job.id.lowercasedString) scheduled for \(runAt.iso8601)")
+            return
+        }
         let publisher = JobPublisher(configuration: configuration, logger: logger)
         do {
             try await publisher.start()
@@ -228,6 +247,27 @@ struct PublishCommand: AsyncParsableCommand {
     private func readInput(_ path: String) throws -> Data {
         if path == "-" { return FileHandle.standardInput.readDataToEndOfFile() }
         return try Data(contentsOf: URL(fileURLWithPath: path))
+    }
+
+    /// The time given by `--at` or `--in`, if any.
+    private func runAt(now: Timestamp) throws -> Timestamp? {
+        if let at {
+            guard let instant = Timestamp(iso8601: at) else {
+                throw fail("--at: expected an ISO 8601 instant with its offset, like 2026-12-24T09:00:00+01:00, got '\(at)'", code: 2)
+            }
+            guard instant.microseconds - now.microseconds <= DelayedJobStore.maxDelaySeconds * 1_000_000 else {
+                throw fail("--at: more than \(DelayedJobStore.maxDelaySeconds / 86_400) days ahead", code: 2)
+            }
+            return instant
+        }
+        if let delay {
+            guard let duration = parseDuration(delay), duration <= .seconds(DelayedJobStore.maxDelaySeconds) else {
+                throw fail("--in: expected a delay like 90s, 5m or 2h (at most \(DelayedJobStore.maxDelaySeconds / 86_400) days), got '\(delay)'",
+                           code: 2)
+            }
+            return Timestamp(microseconds: now.microseconds + duration.nanoseconds / 1_000)
+        }
+        return nil
     }
 
     private func fail(_ message: String, code: Int32) -> ExitCode {

@@ -6,10 +6,10 @@ import ServiceLifecycle
 import Synchronization
 import UnixSignals
 
-/// `scheduler`: applies migrations, keeps daily partitions ready ahead and drops those past
-/// retention (every WARREN_UPKEEP_INTERVAL_SECONDS, under a lock), and, while it is the leader
-/// (a Postgres advisory lock), fires the cron schedules exactly once each. (Contact events and
-/// delayed jobs come next.)
+/// `scheduler`: applies migrations, then, while it is the leader (a Postgres advisory lock
+/// on its own connection), fires the cron schedules and contact events exactly once each,
+/// publishes delayed jobs when due, and keeps daily partitions ready ahead (dropping those
+/// past retention).
 @main
 struct SchedulerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -39,100 +39,43 @@ struct RunCommand: AsyncParsableCommand {
         let logger = Observability.bootstrap(service: "scheduler")
         let settings: Settings
         let admin: (host: String, port: Int)
+        let amqp: AMQPConfiguration
         do {
             settings = try Settings()
             admin = try AdminServer.address(flag: adminPort, environment: ProcessInfo.processInfo.environment)
+            amqp = try AMQPConfiguration(url: settings.amqpURL, connectionName: "scheduler")
         } catch {
             throw ValidationError("\(error)")
         }
         var database = settings.postgres(applicationName: "warren-scheduler")
         if let databaseURL { database.url = databaseURL }
-        database.maxConnections = 2
+        database.maxConnections = 3
         let pool = PostgresPool(configuration: database, logger: logger)
-        let upkeep = UpkeepService(pool: pool, settings: settings, once: once, logger: logger)
-        var statusExtra: @Sendable () -> String = { #""leader":false"# }
-        var firingConnection: AMQPConnection?
-        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
-            .init(service: upkeep, successTerminationBehavior: .gracefullyShutdownGroup),
-        ]
-        if !once {
-            let amqp: AMQPConfiguration
-            do { amqp = try AMQPConfiguration(url: settings.amqpURL, connectionName: "scheduler") } catch {
-                throw ValidationError("\(error)")
-            }
-            let publisher = JobPublisher(configuration: amqp, logger: logger)
-            firingConnection = publisher.connection
-            let firing = FiringService(store: ScheduleStore(pool: pool), publisher: publisher,
-                                       lock: LeaderLock(configuration: database, logger: logger),
-                                       clock: clockFile.map(SchedulerClock.file) ?? .system, interval: .seconds(1), logger: logger)
-            services.append(.init(service: firing))
-            statusExtra = { firing.statusJSON() }
-        }
-        if !once {
-            services.append(.init(service: AdminServer.service(
-                host: admin.host, port: admin.port,
-                ready: { [firingConnection] in await AdminServer.unreachable(broker: firingConnection, database: pool) },
-                status: { [statusExtra] in
-                    let upkeepStatus = await upkeep.statusJSON()
-                    return String(upkeepStatus.dropLast()) + "," + statusExtra() + "}"
-                }, logger: logger)))
-        }
-        let group = ServiceGroup(configuration: .init(
-            services: services,
-            gracefulShutdownSignals: [.sigterm, .sigint],
-            logger: logger))
-        try await group.run()
-        await pool.close()
-    }
-}
-
-final class UpkeepService: Service {
-    let pool: PostgresPool
-    let settings: Settings
-    let once: Bool
-    let logger: Logger
-    /// When the last upkeep round succeeded, and the last error since.
-    private let progress = Mutex<(succeeded: Timestamp?, error: String?)>((nil, nil))
-
-    init(pool: PostgresPool, settings: Settings, once: Bool, logger: Logger) {
-        self.pool = pool
-        self.settings = settings
-        self.once = once
-        self.logger = logger
-    }
-
-    func statusJSON() async -> String {
-        let (succeeded, error) = progress.withLock { ($0.succeeded, $0.error) }
-        return #"{"service":"scheduler","last_upkeep":\#(succeeded.map { "\"\($0.iso8601)\"" } ?? "null"),"last_error":\#(error.map(JSONText.quoted) ?? "null"),"upkeep_interval_seconds":\#(settings.upkeepIntervalSeconds)}"#
-    }
-
-    func run() async throws {
-        let applied = try await Migrator(migrations: Schema.migrations, logger: logger).migrate(pool)
-        logger.info("migrations done", metadata: ["applied": "\(applied)"])
-        let partitions = PartitionManager(logger: logger)
-        let backoff = Backoff(base: .seconds(1), cap: .seconds(60), floor: .milliseconds(500))
-        var failures = 0
-        while !Task.isShuttingDownGracefully && !Task.isCancelled {
-            let wait: Duration
-            do {
-                try await partitions.upkeep(daysAhead: settings.partitionDaysAhead, retentionDays: settings.retentionDays, pool: pool)
-                failures = 0
-                progress.withLock { $0 = (Timestamp.now(), nil) }
-                wait = .seconds(settings.upkeepIntervalSeconds)
-            } catch {
-                wait = backoff.delay(attempt: failures)
-                failures += 1
-                progress.withLock { $0.error = "\(error)" }
-                logger.error("partition upkeep failed; retrying", metadata: ["error": "\(error)", "retry_in_ms": "\(wait.milliseconds)"])
-                if once { throw error }
-            }
-            if once { return }
-            // Until the next round; SIGTERM ends the sleep (and the service).
-            do {
-                try await cancelWhenGracefulShutdown { try await Task.sleep(for: wait) }
-            } catch {
+        try await pool.closing { pool in
+            let applied = try await Migrator(migrations: Schema.migrations, logger: logger).migrate(pool)
+            logger.info("migrations done", metadata: ["applied": "\(applied)"])
+            if once {
+                try await UpkeepDuty.once(pool: pool, settings: settings, logger: logger)
                 return
             }
+            let publisher = JobPublisher(configuration: amqp, logger: logger)
+            let duties: [any LeaderDuty] = [
+                CronDuty(store: ScheduleStore(pool: pool), publisher: publisher, logger: logger),
+                DelayedJobDuty(store: DelayedJobStore(pool: pool), publisher: publisher, logger: logger),
+                UpkeepDuty(pool: pool, settings: settings, logger: logger),
+            ]
+            let leader = LeaderService(duties: duties, publisher: publisher, lock: LeaderLock(configuration: database, logger: logger),
+                                       clock: clockFile.map(SchedulerClock.file) ?? .system, interval: .milliseconds(250),
+                                       logger: logger)
+            let adminServer = AdminServer.service(
+                host: admin.host, port: admin.port,
+                ready: { await AdminServer.unreachable(broker: publisher.connection, database: pool) },
+                status: { #"{"service":"scheduler",\#(leader.statusJSON())}"# }, logger: logger)
+            let group = ServiceGroup(configuration: .init(
+                services: [.init(service: leader), .init(service: adminServer)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+            try await group.run()
         }
     }
 }

@@ -77,6 +77,11 @@ package struct PostgresRow: Sendable {
         return value
     }
 
+    package func double(_ index: Int) throws(PostgresError) -> Double {
+        guard let text = values[index], let value = Double(text) else { throw decodingError(index, "float8") }
+        return value
+    }
+
     package func bool(_ index: Int) throws(PostgresError) -> Bool {
         guard let text = values[index], text == "t" || text == "f" else { throw decodingError(index, "boolean") }
         return text == "t"

@@ -19,11 +19,20 @@ package final class LeaderLock: Sendable {
     private let logger: Logger
     private let held = Mutex<PostgresConnection?>(nil)
 
-    package init(configuration: PostgresConfiguration, key: Int64 = schedulerKey, logger: Logger) {
+    /// The key for the schedulers of one schema: Warren's tables in another schema (a test's,
+    /// a second deployment's in the same database) have a leader of their own.
+    package static func schedulerKey(schema: String?) -> Int64 {
+        guard let schema, schema != "public" else { return schedulerKey }
+        var hash: UInt32 = 2_166_136_261  // FNV-1a: stable across processes, unlike Hasher
+        for byte in schema.utf8 { hash = (hash ^ UInt32(byte)) &* 16_777_619 }
+        return schedulerKey ^ (Int64(hash) << 8)
+    }
+
+    package init(configuration: PostgresConfiguration, key: Int64? = nil, logger: Logger) {
         var configuration = configuration
         configuration.statementTimeout = .seconds(5)
         self.configuration = configuration
-        self.key = key
+        self.key = key ?? Self.schedulerKey(schema: configuration.searchPath)
         self.logger = logger
     }
 

@@ -23,23 +23,40 @@ package struct APIJobStore: Sendable {
     /// Records `job` for `tenant`; with an idempotency key used in the last 24 h, returns the
     /// first job instead (one statement, so concurrent requests agree).
     package func claim(_ job: JobEnvelope, tenant: String, requestID: String) async throws -> Claim {
-        let rows = try await pool.query("""
-            INSERT INTO api_jobs (job_id, tenant, type, tier, enqueued_at, idempotency_key, request_id)
-            VALUES ($1, $2, $3, $4, $5, $6, $7)
+        try await pool.withConnection { try await Self.claim(job, tenant: tenant, requestID: requestID, state: "pending", on: $0) }
+    }
+
+    /// A delayed job (run_at / delay_seconds): its row, recorded `published` (accepted for
+    /// good), and its `delayed_jobs` row, in one transaction; or the first job of its key.
+    package func hold(_ job: JobEnvelope, tenant: String, requestID: String) async throws -> Claim {
+        try await pool.withTransaction { connection in
+            let claim = try await Self.claim(job, tenant: tenant, requestID: requestID, state: "published", on: connection)
+            if claim == .claimed { try await DelayedJobStore.hold(job, on: connection) }
+            return claim
+        }
+    }
+
+    private static func claim(_ job: JobEnvelope, tenant: String, requestID: String, state: String,
+                              on connection: PostgresConnection) async throws -> Claim {
+        let rows = try await connection.query("""
+            INSERT INTO api_jobs (job_id, tenant, type, tier, enqueued_at, idempotency_key, request_id, state)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $9)
             ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL
             DO UPDATE SET job_id = EXCLUDED.job_id, type = EXCLUDED.type, tier = EXCLUDED.tier,
                           enqueued_at = EXCLUDED.enqueued_at, request_id = EXCLUDED.request_id,
-                          state = 'pending', created_at = now()
+                          state = EXCLUDED.state, created_at = now(), cancel_requested_at = NULL, batch_id = NULL
                 WHERE api_jobs.created_at < now() - make_interval(hours => $8::int)
             RETURNING job_id
             """, [job.id, tenant, job.type, job.tier.rawValue, job.enqueuedAt, job.idempotencyKey, requestID,
-                  Self.idempotencyWindowHours]).rows
+                  idempotencyWindowHours, state]).rows
         if !rows.isEmpty { return .claimed }
-        let existing = try await pool.query("""
+        let existing = try await connection.query("""
             SELECT job_id, state = 'pending' AND created_at > now() - make_interval(secs => $3::int)
             FROM api_jobs WHERE tenant = $1 AND idempotency_key = $2
-            """, [tenant, job.idempotencyKey, Self.pendingGraceSeconds]).rows
-        guard let row = existing.first else { return try await claim(job, tenant: tenant, requestID: requestID) }
+            """, [tenant, job.idempotencyKey, pendingGraceSeconds]).rows
+        guard let row = existing.first else {
+            return try await claim(job, tenant: tenant, requestID: requestID, state: state, on: connection)
+        }
         return .existing(id: try row.uuid(0), pending: try row.bool(1))
     }
 
@@ -64,7 +81,7 @@ package struct APIJobStore: Sendable {
         case notFound
         /// Already in a terminal status: nothing to cancel.
         case finished(status: String)
-        /// Recorded; `status` is what the job was doing (`queued`, `retrying` or `running`).
+        /// Recorded; `status` is what the job was doing (`scheduled`, `queued`, `retrying` or `running`).
         case requested(status: String, tier: Tier)
     }
 
@@ -79,11 +96,13 @@ package struct APIJobStore: Sendable {
                 FOR UPDATE OF a
                 """, [id, tenant]).rows
             guard let row = rows.first else { return .notFound }
-            let status = try row.string(0)
+            var status = try row.string(0)
             if JobStatus(rawValue: status)?.isTerminal ?? false { return .finished(status: status) }
             guard let tier = Tier(rawValue: try row.string(1)) else { return .notFound }
             try await connection.query(
                 "UPDATE api_jobs SET cancel_requested_at = coalesce(cancel_requested_at, now()) WHERE job_id = $1", [id])
+            // A delayed job still held is simply never published.
+            if try await DelayedJobStore.cancel(id, on: connection) { status = "scheduled" }
             return .requested(status: status, tier: tier)
         }
     }
@@ -117,18 +136,23 @@ package struct APIJobStore: Sendable {
              THEN 'cancelled' ELSE coalesce(r.status, 'queued') END
         """
 
+    /// A delayed job not yet published is `scheduled`, and its `run_at` is set.
     package func status(of id: UUID, tenant: String) async throws -> [String: String?]? {
         let rows = try await pool.query("""
-            SELECT a.job_id, a.type, a.tier, \(Self.reportedStatus), coalesce(r.attempts, 0), r.result::text, r.error,
-                   a.enqueued_at, r.started_at, r.finished_at, a.idempotency_key
+            SELECT a.job_id, a.type, a.tier,
+                   CASE WHEN d.state = 'pending' AND r.status IS NULL THEN 'scheduled' ELSE \(Self.reportedStatus) END,
+                   coalesce(r.attempts, 0), r.result::text, r.error,
+                   a.enqueued_at, r.started_at, r.finished_at, a.idempotency_key, d.run_at
             FROM api_jobs a
             LEFT JOIN job_runs r ON r.job_id = a.job_id AND r.enqueued_at = a.enqueued_at
+            LEFT JOIN delayed_jobs d ON d.job_id = a.job_id
             WHERE a.job_id = $1 AND a.tenant = $2
             """, [id, tenant]).rows
         guard let row = rows.first else { return nil }
         return ["id": row[0], "type": row[1], "tier": row[2], "status": row[3], "attempts": row[4], "result": row[5],
                 "error": row[6], "enqueued_at": row[7].flatMap(Timestamp.init(iso8601:))?.iso8601,
                 "started_at": row[8].flatMap(Timestamp.init(iso8601:))?.iso8601,
-                "finished_at": row[9].flatMap(Timestamp.init(iso8601:))?.iso8601, "idempotency_key": row[10]]
+                "finished_at": row[9].flatMap(Timestamp.init(iso8601:))?.iso8601, "idempotency_key": row[10],
+                "run_at": row[11].flatMap(Timestamp.init(iso8601:))?.iso8601]
     }
 }

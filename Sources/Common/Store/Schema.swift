@@ -143,5 +143,27 @@ package enum Schema {
             );
             CREATE INDEX schedule_fires_pending_idx ON schedule_fires (created_at) WHERE state = 'pending';
             """),
+        Migration(version: 7, name: "delayed_jobs: jobs held until their run_at", sql: """
+            -- A job accepted with run_at / delay_seconds, held here until it is due. The
+            -- scheduler's leader claims due rows (FOR UPDATE SKIP LOCKED) and marks them
+            -- `published` in the same transaction, after the broker's confirm; a crash before
+            -- the commit leaves the row pending, to be published again under the same job id.
+            -- enqueued_at is run_at: the job_runs partition of the day it runs.
+            CREATE TABLE delayed_jobs (
+                job_id          uuid        PRIMARY KEY,
+                tenant          text,
+                type            text        NOT NULL,
+                tier            text        NOT NULL CHECK (tier IN ('enterprise', 'premium', 'free')),
+                payload         text        NOT NULL,
+                idempotency_key text,
+                correlation_id  text,
+                run_at          timestamptz NOT NULL,
+                state           text        NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'published', 'cancelled')),
+                created_at      timestamptz NOT NULL DEFAULT now(),
+                published_at    timestamptz
+            );
+            CREATE INDEX delayed_jobs_due_idx ON delayed_jobs (run_at) WHERE state = 'pending';
+            CREATE INDEX delayed_jobs_published_idx ON delayed_jobs (published_at) WHERE state <> 'pending';
+            """),
     ]
 }

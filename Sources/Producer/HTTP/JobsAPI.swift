@@ -104,25 +104,14 @@ struct JobsAPI: Sendable {
     private func acceptJob(_ request: Request, token: APIToken, requestID: String) async throws(APIError) -> (Response, String?) {
         let body = try await jsonBody(request)
         let request = try parseJob(body, token: token, allowed: ["type", "payload", "idempotency_key", "run_at", "delay_seconds"])
-        let job = request.envelope(correlationID: requestID)
+        var job = request.envelope(correlationID: requestID)
+        if let runAt = try parseRunAt(body, now: job.enqueuedAt), runAt > job.enqueuedAt {
+            job.enqueuedAt = runAt  // it enters its queue then (and job_runs' partition of that day)
+            return try await acceptDelayed(job, token: token, requestID: requestID)
+        }
         guard job.idempotencyKey != nil else { return try await acceptUnkeyed(job, token: token, requestID: requestID) }
-        let claim: APIJobStore.Claim
-        do {
-            claim = try await jobs.claim(job, tenant: token.tenant, requestID: requestID)
-        } catch {
-            logger.warning("cannot record the job", metadata: ["error": "\(error)", "request_id": "\(requestID)"])
-            throw APIError(.serviceUnavailable, "database_unavailable", "cannot record the job right now; retry later", retryAfter: 2)
-        }
-        if case .existing(let id, let pending) = claim {
-            if pending {
-                throw APIError(.conflict, "idempotency_in_progress",
-                               "a request with this idempotency key is still being published; retry shortly", field: "idempotency_key",
-                               retryAfter: 1)
-            }
-            let status = (try? await jobs.status(of: id, tenant: token.tenant))?["status"] ?? nil
-            return (json(.ok, #"{"id":"\#(id.lowercasedString)","status":\#(JSONText.quoted(status ?? "queued")),"duplicate":true}"#),
-                    token.tenant)
-        }
+        let claim = try await recording(requestID) { try await jobs.claim(job, tenant: token.tenant, requestID: requestID) }
+        if case .existing(let id, let pending) = claim { return try await duplicate(of: id, pending: pending, token: token) }
         do {
             try await publisher.publish(job)
         } catch {
@@ -132,6 +121,70 @@ struct JobsAPI: Sendable {
         // The job is accepted; if recording that fails, a pending claim older than a minute counts as published.
         try? await jobs.markPublished(job.id)
         return (accepted(job), token.tenant)
+    }
+
+    /// A job to run later: held in Postgres (`delayed_jobs`, with its `api_jobs` row in the
+    /// same commit) until the scheduler's leader publishes it at `run_at`.
+    private func acceptDelayed(_ job: JobEnvelope, token: APIToken, requestID: String) async throws(APIError) -> (Response, String?) {
+        let claim = try await recording(requestID) { try await jobs.hold(job, tenant: token.tenant, requestID: requestID) }
+        if case .existing(let id, let pending) = claim { return try await duplicate(of: id, pending: pending, token: token) }
+        return (json(.accepted, #"{"id":"\#(job.id.lowercasedString)","status":"scheduled","type":\#(JSONText.quoted(job.type)),"tier":"\#(job.tier.rawValue)","run_at":"\#(job.enqueuedAt.iso8601)"}"#),
+                token.tenant)
+    }
+
+    /// Runs a write of the job's record; a database failure is a 503 the client can retry.
+    private func recording<T>(_ requestID: String, _ body: () async throws -> T) async throws(APIError) -> T {
+        do {
+            return try await body()
+        } catch {
+            logger.warning("cannot record the job", metadata: ["error": "\(error)", "request_id": "\(requestID)"])
+            throw APIError(.serviceUnavailable, "database_unavailable", "cannot record the job right now; retry later", retryAfter: 2)
+        }
+    }
+
+    /// The answer to a request whose idempotency key names an earlier job: 200 with that job
+    /// (`"duplicate":true`), or 409 while the first request is still publishing it.
+    private func duplicate(of id: UUID, pending: Bool, token: APIToken) async throws(APIError) -> (Response, String?) {
+        if pending {
+            throw APIError(.conflict, "idempotency_in_progress",
+                           "a request with this idempotency key is still being published; retry shortly", field: "idempotency_key",
+                           retryAfter: 1)
+        }
+        let status = (try? await jobs.status(of: id, tenant: token.tenant))?["status"] ?? nil
+        return (json(.ok, #"{"id":"\#(id.lowercasedString)","status":\#(JSONText.quoted(status ?? "queued")),"duplicate":true}"#),
+                token.tenant)
+    }
+
+    /// `run_at` (an ISO 8601 instant with its offset) or `delay_seconds` (a number, at most a
+    /// year): when a job should run, or nil for now. A time already past means now.
+    func parseRunAt(_ body: [UInt8], now: Timestamp) throws(APIError) -> Timestamp? {
+        guard let members = try? JSONScanner.objectMembers(body) else { return nil }
+        let runAt = members.first { $0.key == "run_at" && $0.kind != .null }
+        let delay = members.first { $0.key == "delay_seconds" && $0.kind != .null }
+        let limit = DelayedJobStore.maxDelaySeconds
+        switch (runAt, delay) {
+        case (nil, nil):
+            return nil
+        case (.some, .some):
+            throw APIError(.unprocessableContent, "invalid_field", "give run_at or delay_seconds, not both", field: "delay_seconds")
+        case (.some(let member), nil):
+            guard member.kind == .string, let text = try? JSONScanner.string(body, at: member.value),
+                  let instant = Timestamp(iso8601: text) else {
+                throw APIError(.unprocessableContent, "invalid_field",
+                               "'run_at' must be an ISO 8601 instant with its offset, like 2026-12-24T09:00:00+01:00", field: "run_at")
+            }
+            guard instant.microseconds - now.microseconds <= limit * 1_000_000 else {
+                throw APIError(.unprocessableContent, "invalid_field", "'run_at' is more than \(limit / 86_400) days ahead", field: "run_at")
+            }
+            return instant
+        case (nil, .some(let member)):
+            guard member.kind == .number, let seconds = Double(String(decoding: body[member.value], as: UTF8.self)),
+                  seconds >= 0, seconds <= Double(limit) else {
+                throw APIError(.unprocessableContent, "invalid_field",
+                               "'delay_seconds' must be a number from 0 to \(limit) (\(limit / 86_400) days)", field: "delay_seconds")
+            }
+            return Timestamp(microseconds: now.microseconds + Int64(seconds * 1_000_000))
+        }
     }
 
     /// A job without an idempotency key: its `api_jobs` row (group commit, shared with
@@ -193,7 +246,7 @@ struct JobsAPI: Sendable {
         }
         guard let status else { throw APIError(.notFound, "not_found", "no such job") }
         var fields: [String] = []
-        for key in ["id", "type", "tier", "status", "attempts", "result", "error", "idempotency_key", "enqueued_at", "started_at", "finished_at"] {
+        for key in ["id", "type", "tier", "status", "attempts", "result", "error", "idempotency_key", "enqueued_at", "run_at", "started_at", "finished_at"] {
             guard let value = status[key] ?? nil else {
                 fields.append(#""\#(key)":null"#)
                 continue
@@ -262,10 +315,6 @@ struct JobsAPI: Sendable {
                 throw APIError(.unprocessableContent, "invalid_field", "'\(prefix)\(key)' must be a string", field: prefix + key)
             }
             return value
-        }
-        if member("run_at") != nil || member("delay_seconds") != nil {
-            throw APIError(.notImplemented, "not_implemented", "delayed jobs (run_at, delay_seconds) arrive with the scheduler",
-                           field: member("run_at") != nil ? "run_at" : "delay_seconds")
         }
         guard let type = try string("type") else {
             throw APIError(.unprocessableContent, "missing_field", "missing field '\(prefix)type'", field: prefix + "type")

@@ -49,7 +49,7 @@ struct HTTPAPITests {
                 ("unknown type", 422, writer, "application/json", #"{"type":"no.such"}"#),
                 ("missing type", 422, writer, "application/json", #"{"payload":{}}"#),
                 ("unknown field", 422, writer, "application/json", #"{"type":"noop","tier":"enterprise"}"#),
-                ("delayed", 501, writer, "application/json", #"{"type":"noop","delay_seconds":5}"#),
+                ("bad delay", 422, writer, "application/json", #"{"type":"noop","delay_seconds":"soon"}"#),
             ]
             for (name, expected, token, contentType, body) in cases {
                 let (status, headers, text) = try await server.request("POST", "/v1/jobs", token: token, contentType: contentType, body: body)

@@ -1,0 +1,127 @@
+import Common
+import Foundation
+import Logging
+import Metrics
+import Synchronization
+
+/// Fires the cron schedules: claims the due fires (each under its fire key, in one
+/// transaction) and publishes them with confirms; fires claimed but left unconfirmed by a
+/// scheduler that died are published again with the same job id.
+final class CronDuty: LeaderDuty {
+    let store: ScheduleStore
+    let publisher: JobPublisher
+    let logger: Logger
+    private let counts = Mutex<(published: Int, skipped: Int)>((0, 0))
+
+    init(store: ScheduleStore, publisher: JobPublisher, logger: Logger) {
+        self.store = store
+        self.publisher = publisher
+        self.logger = logger
+    }
+
+    var name: String { "cron" }
+
+    func round(now: Timestamp) async throws {
+        let (claimed, skipped) = try await store.claimDue(now: now)
+        let fires = claimed + (try await store.unconfirmedFires(olderThanSeconds: 30))
+        if skipped > 0 { logger.warning("fires missed beyond their catch-up window were skipped", metadata: ["count": "\(skipped)"]) }
+        let confirmed = await publishConfirmed(fires.map(\.job), with: publisher, logger: logger).map { fires[$0] }
+        for fire in confirmed {
+            logger.info("schedule fired", metadata: [
+                "schedule_id": "\(fire.scheduleID.lowercasedString)", "fire_at": "\(fire.fireAt.iso8601)",
+                "job_id": "\(fire.job.id.lowercasedString)", "idempotency_key": "\(fire.job.idempotencyKey ?? "-")",
+            ])
+        }
+        try await store.markPublished(confirmed)
+        counts.withLock { $0 = ($0.published + confirmed.count, $0.skipped + skipped) }
+    }
+
+    func statusJSON() -> String {
+        let (published, skipped) = counts.withLock { ($0.published, $0.skipped) }
+        return #""fires_published":\#(published),"fires_skipped":\#(skipped)"#
+    }
+}
+
+/// Publishes delayed jobs when due: claimed `FOR UPDATE SKIP LOCKED` and marked published in
+/// the same transaction, after the broker's confirm.
+final class DelayedJobDuty: LeaderDuty {
+    let store: DelayedJobStore
+    let publisher: JobPublisher
+    let logger: Logger
+    private let published = Mutex(0)
+    private let lateness = Metrics.Timer(label: "warren_delayed_job_lateness_seconds", preferredDisplayUnit: .seconds)
+
+    init(store: DelayedJobStore, publisher: JobPublisher, logger: Logger) {
+        self.store = store
+        self.publisher = publisher
+        self.logger = logger
+    }
+
+    var name: String { "delayed_jobs" }
+
+    func round(now: Timestamp) async throws {
+        // Rounds of up to 1,000 until nothing due is left (or the broker stops confirming).
+        while true {
+            let (claimed, late) = try await store.dispatchDue(now: now) { jobs in
+                await publishConfirmed(jobs, with: publisher, logger: logger)
+            }
+            for seconds in late { lateness.recordNanoseconds(Int64(max(0, seconds) * 1e9)) }
+            published.withLock { $0 += late.count }
+            if claimed > 0 {
+                logger.info("delayed jobs published", metadata: ["count": "\(late.count)", "claimed": "\(claimed)",
+                                                                 "max_late_ms": "\(Int((late.max() ?? 0) * 1_000))"])
+            }
+            guard claimed == 1_000, late.count == claimed else { return }
+        }
+    }
+
+    func statusJSON() -> String { #""delayed_jobs_published":\#(published.withLock { $0 })"# }
+}
+
+/// Keeps daily partitions ready ahead and drops those past retention, every
+/// `WARREN_UPKEEP_INTERVAL_SECONDS`, with the old rows of `delayed_jobs`.
+final class UpkeepDuty: LeaderDuty {
+    let pool: PostgresPool
+    let settings: Settings
+    let logger: Logger
+    /// When the last round ran (system clock), succeeded, and the last error since.
+    private let progress = Mutex<(attempted: ContinuousClock.Instant?, succeeded: Timestamp?, error: String?)>((nil, nil, nil))
+
+    init(pool: PostgresPool, settings: Settings, logger: Logger) {
+        self.pool = pool
+        self.settings = settings
+        self.logger = logger
+    }
+
+    var name: String { "upkeep" }
+
+    func round(now: Timestamp) async throws {
+        let due = progress.withLock { progress in
+            guard let attempted = progress.attempted, ContinuousClock.now - attempted < .seconds(settings.upkeepIntervalSeconds)
+            else { progress.attempted = .now; return true }
+            return false
+        }
+        guard due else { return }
+        do {
+            try await Self.once(pool: pool, settings: settings, logger: logger)
+            progress.withLock { $0.succeeded = Timestamp.now(); $0.error = nil }
+        } catch {
+            // Try again after a short pause rather than a whole interval.
+            progress.withLock { $0.error = "\(error)"; $0.attempted = .now - .seconds(max(0, settings.upkeepIntervalSeconds - 5)) }
+            throw error
+        }
+    }
+
+    /// One upkeep round (also `scheduler --once`).
+    static func once(pool: PostgresPool, settings: Settings, logger: Logger) async throws {
+        try await PartitionManager(logger: logger).upkeep(daysAhead: settings.partitionDaysAhead,
+                                                          retentionDays: settings.retentionDays, pool: pool)
+        let pruned = try await DelayedJobStore(pool: pool).prune(olderThanDays: settings.retentionDays)
+        if pruned > 0 { logger.info("old delayed_jobs rows deleted", metadata: ["count": "\(pruned)"]) }
+    }
+
+    func statusJSON() -> String {
+        let (succeeded, error) = progress.withLock { ($0.succeeded, $0.error) }
+        return #""last_upkeep":\#(succeeded.map { "\"\($0.iso8601)\"" } ?? "null"),"last_error":\#(error.map(JSONText.quoted) ?? "null"),"upkeep_interval_seconds":\#(settings.upkeepIntervalSeconds)"#
+    }
+}

@@ -1,0 +1,107 @@
+import Common
+import Foundation
+import Logging
+import ServiceLifecycle
+import Synchronization
+
+/// Where the scheduler reads the time: the system clock, or (for tests and rehearsals) a file
+/// holding an ISO 8601 instant, read again at every round (`--clock-file`).
+enum SchedulerClock: Sendable {
+    case system
+    case file(String)
+
+    func now() -> Timestamp? {
+        switch self {
+        case .system:
+            return .now()
+        case .file(let path):
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
+            return Timestamp(iso8601: text.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+    }
+}
+
+/// One kind of work only the leader does (fire cron schedules, publish due delayed jobs,
+/// send contact events, keep partitions), run once per round with the round's time.
+protocol LeaderDuty: Sendable {
+    /// The name in logs and `/status`.
+    var name: String { get }
+    /// Does what is due at `now`. Errors are logged and the duty runs again next round.
+    func round(now: Timestamp) async throws
+    /// Members of the scheduler's `/status` object, as JSON text without braces.
+    func statusJSON() -> String
+}
+
+/// The scheduler's loop: every `interval`, confirm leadership on the lock's own connection
+/// (a scheduler that cannot stops at once), then run each duty. A standby only keeps trying
+/// for the lock.
+final class LeaderService: Service {
+    private let duties: [any LeaderDuty]
+    private let publisher: JobPublisher
+    private let lock: LeaderLock
+    private let clock: SchedulerClock
+    private let interval: Duration
+    private let logger: Logger
+    private let lastRound = Mutex<Timestamp?>(nil)
+
+    init(duties: [any LeaderDuty], publisher: JobPublisher, lock: LeaderLock, clock: SchedulerClock, interval: Duration,
+         logger: Logger) {
+        self.duties = duties
+        self.publisher = publisher
+        self.lock = lock
+        self.clock = clock
+        self.interval = interval
+        self.logger = logger
+    }
+
+    func run() async throws {
+        try await publisher.start()
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                if await self.lock.confirm() { await self.round() }
+                try? await Task.sleep(for: self.interval)
+            }
+        }
+        await lock.release()
+        await publisher.close()
+    }
+
+    private func round() async {
+        guard let now = clock.now() else {
+            logger.warning("cannot read the clock file; skipping this round")
+            return
+        }
+        for duty in duties {
+            do {
+                try await duty.round(now: now)
+            } catch {
+                logger.error("leader duty failed; retrying next round", metadata: ["duty": "\(duty.name)", "error": "\(error)"])
+            }
+        }
+        lastRound.withLock { $0 = now }
+    }
+
+    func statusJSON() -> String {
+        let last = lastRound.withLock { $0 }
+        let members = [#""leader":\#(lock.isLeader)"#, #""last_tick":\#(last.map { "\"\($0.iso8601)\"" } ?? "null")"#]
+            + duties.map { $0.statusJSON() }.filter { !$0.isEmpty }
+        return members.joined(separator: ",")
+    }
+}
+
+/// Publishes `jobs` with confirms; returns the indexes of those the broker confirmed (the
+/// others are logged, and their owners publish them again later under the same id).
+func publishConfirmed(_ jobs: [JobEnvelope], with publisher: JobPublisher, logger: Logger) async -> [Int] {
+    guard !jobs.isEmpty else { return [] }
+    let results = await publisher.publish(jobs)
+    var confirmed: [Int] = []
+    for (index, result) in results.enumerated() {
+        switch result {
+        case .success: confirmed.append(index)
+        case .failure(let error):
+            logger.warning("publish not confirmed; published again later with the same id",
+                           metadata: ["job_id": "\(jobs[index].id.lowercasedString)", "error": "\(error)"])
+        }
+    }
+    return confirmed
+}
