@@ -14,9 +14,8 @@ struct RoutesCommand: AsyncParsableCommand {
         let amqp = try AMQPConfiguration(url: "amqp://127.0.0.1", connectionName: "routes")
         let pool = PostgresPool(configuration: PostgresConfiguration(url: "postgresql://127.0.0.1/warren", applicationName: "routes"),
                                 logger: logger)
-        let api = JobsAPI(publisher: JobPublisher(configuration: amqp, logger: logger), pool: pool, tokens: TokenCache(store: APITokenStore(pool: pool), ttl: .zero),
-                          recorder: APIJobRecorder(pool: pool), jobs: APIJobStore(pool: pool), batches: APIBatchStore(pool: pool), rateLimiter: RateLimiter(limits: RateLimiter.defaults),
-                          knownTypes: [], maxBodyBytes: 1, logger: logger)
+        let api = JobsAPI(publisher: JobPublisher(configuration: amqp, logger: logger), pool: pool, tokenCacheTTL: .zero,
+                          rateLimiter: RateLimiter(limits: RateLimiter.defaults), knownTypes: [], maxBodyBytes: 1, logger: logger)
         let lines = api.router().routes.map { "\($0.method.rawValue) \($0.path.description)" }
         for line in lines.sorted() { print(line) }
     }

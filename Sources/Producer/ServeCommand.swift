@@ -51,9 +51,8 @@ struct ServeCommand: AsyncParsableCommand {
 
         let rateLimits: [Tier: RateLimiter.Limit]
         do { rateLimits = try RateLimiter.limits(environment: environment) } catch { throw ValidationError("\(error)") }
-        let api = JobsAPI(publisher: publisher, pool: pool, tokens: TokenCache(store: APITokenStore(pool: pool), ttl: .seconds(tokenCacheSeconds)),
-                          recorder: APIJobRecorder(pool: pool), jobs: APIJobStore(pool: pool),
-                          batches: APIBatchStore(pool: pool), rateLimiter: RateLimiter(limits: rateLimits),
+        let api = JobsAPI(publisher: publisher, pool: pool, tokenCacheTTL: .seconds(tokenCacheSeconds),
+                          rateLimiter: RateLimiter(limits: rateLimits),
                           knownTypes: Set(HandlerRegistry.builtIn.types + extraTypes.filter { !$0.isEmpty }),
                           maxBodyBytes: maxBody, logger: logger)
         let app = Application(router: api.router(),

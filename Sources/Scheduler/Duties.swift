@@ -79,7 +79,7 @@ final class DelayedJobDuty: LeaderDuty {
 }
 
 /// Keeps daily partitions ready ahead and drops those past retention, every
-/// `WARREN_UPKEEP_INTERVAL_SECONDS`, with the old rows of `delayed_jobs`.
+/// `WARREN_UPKEEP_INTERVAL_SECONDS`, and deletes old rows of `delayed_jobs` and `contact_fires`.
 final class UpkeepDuty: LeaderDuty {
     let pool: PostgresPool
     let settings: Settings
@@ -117,11 +117,105 @@ final class UpkeepDuty: LeaderDuty {
         try await PartitionManager(logger: logger).upkeep(daysAhead: settings.partitionDaysAhead,
                                                           retentionDays: settings.retentionDays, pool: pool)
         let pruned = try await DelayedJobStore(pool: pool).prune(olderThanDays: settings.retentionDays)
-        if pruned > 0 { logger.info("old delayed_jobs rows deleted", metadata: ["count": "\(pruned)"]) }
+            + (try await ContactStore(pool: pool).prune(olderThanDays: settings.retentionDays))
+        if pruned > 0 { logger.info("old delayed_jobs and contact_fires rows deleted", metadata: ["count": "\(pruned)"]) }
     }
 
     func statusJSON() -> String {
         let (succeeded, error) = progress.withLock { ($0.succeeded, $0.error) }
         return #""last_upkeep":\#(succeeded.map { "\"\($0.iso8601)\"" } ?? "null"),"last_error":\#(error.map(JSONText.quoted) ?? "null"),"upkeep_interval_seconds":\#(settings.upkeepIntervalSeconds)"#
+    }
+}
+
+/// Sends contact events (birthdays, anniversaries) at their local time in each contact's
+/// zone. For each zone and kind, every local date from the day after its cursor up to today
+/// whose send time has come is handled once: its due contacts are one indexed query (paged),
+/// each message is written under its fire key and then published; the cursor then moves to
+/// that date. A date later than the catch-up window is skipped whole. Changing a contact's
+/// date or zone takes effect for any date its zone has not reached yet.
+final class ContactEventDuty: LeaderDuty {
+    let store: ContactStore
+    let publisher: JobPublisher
+    let catchUpSeconds: Int64
+    let logger: Logger
+    /// Zones by name (nil: not a zone, logged once), messages published, dates skipped.
+    private let state = Mutex<(zones: [String: TimeZone?], published: Int, skippedDays: Int)>(([:], 0, 0))
+
+    init(store: ContactStore, publisher: JobPublisher, catchUpSeconds: Int64, logger: Logger) {
+        self.store = store
+        self.publisher = publisher
+        self.catchUpSeconds = catchUpSeconds
+        self.logger = logger
+    }
+
+    var name: String { "contacts" }
+
+    func round(now: Timestamp) async throws {
+        let nowSeconds = now.microseconds.floorDiv(1_000_000)
+        for cursor in try await store.cursors() {
+            guard let kind = ContactEvents.kind(cursor.kind), let zone = zone(cursor.timeZone) else { continue }
+            let today = CivilDate(daysSinceEpoch: Int((nowSeconds + Int64(WallClock.offset(zone, at: nowSeconds))).floorDiv(86_400)))
+            // No older date than the window can reach is worth visiting.
+            let oldest = today.adding(days: -Int(catchUpSeconds / 86_400) - 2)
+            var day = cursor.doneThrough.map { $0.adding(days: 1) } ?? today
+            if day < oldest {
+                state.withLock { $0.skippedDays += oldest.daysSinceEpoch - day.daysSinceEpoch }
+                day = oldest
+            }
+            while day <= today {
+                let wall = Int64(day.daysSinceEpoch) * 86_400 + Int64(kind.localTime.hour * 3_600 + kind.localTime.minute * 60)
+                let sendAt = WallClock.instant(wall, in: zone)
+                guard sendAt <= nowSeconds else { break }
+                let late = nowSeconds - sendAt
+                if late > ScheduleStore.onTimeGraceSeconds && late > catchUpSeconds {
+                    state.withLock { $0.skippedDays += 1 }
+                    logger.warning("contact events missed beyond the catch-up window were skipped",
+                                   metadata: ["time_zone": "\(cursor.timeZone)", "kind": "\(kind.kind)", "date": "\(day)"])
+                } else {
+                    try await send(kind, zone: cursor.timeZone, on: day)
+                }
+                try await store.advance(cursor, to: day)
+                day = day.adding(days: 1)
+            }
+        }
+        let retried = try await store.unconfirmedFires(olderThanSeconds: 30)
+        if !retried.isEmpty { try await publish(retried) }
+    }
+
+    /// Every message of `kind` due in `zone` on `day`, a page at a time.
+    private func send(_ kind: any ContactEventKind, zone: String, on day: CivilDate) async throws {
+        let page = 5_000
+        var total = 0
+        while true {
+            let fires = try await store.claim(kind, zone: zone, on: day, limit: page)
+            total += try await publish(fires)
+            if fires.count < page { break }
+        }
+        if total > 0 {
+            logger.info("contact events sent", metadata: ["time_zone": "\(zone)", "kind": "\(kind.kind)", "date": "\(day)",
+                                                          "messages": "\(total)"])
+        }
+    }
+
+    /// Publishes with confirms and marks the confirmed ones; returns how many.
+    @discardableResult
+    private func publish(_ fires: [ContactStore.Fire]) async throws -> Int {
+        let confirmed = await publishConfirmed(fires.map(\.job), with: publisher, logger: logger).map { fires[$0] }
+        try await store.markPublished(confirmed)
+        state.withLock { $0.published += confirmed.count }
+        return confirmed.count
+    }
+
+    private func zone(_ identifier: String) -> TimeZone? {
+        if let known = state.withLock({ $0.zones[identifier] }) { return known }
+        let zone = try? CronSchedule.zone(identifier)
+        if zone == nil { logger.error("contacts in an unknown time zone are not sent", metadata: ["time_zone": "\(identifier)"]) }
+        state.withLock { $0.zones[identifier] = .some(zone) }
+        return zone
+    }
+
+    func statusJSON() -> String {
+        let (published, skipped) = state.withLock { ($0.published, $0.skippedDays) }
+        return #""contact_messages_published":\#(published),"contact_days_skipped":\#(skipped)"#
     }
 }

@@ -1,6 +1,7 @@
 import Common
 import Foundation
 import Logging
+import Metrics
 import ServiceLifecycle
 import Synchronization
 
@@ -43,6 +44,9 @@ final class LeaderService: Service {
     private let interval: Duration
     private let logger: Logger
     private let lastRound = Mutex<Timestamp?>(nil)
+    /// Per duty: its longest round so far, in milliseconds (also `warren_scheduler_duty_seconds`).
+    private let longest = Mutex<[String: Double]>([:])
+    private let timers: [String: Metrics.Timer]
 
     init(duties: [any LeaderDuty], publisher: JobPublisher, lock: LeaderLock, clock: SchedulerClock, interval: Duration,
          logger: Logger) {
@@ -52,6 +56,9 @@ final class LeaderService: Service {
         self.clock = clock
         self.interval = interval
         self.logger = logger
+        self.timers = Dictionary(uniqueKeysWithValues: duties.map {
+            ($0.name, Metrics.Timer(label: "warren_scheduler_duty_seconds", dimensions: [("duty", $0.name)], preferredDisplayUnit: .seconds))
+        })
     }
 
     func run() async throws {
@@ -72,18 +79,26 @@ final class LeaderService: Service {
             return
         }
         for duty in duties {
+            let started = ContinuousClock.now
             do {
                 try await duty.round(now: now)
             } catch {
                 logger.error("leader duty failed; retrying next round", metadata: ["duty": "\(duty.name)", "error": "\(error)"])
             }
+            let elapsed = ContinuousClock.now - started
+            timers[duty.name]?.recordNanoseconds(elapsed.nanoseconds)
+            let milliseconds = Double(elapsed.nanoseconds) / 1e6
+            longest.withLock { $0[duty.name] = max($0[duty.name] ?? 0, milliseconds) }
         }
         lastRound.withLock { $0 = now }
     }
 
     func statusJSON() -> String {
         let last = lastRound.withLock { $0 }
-        let members = [#""leader":\#(lock.isLeader)"#, #""last_tick":\#(last.map { "\"\($0.iso8601)\"" } ?? "null")"#]
+        let longest = longest.withLock { $0 }.sorted { $0.key < $1.key }
+            .map { #""\#($0.key)":\#(String(format: "%.1f", $0.value))"# }.joined(separator: ",")
+        let members = [#""leader":\#(lock.isLeader)"#, #""last_tick":\#(last.map { "\"\($0.iso8601)\"" } ?? "null")"#,
+                       #""longest_round_ms":{\#(longest)}"#]
             + duties.map { $0.statusJSON() }.filter { !$0.isEmpty }
         return members.joined(separator: ",")
     }

@@ -47,6 +47,8 @@ struct RunCommand: AsyncParsableCommand {
         } catch {
             throw ValidationError("\(error)")
         }
+        let contactCatchUp = Int64(ProcessInfo.processInfo.environment["WARREN_CONTACT_CATCH_UP_SECONDS"] ?? "") ?? 86_400
+        guard contactCatchUp >= 0 else { throw ValidationError("WARREN_CONTACT_CATCH_UP_SECONDS must be 0 or more") }
         var database = settings.postgres(applicationName: "warren-scheduler")
         if let databaseURL { database.url = databaseURL }
         database.maxConnections = 3
@@ -62,6 +64,7 @@ struct RunCommand: AsyncParsableCommand {
             let duties: [any LeaderDuty] = [
                 CronDuty(store: ScheduleStore(pool: pool), publisher: publisher, logger: logger),
                 DelayedJobDuty(store: DelayedJobStore(pool: pool), publisher: publisher, logger: logger),
+                ContactEventDuty(store: ContactStore(pool: pool), publisher: publisher, catchUpSeconds: contactCatchUp, logger: logger),
                 UpkeepDuty(pool: pool, settings: settings, logger: logger),
             ]
             let leader = LeaderService(duties: duties, publisher: publisher, lock: LeaderLock(configuration: database, logger: logger),

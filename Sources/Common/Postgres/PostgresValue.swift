@@ -17,6 +17,7 @@ extension Double: PostgresEncodable { package var postgresText: String? { String
 extension Bool: PostgresEncodable { package var postgresText: String? { self ? "t" : "f" } }
 extension UUID: PostgresEncodable { package var postgresText: String? { lowercasedString } }
 extension Timestamp: PostgresEncodable { package var postgresText: String? { iso8601 } }
+extension CivilDate: PostgresEncodable { package var postgresText: String? { description } }
 extension Optional: PostgresEncodable where Wrapped: PostgresEncodable {
     package var postgresText: String? { self?.postgresText }
 }
@@ -89,6 +90,11 @@ package struct PostgresRow: Sendable {
 
     package func uuid(_ index: Int) throws(PostgresError) -> UUID {
         guard let text = values[index], let value = UUID(uuidString: text) else { throw decodingError(index, "uuid") }
+        return value
+    }
+
+    package func date(_ index: Int) throws(PostgresError) -> CivilDate {
+        guard let text = values[index], let value = CivilDate(iso8601: text) else { throw decodingError(index, "date") }
         return value
     }
 

@@ -70,8 +70,7 @@ package struct DelayedJobStore: Sendable {
     package func prune(olderThanDays days: Int) async throws -> Int {
         try await pool.query("""
             DELETE FROM delayed_jobs WHERE state <> 'pending' AND coalesce(published_at, created_at) < now() - make_interval(days => $1)
-            RETURNING job_id
-            """, [days]).rows.count
+            """, [days]).affectedRows
     }
 
     /// Jobs held and not yet due, for `/status`.

@@ -50,6 +50,11 @@ package struct ScheduleStore: Sendable {
                              [tenant]).rows.map(Self.schedule)
     }
 
+    package func get(tenant: String, name: String) async throws -> Schedule? {
+        try await pool.query("SELECT \(Self.columns) FROM schedules WHERE tenant = $1 AND name = $2", [tenant, name]).rows
+            .first.map(Self.schedule)
+    }
+
     /// True when there was such a schedule.
     package func remove(tenant: String, name: String) async throws -> Bool {
         !(try await pool.query("DELETE FROM schedules WHERE tenant = $1 AND name = $2 RETURNING id", [tenant, name]).rows.isEmpty)

@@ -165,5 +165,57 @@ package enum Schema {
             CREATE INDEX delayed_jobs_due_idx ON delayed_jobs (run_at) WHERE state = 'pending';
             CREATE INDEX delayed_jobs_published_idx ON delayed_jobs (published_at) WHERE state <> 'pending';
             """),
+        Migration(version: 8, name: "contacts and their yearly events, sent at a local time in each contact's zone", sql: """
+            CREATE TABLE contacts (
+                id          uuid        PRIMARY KEY,
+                tenant      text        NOT NULL,
+                tier        text        NOT NULL CHECK (tier IN ('enterprise', 'premium', 'free')),
+                first_name  text        NOT NULL,
+                last_name   text        NOT NULL,
+                email       text        NOT NULL,
+                birthday    date        NOT NULL,
+                anniversary date,
+                time_zone   text        NOT NULL,
+                created_at  timestamptz NOT NULL DEFAULT now(),
+                updated_at  timestamptz NOT NULL DEFAULT now()
+            );
+            CREATE INDEX contacts_tenant_idx ON contacts (tenant, id);
+            -- One row per contact and kind of event (birthday, anniversary): the day of the
+            -- year it falls on (month * 100 + day) and the contact's zone, so one zone's events
+            -- on one local date are one index range, whatever the number of contacts.
+            CREATE TABLE contact_events (
+                contact_id uuid     NOT NULL REFERENCES contacts (id) ON DELETE CASCADE,
+                kind       text     NOT NULL,
+                time_zone  text     NOT NULL,
+                month_day  smallint NOT NULL CHECK (month_day BETWEEN 101 AND 1231),
+                PRIMARY KEY (contact_id, kind)
+            );
+            CREATE INDEX contact_events_due_idx ON contact_events (time_zone, kind, month_day);
+            -- Per zone and kind: the last local date whose events were sent (or skipped, past
+            -- the catch-up window). The zone's first contact sets it to the zone's yesterday.
+            CREATE TABLE contact_cursors (
+                time_zone    text NOT NULL,
+                kind         text NOT NULL,
+                done_through date,
+                PRIMARY KEY (time_zone, kind)
+            );
+            -- One row per message, written before its job is published: the primary key is
+            -- the fire key (contact, kind, local date). The job is kept so an unconfirmed
+            -- publish is repeated with the same id.
+            CREATE TABLE contact_fires (
+                contact_id uuid        NOT NULL REFERENCES contacts (id) ON DELETE CASCADE,
+                kind       text        NOT NULL,
+                local_date date        NOT NULL,
+                job_id     uuid        NOT NULL,
+                tenant     text        NOT NULL,
+                tier       text        NOT NULL,
+                payload    text        NOT NULL,
+                state      text        NOT NULL CHECK (state IN ('pending', 'published')),
+                created_at timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY (contact_id, kind, local_date)
+            );
+            CREATE INDEX contact_fires_pending_idx ON contact_fires (created_at) WHERE state = 'pending';
+            CREATE INDEX contact_fires_created_idx ON contact_fires (created_at);
+            """),
     ]
 }

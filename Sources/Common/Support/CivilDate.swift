@@ -32,6 +32,16 @@ package struct CivilDate: Sendable, Hashable, Comparable, CustomStringConvertibl
         self.init(year: yoe + era * 400 + (month <= 2 ? 1 : 0), month: month, day: day)
     }
 
+    /// Parses `YYYY-MM-DD` (as Postgres prints a `date`); nil for another shape or a date that
+    /// does not exist (`2025-02-29`).
+    package init?(iso8601 text: some StringProtocol) {
+        let parts = text.split(separator: "-", omittingEmptySubsequences: false)
+        guard parts.count == 3, parts[0].count == 4, parts[1].count == 2, parts[2].count == 2,
+              parts.allSatisfy({ $0.allSatisfy(\.isASCII) && $0.allSatisfy(\.isNumber) }),
+              let year = Int(parts[0]), let month = Int(parts[1]), let day = Int(parts[2]) else { return nil }
+        self.init(validating: year, month, day)
+    }
+
     /// Days since 1970-01-01.
     package var daysSinceEpoch: Int {
         let y = month <= 2 ? year - 1 : year

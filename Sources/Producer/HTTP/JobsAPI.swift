@@ -14,6 +14,8 @@ struct JobsAPI: Sendable {
     let recorder: APIJobRecorder
     let jobs: APIJobStore
     let batches: APIBatchStore
+    let contacts: ContactStore
+    let schedules: ScheduleStore
     let rateLimiter: RateLimiter
     let knownTypes: Set<String>
     let maxBodyBytes: Int
@@ -51,6 +53,8 @@ struct JobsAPI: Sendable {
                 try await batchStatus(request, id: context.parameters.get("id") ?? "")
             }
         }
+        addContactRoutes(to: router)
+        addScheduleRoutes(to: router)
         router.post("v1/jobs") { request, _ in
             await logged(request, route: "/v1/jobs") { (id: String) async throws(APIError) -> (Response, String?) in
                 try await createJob(request, requestID: id)
@@ -110,7 +114,7 @@ struct JobsAPI: Sendable {
             return try await acceptDelayed(job, token: token, requestID: requestID)
         }
         guard job.idempotencyKey != nil else { return try await acceptUnkeyed(job, token: token, requestID: requestID) }
-        let claim = try await recording(requestID) { try await jobs.claim(job, tenant: token.tenant, requestID: requestID) }
+        let claim = try await database(message: "cannot record the job right now; retry later") { try await jobs.claim(job, tenant: token.tenant, requestID: requestID) }
         if case .existing(let id, let pending) = claim { return try await duplicate(of: id, pending: pending, token: token) }
         do {
             try await publisher.publish(job)
@@ -126,20 +130,10 @@ struct JobsAPI: Sendable {
     /// A job to run later: held in Postgres (`delayed_jobs`, with its `api_jobs` row in the
     /// same commit) until the scheduler's leader publishes it at `run_at`.
     private func acceptDelayed(_ job: JobEnvelope, token: APIToken, requestID: String) async throws(APIError) -> (Response, String?) {
-        let claim = try await recording(requestID) { try await jobs.hold(job, tenant: token.tenant, requestID: requestID) }
+        let claim = try await database(message: "cannot record the job right now; retry later") { try await jobs.hold(job, tenant: token.tenant, requestID: requestID) }
         if case .existing(let id, let pending) = claim { return try await duplicate(of: id, pending: pending, token: token) }
         return (json(.accepted, #"{"id":"\#(job.id.lowercasedString)","status":"scheduled","type":\#(JSONText.quoted(job.type)),"tier":"\#(job.tier.rawValue)","run_at":"\#(job.enqueuedAt.iso8601)"}"#),
                 token.tenant)
-    }
-
-    /// Runs a write of the job's record; a database failure is a 503 the client can retry.
-    private func recording<T>(_ requestID: String, _ body: () async throws -> T) async throws(APIError) -> T {
-        do {
-            return try await body()
-        } catch {
-            logger.warning("cannot record the job", metadata: ["error": "\(error)", "request_id": "\(requestID)"])
-            throw APIError(.serviceUnavailable, "database_unavailable", "cannot record the job right now; retry later", retryAfter: 2)
-        }
     }
 
     /// The answer to a request whose idempotency key names an earlier job: 200 with that job
@@ -219,6 +213,17 @@ struct JobsAPI: Sendable {
         case (.failure(let error), let record):
             if case .success = record { try? await jobs.forget(job.id) }
             throw publishError(error, job: job, requestID: requestID)
+        }
+    }
+
+    /// Runs a database call; a failure is a 503 `database_unavailable` the client can retry.
+    func database<T>(message: String = "the database is unavailable right now; retry later",
+                     _ body: () async throws -> T) async throws(APIError) -> T {
+        do {
+            return try await body()
+        } catch {
+            logger.warning("database call failed", metadata: ["error": "\(error)"])
+            throw APIError(.serviceUnavailable, "database_unavailable", message, retryAfter: 2)
         }
     }
 
@@ -398,6 +403,17 @@ struct JobsAPI: Sendable {
             "duration_ms": "\(String(format: "%.2f", Double(elapsed.nanoseconds) / 1e6))",
         ])
         return response
+    }
+}
+
+extension JobsAPI {
+    /// The API over one pool: every store is made from it.
+    init(publisher: JobPublisher, pool: PostgresPool, tokenCacheTTL: Duration, rateLimiter: RateLimiter, knownTypes: Set<String>,
+         maxBodyBytes: Int, logger: Logger) {
+        self.init(publisher: publisher, pool: pool, tokens: TokenCache(store: APITokenStore(pool: pool), ttl: tokenCacheTTL),
+                  recorder: APIJobRecorder(pool: pool), jobs: APIJobStore(pool: pool), batches: APIBatchStore(pool: pool),
+                  contacts: ContactStore(pool: pool), schedules: ScheduleStore(pool: pool), rateLimiter: rateLimiter,
+                  knownTypes: knownTypes, maxBodyBytes: maxBodyBytes, logger: logger)
     }
 }
 

@@ -1,0 +1,114 @@
+import Common
+import Foundation
+import Hummingbird
+
+/// `/v1/contacts`: people whose birthday (and anniversary) messages the scheduler sends at
+/// 09:00 in their own time zone, as `message.send` jobs in the token's tier. Scope
+/// `contacts:write` for every route; a tenant sees only its own contacts.
+extension JobsAPI {
+    static let contactFields: Set<String> = ["first_name", "last_name", "email", "birthday", "anniversary", "time_zone"]
+
+    func addContactRoutes(to router: Router<BasicRequestContext>) {
+        router.post("v1/contacts") { request, _ in
+            await logged(request, route: "/v1/contacts") { (_: String) async throws(APIError) -> (Response, String?) in
+                try await rateLimited(request, scope: .contactsWrite) { (token) async throws(APIError) in
+                    var contact = try await parseContact(request, token: token)
+                    contact.id = JobID.make()
+                    try await database { try await contacts.create(contact) }
+                    return (json(.created, Self.contactJSON(contact)), token.tenant)
+                }
+            }
+        }
+        router.get("v1/contacts") { request, _ in
+            await logged(request, route: "/v1/contacts") { (_: String) async throws(APIError) -> (Response, String?) in
+                try await rateLimited(request, scope: .contactsWrite) { (token) async throws(APIError) in
+                    try await listContacts(request, token: token)
+                }
+            }
+        }
+        router.get("v1/contacts/:id") { request, context in
+            await logged(request, route: "/v1/contacts/{id}") { (_: String) async throws(APIError) -> (Response, String?) in
+                try await rateLimited(request, scope: .contactsWrite) { (token) async throws(APIError) in
+                    let id = try Self.contactID(context.parameters.get("id"))
+                    guard let contact = try await database({ try await contacts.get(id: id, tenant: token.tenant) }) else {
+                        throw APIError(.notFound, "not_found", "no such contact")
+                    }
+                    return (json(.ok, Self.contactJSON(contact)), token.tenant)
+                }
+            }
+        }
+        router.put("v1/contacts/:id") { request, context in
+            await logged(request, route: "/v1/contacts/{id}") { (_: String) async throws(APIError) -> (Response, String?) in
+                try await rateLimited(request, scope: .contactsWrite) { (token) async throws(APIError) in
+                    let id = try Self.contactID(context.parameters.get("id"))
+                    var contact = try await parseContact(request, token: token)
+                    contact.id = id
+                    guard let stored = try await database({ try await contacts.replace(contact) }) else {
+                        throw APIError(.notFound, "not_found", "no such contact")
+                    }
+                    return (json(.ok, Self.contactJSON(stored)), token.tenant)
+                }
+            }
+        }
+        router.delete("v1/contacts/:id") { request, context in
+            await logged(request, route: "/v1/contacts/{id}") { (_: String) async throws(APIError) -> (Response, String?) in
+                try await rateLimited(request, scope: .contactsWrite) { (token) async throws(APIError) in
+                    let id = try Self.contactID(context.parameters.get("id"))
+                    guard try await database({ try await contacts.delete(id: id, tenant: token.tenant) }) else {
+                        throw APIError(.notFound, "not_found", "no such contact")
+                    }
+                    return (Response(status: .noContent), token.tenant)
+                }
+            }
+        }
+    }
+
+    /// A whole contact from the body (PUT replaces every field; a missing `anniversary` clears it).
+    private func parseContact(_ request: Request, token: APIToken) async throws(APIError) -> Contact {
+        let fields = try RequestFields(try await jsonBody(request), allowed: Self.contactFields)
+        let email = try fields.required("email", maxLength: 320)
+        let parts = email.split(separator: "@", omittingEmptySubsequences: false)
+        guard parts.count == 2, !parts[0].isEmpty, parts[1].contains("."), !email.contains(where: \.isWhitespace) else {
+            throw RequestFields.invalid("email", "'email' must be an address like ada@example.com")
+        }
+        let birthday = try fields.date("birthday", required: true)!
+        let anniversary = try fields.date("anniversary", required: false)
+        let today = CivilDate(daysSinceEpoch: Int(Timestamp.now().microseconds.floorDiv(86_400_000_000)))
+        guard birthday <= today.adding(days: 1) else { throw RequestFields.invalid("birthday", "'birthday' is in the future") }
+        return Contact(tenant: token.tenant, tier: token.tier, firstName: try fields.required("first_name"),
+                       lastName: try fields.required("last_name"), email: email, birthday: birthday, anniversary: anniversary,
+                       timeZone: try fields.timeZone("time_zone"))
+    }
+
+    /// `?limit=100&after=<id>`: a page in id order, and the `after` for the next one.
+    private func listContacts(_ request: Request, token: APIToken) async throws(APIError) -> (Response, String?) {
+        let query = request.uri.queryParameters
+        var limit = 100
+        if let text = query["limit"] {
+            guard let value = Int(String(text)), (1...1_000).contains(value) else {
+                throw APIError(.unprocessableContent, "invalid_field", "'limit' must be from 1 to 1000", field: "limit")
+            }
+            limit = value
+        }
+        var after: UUID?
+        if let text = query["after"] {
+            guard let id = UUID(uuidString: String(text)) else {
+                throw APIError(.unprocessableContent, "invalid_field", "'after' must be a contact id", field: "after")
+            }
+            after = id
+        }
+        let page = try await database { try await contacts.list(tenant: token.tenant, after: after, limit: limit) }
+        let next = page.count == limit ? page.last.map { "\"\($0.id.lowercasedString)\"" } ?? "null" : "null"
+        return (json(.ok, #"{"contacts":[\#(page.map(Self.contactJSON).joined(separator: ","))],"next_after":\#(next)}"#), token.tenant)
+    }
+
+    private static func contactID(_ text: String?) throws(APIError) -> UUID {
+        guard let text, let id = UUID(uuidString: text) else { throw APIError(.notFound, "not_found", "no such contact") }
+        return id
+    }
+
+    static func contactJSON(_ contact: Contact) -> String {
+        #"{"id":"\#(contact.id.lowercasedString)","first_name":\#(JSONText.quoted(contact.firstName)),"last_name":\#(JSONText.quoted(contact.lastName)),"email":\#(JSONText.quoted(contact.email)),"birthday":"\#(contact.birthday)","anniversary":\#(contact.anniversary.map { "\"\($0)\"" } ?? "null"),"time_zone":\#(JSONText.quoted(contact.timeZone)),"tier":"\#(contact.tier.rawValue)"}"#
+    }
+
+}

@@ -1,0 +1,116 @@
+import Common
+import Foundation
+import Hummingbird
+
+/// `/v1/schedules`: cron schedules in IANA time zones, by name within the tenant, publishing a
+/// job in the token's tier at each fire. Scope `schedules:write` for every route.
+extension JobsAPI {
+    static let scheduleFields: Set<String> = ["name", "cron", "time_zone", "type", "payload", "enabled", "catch_up_seconds"]
+
+    func addScheduleRoutes(to router: Router<BasicRequestContext>) {
+        router.post("v1/schedules") { request, _ in
+            await logged(request, route: "/v1/schedules") { (_: String) async throws(APIError) -> (Response, String?) in
+                try await rateLimited(request, scope: .schedulesWrite) { (token) async throws(APIError) in
+                    let fields = try RequestFields(try await jsonBody(request), allowed: Self.scheduleFields)
+                    let name = try Self.scheduleName(try fields.required("name", maxLength: 100))
+                    if try await database({ try await schedules.get(tenant: token.tenant, name: name) }) != nil {
+                        throw APIError(.conflict, "schedule_exists", "a schedule named '\(name)' exists; PUT /v1/schedules/\(name) changes it",
+                                       field: "name")
+                    }
+                    return (json(.created, try await putSchedule(fields, name: name, token: token)), token.tenant)
+                }
+            }
+        }
+        router.get("v1/schedules") { request, _ in
+            await logged(request, route: "/v1/schedules") { (_: String) async throws(APIError) -> (Response, String?) in
+                try await rateLimited(request, scope: .schedulesWrite) { (token) async throws(APIError) in
+                    let all = try await database { try await schedules.list(tenant: token.tenant) }
+                    return (json(.ok, #"{"schedules":[\#(all.map(Self.scheduleJSON).joined(separator: ","))]}"#), token.tenant)
+                }
+            }
+        }
+        router.get("v1/schedules/:name") { request, context in
+            await logged(request, route: "/v1/schedules/{name}") { (_: String) async throws(APIError) -> (Response, String?) in
+                try await rateLimited(request, scope: .schedulesWrite) { (token) async throws(APIError) in
+                    let name = context.parameters.get("name") ?? ""
+                    guard let schedule = try await database({ try await schedules.get(tenant: token.tenant, name: name) }) else {
+                        throw APIError(.notFound, "not_found", "no such schedule")
+                    }
+                    return (json(.ok, Self.scheduleJSON(schedule)), token.tenant)
+                }
+            }
+        }
+        router.put("v1/schedules/:name") { request, context in
+            await logged(request, route: "/v1/schedules/{name}") { (_: String) async throws(APIError) -> (Response, String?) in
+                try await rateLimited(request, scope: .schedulesWrite) { (token) async throws(APIError) in
+                    let name = try Self.scheduleName(context.parameters.get("name") ?? "")
+                    let fields = try RequestFields(try await jsonBody(request), allowed: Self.scheduleFields)
+                    if let inBody = try fields.string("name", maxLength: 100), inBody != name {
+                        throw RequestFields.invalid("name", "'name' differs from the name in the path")
+                    }
+                    return (json(.ok, try await putSchedule(fields, name: name, token: token)), token.tenant)
+                }
+            }
+        }
+        router.delete("v1/schedules/:name") { request, context in
+            await logged(request, route: "/v1/schedules/{name}") { (_: String) async throws(APIError) -> (Response, String?) in
+                try await rateLimited(request, scope: .schedulesWrite) { (token) async throws(APIError) in
+                    let name = context.parameters.get("name") ?? ""
+                    guard try await database({ try await schedules.remove(tenant: token.tenant, name: name) }) else {
+                        throw APIError(.notFound, "not_found", "no such schedule")
+                    }
+                    return (Response(status: .noContent), token.tenant)
+                }
+            }
+        }
+    }
+
+    /// Validates every field, then stores the schedule (created, or replaced whole); its
+    /// first fire is the first after now. Returns the stored schedule as JSON.
+    private func putSchedule(_ fields: RequestFields, name: String, token: APIToken) async throws(APIError) -> String {
+        let cron = try fields.required("cron", maxLength: 200)
+        let zone = try fields.timeZone("time_zone")
+        do {
+            _ = try CronSchedule(cron, zone: zone)
+        } catch let error as CronExpression.ParseError {
+            throw RequestFields.invalid("cron", "'cron': \(error)")
+        } catch {
+            throw RequestFields.invalid("cron", "'cron': \(error)")
+        }
+        let type = try fields.required("type", maxLength: 100)
+        guard knownTypes.contains(type) else {
+            throw APIError(.unprocessableContent, "unknown_type",
+                           "unknown job type '\(type)' (known: \(knownTypes.sorted().joined(separator: ", ")))", field: "type")
+        }
+        let payload = try fields.object("payload") ?? "{}"
+        let enabled = try fields.bool("enabled") ?? true
+        let catchUp = try fields.int("catch_up_seconds", in: 0...(366 * 86_400)) ?? 86_400
+        let stored = try await database {
+            try await schedules.put(tenant: token.tenant, name: name, cron: cron, timeZone: zone, jobType: type, tier: token.tier,
+                                    payload: payload, enabled: enabled, catchUpSeconds: catchUp, now: .now())
+        }
+        return Self.scheduleJSON(stored)
+    }
+
+    /// Names go in paths: letters, digits, `.`, `_` and `-`, 1 to 100 of them.
+    private static func scheduleName(_ name: String) throws(APIError) -> String {
+        guard (1...100).contains(name.count),
+              name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "._-".contains($0)) }) else {
+            throw RequestFields.invalid("name", "'name' must be 1 to 100 letters, digits, '.', '_' or '-'")
+        }
+        return name
+    }
+
+    static func scheduleJSON(_ schedule: ScheduleStore.Schedule) -> String {
+        var next: [String] = []
+        if let cron = try? CronSchedule(schedule.cron, zone: schedule.timeZone) {
+            var instant = schedule.nextFireAt.microseconds.floorDiv(1_000_000)
+            for _ in 0..<3 {
+                next.append("\"\(WallClock.iso8601(instant, in: cron.zone))\"")
+                guard let following = cron.next(after: instant) else { break }
+                instant = following
+            }
+        }
+        return #"{"id":"\#(schedule.id.lowercasedString)","name":\#(JSONText.quoted(schedule.name)),"cron":\#(JSONText.quoted(schedule.cron)),"time_zone":\#(JSONText.quoted(schedule.timeZone)),"type":\#(JSONText.quoted(schedule.jobType)),"tier":"\#(schedule.tier.rawValue)","payload":\#(schedule.payload),"enabled":\#(schedule.enabled),"catch_up_seconds":\#(schedule.catchUpSeconds),"next_fires":[\#(next.joined(separator: ","))]}"#
+    }
+}
