@@ -15,6 +15,10 @@ package enum JobOutcome: Sendable, Equatable {
     /// never retried. The consumer returns this itself when a cancellation reaches a running
     /// job; a handler may return it after noticing `Task.isCancelled`.
     case cancelled(reason: String)
+    /// Not run now through no fault of the job (its destination's circuit breaker is open):
+    /// put back on the retry delay queue nearest `retryAfter` with the **same** attempt number,
+    /// so the attempt is not spent. Recorded as `retrying` with the reason; never dead.
+    case deferred(reason: String, retryAfter: Duration)
 
     package static var success: JobOutcome { .success(result: nil) }
     package static func retry(_ error: String) -> JobOutcome { .retry(error: error, retryAfter: nil) }
