@@ -54,7 +54,7 @@ struct ServeCommand: AsyncParsableCommand {
         let api = JobsAPI(publisher: publisher, pool: pool, tokens: TokenCache(store: APITokenStore(pool: pool), ttl: .seconds(tokenCacheSeconds)),
                           recorder: APIJobRecorder(pool: pool), jobs: APIJobStore(pool: pool),
                           batches: APIBatchStore(pool: pool), rateLimiter: RateLimiter(limits: rateLimits),
-                          knownTypes: Set(HandlerRegistry.builtIn.types + extraTypes.filter { !$0.isEmpty }),
+                          knownTypes: Set(HandlerRegistry.standardTypes + extraTypes.filter { !$0.isEmpty }),
                           maxBodyBytes: maxBody, logger: logger)
         let app = Application(router: api.router(),
                               configuration: .init(address: .hostname(host ?? reader.string("WARREN_HTTP_HOST") ?? "0.0.0.0", port: listenPort),

@@ -242,10 +242,12 @@ package final class JobConsumer: Sendable {
     /// What `/readyz` reports down: the broker (connection lost) or the database (no answer).
     package func unreachable() async -> [String] { await AdminServer.unreachable(broker: connection, database: pool) }
 
-    /// `/status`: this consumer's tier, limits and what it holds right now.
-    package func statusJSON() async -> String {
+    /// `/status`: this consumer's tier, limits and what it holds right now, plus `extra`
+    /// members (name and JSON text) from the parts around it (the notifier's breakers).
+    package func statusJSON(extra: [(name: String, json: String)] = []) async -> String {
         let (inFlight, stopping) = state.withLock { ($0.inFlight, $0.stopRequested) }
-        return #"{"service":"consumer","consumer_id":\#(JSONText.quoted(configuration.consumerID)),"tier":"\#(configuration.tier.rawValue)","queue":"\#(configuration.tier.queueName)","concurrency":\#(configuration.concurrency),"prefetch":\#(configuration.prefetch),"in_flight":\#(inFlight),"unwritten_results":\#(writer.pending),"cancellation_requests":\#(cancellations.count),"broker_connected":\#(connection.isConnected),"stopping":\#(stopping)}"#
+        let members = extra.map { ",\(JSONText.quoted($0.name)):\($0.json)" }.joined()
+        return #"{"service":"consumer","consumer_id":\#(JSONText.quoted(configuration.consumerID)),"tier":"\#(configuration.tier.rawValue)","queue":"\#(configuration.tier.queueName)","concurrency":\#(configuration.concurrency),"prefetch":\#(configuration.prefetch),"in_flight":\#(inFlight),"unwritten_results":\#(writer.pending),"cancellation_requests":\#(cancellations.count),"broker_connected":\#(connection.isConnected),"stopping":\#(stopping)\#(members)}"#
     }
 
     // MARK: - Cancellation requests

@@ -83,6 +83,17 @@ package struct HandlerRegistry: Sendable {
     /// `noop`, `sleep` and `fail`: for demos, tests and benchmarks.
     package static var builtIn: HandlerRegistry { HandlerRegistry([NoopHandler(), SleepHandler(), FailHandler()]) }
 
+    /// What the `consumer` command runs: the built-ins and `message.send` (delivered through
+    /// `notifier`).
+    package static func standard(notifier: Notifier) -> HandlerRegistry {
+        var registry = builtIn
+        registry.register(MessageSendHandler(notifier: notifier))
+        return registry
+    }
+
+    /// The job types of ``standard(notifier:)``, for the producer to accept.
+    package static var standardTypes: [String] { (builtIn.types + [MessageSendHandler.jobType]).sorted() }
+
     package mutating func register(_ handler: any JobHandler) { handlers[handler.type] = handler }
 
     package func handler(for type: String) -> (any JobHandler)? { handlers[type] }
