@@ -14,6 +14,7 @@ let package = Package(
         .executable(name: "producer", targets: ["Producer"]),
         .executable(name: "consumer", targets: ["Consumer"]),
         .executable(name: "scheduler", targets: ["Scheduler"]),
+        .executable(name: "notify-standin", targets: ["NotifyStandIn"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
@@ -86,6 +87,18 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // A stand-in for the notification service `message.send` posts to, for local runs and
+        // tests. On purpose it shares no code with Common: it plays an outside service.
+        .executableTarget(
+            name: "NotifyStandIn",
+            dependencies: [
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
             ],
             swiftSettings: swiftSettings
         ),
