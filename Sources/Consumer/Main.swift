@@ -48,6 +48,7 @@ struct ConsumerCommand: AsyncParsableCommand {
         let settings: Settings
         let amqp: AMQPConfiguration
         let admin: (host: String, port: Int)
+        let notify: NotifyConfiguration
         do {
             settings = try Settings(environment: environment)
             guard let tierName = tier ?? environment["WARREN_TIER"] else {
@@ -75,6 +76,7 @@ struct ConsumerCommand: AsyncParsableCommand {
                 configuration.exitWhenIdle = idle
             }
             consumerConfiguration = configuration
+            notify = try NotifyConfiguration(environment: environment)
             admin = try AdminServer.address(flag: adminPort, environment: environment)
             amqp = try AMQPConfiguration(url: amqpURL ?? settings.amqpURL, connectionName: "consumer \(configuration.consumerID)")
         } catch let error as ValidationError {
@@ -86,12 +88,20 @@ struct ConsumerCommand: AsyncParsableCommand {
         if let databaseURL { database.url = databaseURL }
         database.maxConnections = 4
 
+        // One HTTP client for every message.send job of this process; the group starts it first
+        // so it shuts down last, after the consumer's in-flight jobs.
+        let notifier = Notifier(configuration: notify, concurrency: consumerConfiguration.concurrency, logger: logger)
+        if notify.url == nil {
+            logger.warning("\(NotifyConfiguration.Key.url) is not set: message.send jobs will fail permanently")
+        }
         let consumer = JobConsumer(configuration: consumerConfiguration, amqp: amqp, database: database,
-                                   handlers: .builtIn, logger: logger)
+                                   handlers: .standard(notifier: notifier), logger: logger)
         let adminServer = AdminServer.service(host: admin.host, port: admin.port, ready: { await consumer.unreachable() },
-                                              status: { await consumer.statusJSON() }, logger: logger)
+                                              status: { await consumer.statusJSON(extra: [("notify", notifier.statusJSON())]) },
+                                              logger: logger)
         let group = ServiceGroup(configuration: .init(
-            services: [.init(service: ConsumerService(consumer: consumer), successTerminationBehavior: .gracefullyShutdownGroup),
+            services: [.init(service: NotifierService(notifier: notifier)),
+                       .init(service: ConsumerService(consumer: consumer), successTerminationBehavior: .gracefullyShutdownGroup),
                        .init(service: adminServer)],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
@@ -109,5 +119,17 @@ struct ConsumerService: Service {
         } onGracefulShutdown: {
             consumer.stop()
         }
+    }
+}
+
+/// Keeps the notifier's HTTP client for the life of the group and closes it on shutdown (the
+/// group stops services in reverse order, so the consumer has finished with it by then).
+struct NotifierService: Service, CustomStringConvertible {
+    let notifier: Notifier
+    var description: String { "Notifier" }
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        await notifier.shutdown()
     }
 }

@@ -53,7 +53,7 @@ struct ServeCommand: AsyncParsableCommand {
         do { rateLimits = try RateLimiter.limits(environment: environment) } catch { throw ValidationError("\(error)") }
         let api = JobsAPI(publisher: publisher, pool: pool, tokenCacheTTL: .seconds(tokenCacheSeconds),
                           rateLimiter: RateLimiter(limits: rateLimits),
-                          knownTypes: Set(HandlerRegistry.builtIn.types + extraTypes.filter { !$0.isEmpty }),
+                          knownTypes: Set(HandlerRegistry.standardTypes + extraTypes.filter { !$0.isEmpty }),
                           maxBodyBytes: maxBody, logger: logger)
         let app = Application(router: api.router(),
                               configuration: .init(address: .hostname(host ?? reader.string("WARREN_HTTP_HOST") ?? "0.0.0.0", port: listenPort),

@@ -13,7 +13,7 @@ package struct ConsumerMetrics: Sendable {
     let writeFailures: Counter
     let inFlight: Gauge
 
-    static let outcomeNames = ["succeeded", "retried", "failed", "dead", "cancelled", "duplicate", "malformed", "handed_back"]
+    static let outcomeNames = ["succeeded", "retried", "deferred", "failed", "dead", "cancelled", "duplicate", "malformed", "handed_back"]
 
     package init(tier: Tier) {
         let tierDimension = ("tier", tier.rawValue)
@@ -242,10 +242,12 @@ package final class JobConsumer: Sendable {
     /// What `/readyz` reports down: the broker (connection lost) or the database (no answer).
     package func unreachable() async -> [String] { await AdminServer.unreachable(broker: connection, database: pool) }
 
-    /// `/status`: this consumer's tier, limits and what it holds right now.
-    package func statusJSON() async -> String {
+    /// `/status`: this consumer's tier, limits and what it holds right now, plus `extra`
+    /// members (name and JSON text) from the parts around it (the notifier's breakers).
+    package func statusJSON(extra: [(name: String, json: String)] = []) async -> String {
         let (inFlight, stopping) = state.withLock { ($0.inFlight, $0.stopRequested) }
-        return #"{"service":"consumer","consumer_id":\#(JSONText.quoted(configuration.consumerID)),"tier":"\#(configuration.tier.rawValue)","queue":"\#(configuration.tier.queueName)","concurrency":\#(configuration.concurrency),"prefetch":\#(configuration.prefetch),"in_flight":\#(inFlight),"unwritten_results":\#(writer.pending),"cancellation_requests":\#(cancellations.count),"broker_connected":\#(connection.isConnected),"stopping":\#(stopping)}"#
+        let members = extra.map { ",\(JSONText.quoted($0.name)):\($0.json)" }.joined()
+        return #"{"service":"consumer","consumer_id":\#(JSONText.quoted(configuration.consumerID)),"tier":"\#(configuration.tier.rawValue)","queue":"\#(configuration.tier.queueName)","concurrency":\#(configuration.concurrency),"prefetch":\#(configuration.prefetch),"in_flight":\#(inFlight),"unwritten_results":\#(writer.pending),"cancellation_requests":\#(cancellations.count),"broker_connected":\#(connection.isConnected),"stopping":\#(stopping)\#(members)}"#
     }
 
     // MARK: - Cancellation requests
@@ -491,22 +493,24 @@ package final class JobConsumer: Sendable {
             let delay = policy.delayQueue(after: job.attempt, retryAfter: retryAfter, using: &generator)
             var next = job
             next.attempt += 1
-            var message = next.outgoingMessage
-            message.exchange = Topology.retryExchange
-            message.properties.headers[JobEnvelope.Header.retryDelay] = .string(delay.label)
-            message.properties.headers[JobEnvelope.Header.lastError] = .string(String(error.prefix(1_000)))
-            do {
-                try await connection.publish(message)
-            } catch let publishError {
-                logger.warning("retry publish failed; handing the job back", metadata: ["error": "\(publishError)"])
-                try? await connection.nack(delivery, requeue: true)
-                metrics.count("handed_back")
-                return
-            }
+            guard await republish(next, after: delay, headers: [JobEnvelope.Header.lastError: error], delivery: delivery,
+                                  logger: logger) else { return }
             logger.info("job failed; retrying", metadata: ["error": "\(error)", "delay": "\(delay.label)"])
             metrics.count("retried")
             writer.submit(.init(record: JobRunRecord(job: job, run: run(.retrying, error: error), event: .retried,
                                                      detail: Self.detail(["delay": delay.label, "error": error]),
+                                                     loggedAt: finishedAt), delivery: delivery))
+
+        case .deferred(let reason, let retryAfter):
+            // Like a retry, but the job comes back with the attempt it has: a deferral is no
+            // failed attempt, so it never brings the job nearer to dead.
+            let delay = RetryPolicy.nearestDelay(to: retryAfter)
+            guard await republish(job, after: delay, headers: [JobEnvelope.Header.deferredReason: reason], delivery: delivery,
+                                  logger: logger) else { return }
+            logger.info("job deferred", metadata: ["reason": "\(reason)", "delay": "\(delay.label)"])
+            metrics.count("deferred")
+            writer.submit(.init(record: JobRunRecord(job: job, run: run(.retrying, error: "deferred: \(reason)"), event: .retried,
+                                                     detail: Self.detail(["delay": delay.label, "deferred": reason]),
                                                      loggedAt: finishedAt), delivery: delivery))
 
         case .cancelled(let reason):
@@ -520,6 +524,26 @@ package final class JobConsumer: Sendable {
         case .permanentFailure(let error):
             await deadLetter(job, reason: "permanent-failure", lastError: error, status: .failed, run: run(.failed, error: error),
                              delivery: delivery, logger: logger)
+        }
+    }
+
+    /// Publishes `job` (its attempt already set) to `warren.retry` for the delay queue `delay`
+    /// and waits for the confirm. On failure the delivery is handed back (nack with requeue)
+    /// and the answer is false: nothing else may be done with it.
+    private func republish(_ job: JobEnvelope, after delay: Topology.RetryDelay, headers: [String: String],
+                           delivery: AMQPDelivery, logger: Logger) async -> Bool {
+        var message = job.outgoingMessage
+        message.exchange = Topology.retryExchange
+        message.properties.headers[JobEnvelope.Header.retryDelay] = .string(delay.label)
+        for (name, value) in headers { message.properties.headers[name] = .string(String(value.prefix(1_000))) }
+        do {
+            try await connection.publish(message)
+            return true
+        } catch {
+            logger.warning("retry publish failed; handing the job back", metadata: ["error": "\(error)"])
+            try? await connection.nack(delivery, requeue: true)
+            metrics.count("handed_back")
+            return false
         }
     }
 

@@ -15,6 +15,10 @@ package enum JobOutcome: Sendable, Equatable {
     /// never retried. The consumer returns this itself when a cancellation reaches a running
     /// job; a handler may return it after noticing `Task.isCancelled`.
     case cancelled(reason: String)
+    /// Not run now through no fault of the job (its destination's circuit breaker is open):
+    /// put back on the retry delay queue nearest `retryAfter` with the **same** attempt number,
+    /// so the attempt is not spent. Recorded as `retrying` with the reason; never dead.
+    case deferred(reason: String, retryAfter: Duration)
 
     package static var success: JobOutcome { .success(result: nil) }
     package static func retry(_ error: String) -> JobOutcome { .retry(error: error, retryAfter: nil) }
@@ -78,6 +82,17 @@ package struct HandlerRegistry: Sendable {
 
     /// `noop`, `sleep` and `fail`: for demos, tests and benchmarks.
     package static var builtIn: HandlerRegistry { HandlerRegistry([NoopHandler(), SleepHandler(), FailHandler()]) }
+
+    /// What the `consumer` command runs: the built-ins and `message.send` (delivered through
+    /// `notifier`).
+    package static func standard(notifier: Notifier) -> HandlerRegistry {
+        var registry = builtIn
+        registry.register(MessageSendHandler(notifier: notifier))
+        return registry
+    }
+
+    /// The job types of ``standard(notifier:)``, for the producer to accept.
+    package static var standardTypes: [String] { (builtIn.types + [MessageSendHandler.jobType]).sorted() }
 
     package mutating func register(_ handler: any JobHandler) { handlers[handler.type] = handler }
 

@@ -45,6 +45,9 @@ package struct JobEnvelope: Sendable, Equatable {
         package static let retryDelay = "warren-retry-delay"
         package static let deadReason = "x-warren-dead-reason"
         package static let lastError = "x-warren-last-error"
+        /// Why a job was deferred (put back without spending an attempt), on its way through a
+        /// retry delay queue.
+        package static let deferredReason = "x-warren-deferred-reason"
     }
 
     /// A new job: fresh UUIDv7, attempt 1, enqueued now.

@@ -146,7 +146,7 @@ package struct ContactStore: Sendable {
             guard !due.isEmpty else { return [] }
             var fires: [UUID: Fire] = [:]
             for contact in due {
-                let job = JobEnvelope(type: MessageJob.type, tier: contact.tier, payload: Array(kind.payload(for: contact, on: day).utf8),
+                let job = JobEnvelope(type: MessageSendHandler.jobType, tier: contact.tier, payload: Array(kind.payload(for: contact, on: day).utf8),
                                       tenant: contact.tenant, idempotencyKey: Self.key(contact: contact.id, kind: kind.kind, on: day))
                 fires[contact.id] = Fire(contactID: contact.id, kind: kind.kind, localDate: day, job: job)
             }
@@ -176,7 +176,7 @@ package struct ContactStore: Sendable {
             let contactID = try row.uuid(0)
             let kind = try row.string(1)
             let day = try row.date(2)
-            let job = JobEnvelope(type: MessageJob.type, tier: tier, payload: Array(try row.string(6).utf8), tenant: try row.string(4),
+            let job = JobEnvelope(type: MessageSendHandler.jobType, tier: tier, payload: Array(try row.string(6).utf8), tenant: try row.string(4),
                                   idempotencyKey: Self.key(contact: contactID, kind: kind, on: day), id: try row.uuid(3))
             return Fire(contactID: contactID, kind: kind, localDate: day, job: job)
         }
@@ -198,9 +198,4 @@ package struct ContactStore: Sendable {
             DELETE FROM contact_fires WHERE state = 'published' AND created_at < now() - make_interval(days => $1)
             """, [days]).affectedRows
     }
-}
-
-/// The job type that carries a message to the notification service.
-package enum MessageJob {
-    package static let type = "message.send"
 }

@@ -219,6 +219,39 @@ struct ConsumerIntegrationTests {
         }
     }
 
+    @Test func aDeferredJobComesBackWithTheSameAttemptAndNeverDiesOfDeferrals() async throws {
+        try await withWorld { world in
+            let deferring = DeferringHandler()
+            var handlers = HandlerRegistry.builtIn
+            handlers.register(deferring)
+            // Deferred more times than the policy has attempts (3 in `withConsumer`), then runs.
+            let patient = job(deferring.type, #"{"defer": 4}"#)
+            let failing = job(deferring.type, #"{"defer": 1, "then": "retry"}"#)
+            try await world.publish([patient, failing])
+            try await withConsumer(world, handlers: handlers) { _ in
+                try await TestServices.waitUntil(timeout: .seconds(40), "both jobs finished") {
+                    try await world.count("SELECT count(*) FROM job_runs WHERE status IN ('succeeded','failed','dead')") == 2
+                }
+            }
+            let rows = Dictionary(uniqueKeysWithValues: try await world.rows().map { ($0.id, $0) })
+            #expect(rows[patient.id]?.status == "succeeded")
+            #expect(rows[patient.id]?.attempts == 1, "four deferrals spent no attempt")
+            #expect(rows[patient.id]?.result == #"{"runs": 5, "attempt": 1}"#, "jsonb orders keys by length")
+            #expect(deferring.runs(of: patient.id) == 5)
+            // Deferrals are recorded like retries, at the same attempt, with their reason.
+            #expect(try await world.count("""
+                SELECT count(*) FROM message_logs
+                WHERE job_id = '\(patient.id.lowercasedString)' AND event = 'retried' AND attempt = 1
+                  AND detail->>'deferred' = 'not now' AND detail->>'delay' = '1s'
+                """) == 4)
+            // A deferral then a real failure: the failure spends attempt 1, the run after it is attempt 2.
+            #expect(rows[failing.id]?.status == "succeeded")
+            #expect(rows[failing.id]?.attempts == 2)
+            #expect(try await world.count("SELECT count(*) FROM message_logs WHERE job_id = '\(failing.id.lowercasedString)' AND event = 'retried'") == 2)
+            #expect(try await world.depth(Topology.deadQueue) == 0)
+        }
+    }
+
     @Test func theDeliveryLimitDeadLettersAMessageThatKeepsComingBack() async throws {
         try await withWorld { world in
             let poison = job("noop")
@@ -410,5 +443,29 @@ final class CountingHandler: JobHandler {
     func run(_ context: JobContext) async -> JobOutcome {
         count.withLock { $0 += 1 }
         return .success
+    }
+}
+
+/// `{"defer": N}`: defers its job N times (1 s each, attempt kept), then succeeds with the
+/// attempt and its run count; with `"then": "retry"` the run after the deferrals fails once
+/// (retryable) before it succeeds.
+final class DeferringHandler: JobHandler {
+    let type = "test.defer"
+    private let counts = Mutex([UUID: Int]())
+
+    func runs(of job: UUID) -> Int { counts.withLock { $0[job] ?? 0 } }
+
+    func run(_ context: JobContext) async -> JobOutcome {
+        let runs = counts.withLock { counts -> Int in
+            counts[context.job.id, default: 0] += 1
+            return counts[context.job.id]!
+        }
+        let fields = PayloadFields(context.job.payload)
+        let deferrals = fields?.int("defer") ?? 0
+        if runs <= deferrals { return .deferred(reason: "not now", retryAfter: .seconds(1)) }
+        if fields?.string("then") == "retry", context.attempt == 1 {
+            return .retry(error: "failed once after its deferrals", retryAfter: .seconds(1))
+        }
+        return .success(result: Array(#"{"attempt":\#(context.attempt),"runs":\#(runs)}"#.utf8))
     }
 }

@@ -41,26 +41,42 @@ enum Products {
         process.standardOutput = out
         process.standardError = err
         process.standardInput = input
-        let collected = OutputCollector()
-        out.fileHandleForReading.readabilityHandler = { handle in collected.append(handle.availableData, error: false) }
-        err.fileHandleForReading.readabilityHandler = { handle in collected.append(handle.availableData, error: true) }
-        let status: Int32 = try await withCheckedThrowingContinuation { continuation in
-            process.terminationHandler = { process in continuation.resume(returning: process.terminationStatus) }
-            do {
-                try process.run()
-            } catch {
-                continuation.resume(throwing: error)
-                return
+        // Both pipes are read to their end while the process runs (so a full pipe never stalls
+        // it), and only their end completes the output: a readability handler can still hold
+        // the last chunk when the process has exited, and then stderr loses its tail.
+        async let stdoutData = readToEnd(out.fileHandleForReading)
+        async let stderrData = readToEnd(err.fileHandleForReading)
+        let status: Int32
+        do {
+            status = try await withCheckedThrowingContinuation { continuation in
+                process.terminationHandler = { process in continuation.resume(returning: process.terminationStatus) }
+                do {
+                    try process.run()
+                } catch {
+                    continuation.resume(throwing: error)
+                    return
+                }
+                if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
+                try? input.fileHandleForWriting.close()
             }
-            if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
-            try? input.fileHandleForWriting.close()
+        } catch {
+            // Never started: end the readers (a started process's copies are closed by `run()`).
+            try? out.fileHandleForWriting.close()
+            try? err.fileHandleForWriting.close()
+            _ = await (stdoutData, stderrData)
+            throw error
         }
-        out.fileHandleForReading.readabilityHandler = nil
-        err.fileHandleForReading.readabilityHandler = nil
-        collected.append(out.fileHandleForReading.readDataToEndOfFile(), error: false)
-        collected.append(err.fileHandleForReading.readDataToEndOfFile(), error: true)
-        let (stdout, stderr) = collected.text
+        let (stdout, stderr) = await (String(decoding: stdoutData, as: UTF8.self), String(decoding: stderrData, as: UTF8.self))
         return Output(status: status, stdout: stdout, stderr: stderr)
+    }
+
+    /// Reads `handle` to its end on a thread of its own: a blocking read must hold neither a
+    /// thread of the cooperative pool nor one of Dispatch's global queues (on Linux only about
+    /// as wide as the machine has cores, and URLSession and file handles need them).
+    private static func readToEnd(_ handle: FileHandle) async -> Data {
+        await withCheckedContinuation { continuation in
+            Thread { continuation.resume(returning: handle.readDataToEndOfFile()) }.start()
+        }
     }
 }
 
