@@ -426,6 +426,8 @@ warren_start_postgres() {
 listen_addresses = '127.0.0.1'
 port = $port
 unix_socket_directories = '$sockdir'
+# The test suite runs many producers, consumers and schedulers at once, each with a pool.
+max_connections = 300
 EOF
     [[ $EUID -eq 0 ]] && chown postgres: "$WARREN_PG_DATA/warren.conf"
 

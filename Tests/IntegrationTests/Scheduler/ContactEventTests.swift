@@ -117,6 +117,48 @@ struct ContactEventTests {
         }
     }
 
+    @Test func aBirthdayMessageReachesTheNotificationServiceOnceAt0900Local() async throws {
+        try await APIServer.with { server, _, _ in
+            try await StandIn.with { standIn in
+                let token = try await server.token(tier: "premium", scopes: "contacts:write")
+                // 14 July 2027 in Santiago (UTC-4 in winter): 09:00 local is 13:00Z.
+                let id = try await contact(server, token: token, "Ada", birthday: "1990-07-14", zone: "America/Santiago")
+                let clock = Clock()
+                defer { try? FileManager.default.removeItem(at: clock.file) }
+                try clock.set("2027-07-14T12:59:59Z")
+                var environment = server.environment
+                environment["WARREN_ADMIN_HOST"] = "127.0.0.1"
+                let port = try OwnPostgres.freePort()
+                let scheduler = try RunningProduct("scheduler", ["--admin-port", String(port), "--clock-file", clock.file.path],
+                                                   environment: environment)
+                defer { scheduler.signal(SIGKILL) }
+                environment["WARREN_NOTIFY_URL"] = standIn.url
+                let consumer = try RunningProduct("consumer", ["--tier", "premium", "--admin-port", "0"], environment: environment)
+                defer { consumer.signal(SIGKILL) }
+                try await waitForRound(port, at: "2027-07-14T12:59:59Z")
+                #expect(try await standIn.received().count == 0, "nothing before 09:00 local")
+
+                let key = "contact:\(id):birthday:2027-07-14"
+                try clock.set("2027-07-14T13:00:00Z")
+                try await TestServices.waitUntil(timeout: .seconds(30), "the birthday message reached the stand-in") {
+                    try await standIn.received().deliveries(key: key) == 1
+                }
+                try clock.set("2027-07-14T18:00:00Z")
+                try await waitForRound(port, at: "2027-07-14T18:00:00Z")
+                let received = try await standIn.received()
+                #expect(received.requests(key: key).count == 1 && received.count == 1, "exactly once")
+                #expect(received.requests(key: key).first?.body == [
+                    "to": "ada@example.com", "subject": "Happy birthday, Ada!",
+                    "body": "Dear Ada Test, happy 37th birthday! Have a wonderful day.", "kind": "birthday",
+                ])
+                consumer.signal(SIGTERM)
+                scheduler.signal(SIGTERM)
+                #expect(try await consumer.wait(timeout: .seconds(30)) == 0)
+                #expect(try await scheduler.wait(timeout: .seconds(20)) == 0)
+            }
+        }
+    }
+
     @Test func afterDowntimeADayWithinTheWindowIsSentAndOneBeyondItIsSkipped() async throws {
         try await APIServer.with(extra: ["WARREN_CONTACT_CATCH_UP_SECONDS": "43200"]) { server, connection, _ in
             let token = try await server.token(tier: "premium", scopes: "contacts:write")

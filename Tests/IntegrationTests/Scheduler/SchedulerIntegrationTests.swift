@@ -1,5 +1,6 @@
 import Common
 import Foundation
+import Logging
 import Testing
 
 /// Cron schedules fired by real `scheduler` processes against the real broker and Postgres,
@@ -120,6 +121,55 @@ struct SchedulerIntegrationTests {
             #expect(try await world.depth(.premium) == 0)
             schedulers[standby].signal(SIGTERM)
             #expect(try await schedulers[standby].wait(timeout: .seconds(20)) == 0)
+        }
+    }
+
+    @Test func aLeaderThatLosesItsDatabaseStopsFiringAndTheStandbyTakesOver() async throws {
+        try await withWorld { world in
+            let (_, first) = try nextMorning()
+            try world.setClock(first - 60)
+            try await world.addSchedule(["--name", "morning", "--cron", "0 9 * * *", "--tz", "America/New_York",
+                                         "--type", "noop", "--tier", "premium"])
+            // The leader reaches Postgres through a relay the test can cut.
+            let databasePort = try #require(URLComponents(string: TestServices.databaseURL)?.port)
+            let proxy = try TCPProxy(upstreamPort: databasePort)
+            var viaProxy = world.environment
+            viaProxy["WARREN_DATABASE_URL"] = TestServices.databaseURL.replacingOccurrences(of: ":\(databasePort)/", with: ":\(proxy.port)/")
+            let ports = [try OwnPostgres.freePort(), try OwnPostgres.freePort()]
+            let leader = try RunningProduct("scheduler", ["--admin-port", String(ports[0]), "--clock-file", world.clockFile.path],
+                                            environment: viaProxy)
+            defer { leader.signal(SIGKILL) }
+            try await TestServices.waitUntil(timeout: .seconds(20), "the first scheduler leads") {
+                await world.status(ports[0])["leader"] as? Bool == true
+            }
+            let standby = try world.scheduler(adminPort: ports[1])
+            defer { standby.signal(SIGKILL) }
+            try await TestServices.waitUntil(timeout: .seconds(20), "the second scheduler stands by") {
+                await world.status(ports[1])["leader"] as? Bool == false
+            }
+
+            proxy.cut()
+            let cut = ContinuousClock.now
+            try await TestServices.waitUntil(timeout: .seconds(20), "the standby took over") {
+                await world.status(ports[1])["leader"] as? Bool == true
+            }
+            try await TestServices.waitUntil(timeout: .seconds(10), "the old leader knows it no longer leads") {
+                await world.status(ports[0])["leader"] as? Bool == false
+            }
+            TestServices.logger.info("leader handover after a lost database", metadata: ["after_ms": "\((ContinuousClock.now - cut).milliseconds)"])
+
+            try world.setClock(first + 5)
+            try await TestServices.waitUntil(timeout: .seconds(20), "the new leader fired") {
+                try await world.depth(.premium) == 1
+            }
+            try world.setClock(first + 30)
+            try await TestServices.waitUntil(timeout: .seconds(10), "the new leader ran past the fire") {
+                await world.status(ports[1])["last_tick"] as? String == Timestamp(microseconds: (first + 30) * 1_000_000).iso8601
+            }
+            #expect(try await world.depth(.premium) == 1, "one job for the fire")
+            #expect(try await world.fireStates() == ["published": 1])
+            let oldTick = await world.status(ports[0])["last_tick"] as? String
+            #expect(oldTick == Timestamp(microseconds: (first - 60) * 1_000_000).iso8601, "the old leader ran no round after the cut")
         }
     }
 

@@ -101,6 +101,17 @@ enum TestServices {
     }
 
     /// Polls `condition` until it holds or `timeout` passes (no fixed sleeps).
+    /// Like ``waitUntil(timeout:_:_:)`` but a timeout is an answer, not a failure: true when
+    /// the condition held before the deadline.
+    static func holds(within timeout: Duration, _ condition: () async throws -> Bool) async throws -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if try await condition() { return true }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        return false
+    }
+
     static func waitUntil(timeout: Duration = .seconds(10), _ what: String,
                           _ condition: () async throws -> Bool) async throws {
         let deadline = ContinuousClock.now + timeout
