@@ -47,8 +47,10 @@ struct RunCommand: AsyncParsableCommand {
         } catch {
             throw ValidationError("\(error)")
         }
-        let contactCatchUp = Int64(ProcessInfo.processInfo.environment["WARREN_CONTACT_CATCH_UP_SECONDS"] ?? "") ?? 86_400
-        guard contactCatchUp >= 0 else { throw ValidationError("WARREN_CONTACT_CATCH_UP_SECONDS must be 0 or more") }
+        let catchUpText = ProcessInfo.processInfo.environment["WARREN_CONTACT_CATCH_UP_SECONDS"] ?? "86400"
+        guard let contactCatchUp = Int64(catchUpText), contactCatchUp >= 0 else {
+            throw ValidationError("WARREN_CONTACT_CATCH_UP_SECONDS must be a whole number of seconds, 0 or more (got '\(catchUpText)')")
+        }
         var database = settings.postgres(applicationName: "warren-scheduler")
         if let databaseURL { database.url = databaseURL }
         database.maxConnections = 3

@@ -39,10 +39,10 @@ struct SchedulesCommand: AsyncParsableCommand {
             guard catchUp >= 0 else { throw ValidationError("--catch-up must be 0 or more seconds") }
             let schedule: CronSchedule
             do { schedule = try CronSchedule(cron, zone: tz) } catch { throw ValidationError("\(error)") }
-            let stored = try await SchedulesCommand.withStore { store in
+            guard let stored = try await SchedulesCommand.withStore({ store in
                 try await store.put(tenant: tenant, name: name, cron: cron, timeZone: tz, jobType: type, tier: parsedTier,
                                     payload: payload, enabled: !disabled, catchUpSeconds: catchUp, now: .now())
-            }
+            }) else { throw ValidationError("the schedule was not stored") }
             print("\(stored.tenant)/\(stored.name) \(stored.id.lowercasedString): next fires")
             for fire in schedule.fires(after: stored.nextFireAt.microseconds / 1_000_000 - 1, count: 3) {
                 print("  \(WallClock.iso8601(fire, in: schedule.zone))")

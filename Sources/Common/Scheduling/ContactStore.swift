@@ -83,14 +83,15 @@ package struct ContactStore: Sendable {
             INSERT INTO contact_events (contact_id, kind, time_zone, month_day)
             SELECT $1, kind, $2, month_day FROM unnest($3::text[], $4::smallint[]) AS e(kind, month_day)
             """, [contact.id, contact.timeZone, PostgresArray(events.map(\.0)), PostgresArray(events.map(\.1))])
-        // A zone's first contact starts its cursor at the zone's yesterday: from then on every
-        // date is handled, even if the scheduler is down when it comes.
+        // The zone's cursor steps back to the zone's yesterday (or starts there), so today is
+        // looked at again: a contact added or changed after today's send time gets today's
+        // message at once, and those already sent today keep their fire keys.
         let zone = try CronSchedule.zone(contact.timeZone)
         let now = Timestamp.now().microseconds.floorDiv(1_000_000)
         let yesterday = CivilDate(daysSinceEpoch: Int((now + Int64(WallClock.offset(zone, at: now))).floorDiv(86_400)) - 1)
         try await connection.query("""
             INSERT INTO contact_cursors (time_zone, kind, done_through) SELECT $1, kind, $3 FROM unnest($2::text[]) AS k(kind)
-            ON CONFLICT DO NOTHING
+            ON CONFLICT (time_zone, kind) DO UPDATE SET done_through = least(contact_cursors.done_through, EXCLUDED.done_through)
             """, [contact.timeZone, PostgresArray(events.map(\.0)), yesterday])
     }
 

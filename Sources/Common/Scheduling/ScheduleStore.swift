@@ -26,9 +26,11 @@ package struct ScheduleStore: Sendable {
     }
 
     /// Adds (or replaces, by tenant and name) a schedule; its first fire is the first after `now`.
+    /// With `replace: false`, an existing schedule of that name stays as it is and nil is returned.
     @discardableResult
     package func put(tenant: String, name: String, cron: String, timeZone: String, jobType: String, tier: Tier,
-                     payload: String, enabled: Bool = true, catchUpSeconds: Int = 86_400, now: Timestamp) async throws -> Schedule {
+                     payload: String, enabled: Bool = true, catchUpSeconds: Int = 86_400, replace: Bool = true,
+                     now: Timestamp) async throws -> Schedule? {
         let schedule = try CronSchedule(cron, zone: timeZone)
         guard let next = schedule.next(after: now.microseconds / 1_000_000) else {
             throw CronExpression.ParseError(field: "cron", message: "never fires")
@@ -39,10 +41,11 @@ package struct ScheduleStore: Sendable {
             ON CONFLICT (tenant, name) DO UPDATE SET cron = EXCLUDED.cron, time_zone = EXCLUDED.time_zone,
                 job_type = EXCLUDED.job_type, tier = EXCLUDED.tier, payload = EXCLUDED.payload, enabled = EXCLUDED.enabled,
                 catch_up_seconds = EXCLUDED.catch_up_seconds, next_fire_at = EXCLUDED.next_fire_at, updated_at = now()
+                WHERE $12
             RETURNING \(Self.columns)
             """, [JobID.make(), tenant, name, schedule.expression.description, timeZone, jobType, tier.rawValue, payload, enabled,
-                  catchUpSeconds, Timestamp(microseconds: next * 1_000_000)]).rows
-        return try Self.schedule(try rows.first.unwrap())
+                  catchUpSeconds, Timestamp(microseconds: next * 1_000_000), replace]).rows
+        return try rows.first.map(Self.schedule)
     }
 
     package func list(tenant: String? = nil) async throws -> [Schedule] {

@@ -192,7 +192,8 @@ package enum Schema {
             );
             CREATE INDEX contact_events_due_idx ON contact_events (time_zone, kind, month_day);
             -- Per zone and kind: the last local date whose events were sent (or skipped, past
-            -- the catch-up window). The zone's first contact sets it to the zone's yesterday.
+            -- the catch-up window). Writing a contact sets it back to the zone's yesterday at
+            -- most, so today is looked at again (those sent today keep their fire keys).
             CREATE TABLE contact_cursors (
                 time_zone    text NOT NULL,
                 kind         text NOT NULL,

@@ -13,11 +13,11 @@ extension JobsAPI {
                 try await rateLimited(request, scope: .schedulesWrite) { (token) async throws(APIError) in
                     let fields = try RequestFields(try await jsonBody(request), allowed: Self.scheduleFields)
                     let name = try Self.scheduleName(try fields.required("name", maxLength: 100))
-                    if try await database({ try await schedules.get(tenant: token.tenant, name: name) }) != nil {
+                    guard let created = try await putSchedule(fields, name: name, token: token, replace: false) else {
                         throw APIError(.conflict, "schedule_exists", "a schedule named '\(name)' exists; PUT /v1/schedules/\(name) changes it",
                                        field: "name")
                     }
-                    return (json(.created, try await putSchedule(fields, name: name, token: token)), token.tenant)
+                    return (json(.created, created), token.tenant)
                 }
             }
         }
@@ -48,7 +48,8 @@ extension JobsAPI {
                     if let inBody = try fields.string("name", maxLength: 100), inBody != name {
                         throw RequestFields.invalid("name", "'name' differs from the name in the path")
                     }
-                    return (json(.ok, try await putSchedule(fields, name: name, token: token)), token.tenant)
+                    let stored = try await putSchedule(fields, name: name, token: token, replace: true)
+                    return (json(.ok, stored ?? "{}"), token.tenant)
                 }
             }
         }
@@ -66,14 +67,18 @@ extension JobsAPI {
     }
 
     /// Validates every field, then stores the schedule (created, or replaced whole); its
-    /// first fire is the first after now. Returns the stored schedule as JSON.
-    private func putSchedule(_ fields: RequestFields, name: String, token: APIToken) async throws(APIError) -> String {
+    /// first fire is the first after now. Returns the stored schedule as JSON (nil: it exists
+    /// and `replace` is false).
+    private func putSchedule(_ fields: RequestFields, name: String, token: APIToken, replace: Bool) async throws(APIError) -> String? {
         let cron = try fields.required("cron", maxLength: 200)
         let zone = try fields.timeZone("time_zone")
+        let now = Timestamp.now()
         do {
-            _ = try CronSchedule(cron, zone: zone)
-        } catch let error as CronExpression.ParseError {
-            throw RequestFields.invalid("cron", "'cron': \(error)")
+            guard try CronSchedule(cron, zone: zone).next(after: now.microseconds.floorDiv(1_000_000)) != nil else {
+                throw RequestFields.invalid("cron", "'cron': no fire within the next 30 years")
+            }
+        } catch let error as APIError {
+            throw error
         } catch {
             throw RequestFields.invalid("cron", "'cron': \(error)")
         }
@@ -87,9 +92,9 @@ extension JobsAPI {
         let catchUp = try fields.int("catch_up_seconds", in: 0...(366 * 86_400)) ?? 86_400
         let stored = try await database {
             try await schedules.put(tenant: token.tenant, name: name, cron: cron, timeZone: zone, jobType: type, tier: token.tier,
-                                    payload: payload, enabled: enabled, catchUpSeconds: catchUp, now: .now())
+                                    payload: payload, enabled: enabled, catchUpSeconds: catchUp, replace: replace, now: now)
         }
-        return Self.scheduleJSON(stored)
+        return stored.map(Self.scheduleJSON)
     }
 
     /// Names go in paths: letters, digits, `.`, `_` and `-`, 1 to 100 of them.

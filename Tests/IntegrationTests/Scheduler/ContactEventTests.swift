@@ -108,10 +108,23 @@ struct ContactEventTests {
             let wedMessage = PayloadFields(try #require(byKey["contact:\(wed):anniversary:2027-02-28"]).payload)
             #expect(wedMessage?.string("kind") == "anniversary" && wedMessage?.string("body")?.contains("17th anniversary") == true)
 
+            // Added after 09:00 on its birthday: sent at once, and nobody else again.
+            let late = try await contact(server, token: token, "Late", birthday: "1999-02-28", zone: "America/New_York")
+            try clock.set("2027-02-28T16:00:01Z")
+            try await waitForRound(ports[leader], at: "2027-02-28T16:00:01Z")
+            try clock.set("2027-02-28T16:00:02Z")
+            try await waitForRound(ports[leader], at: "2027-02-28T16:00:02Z")
+            // (The queue's first consumer above is still subscribed: the rows tell what was sent.)
+            let lateFires = try await server.withDatabase { pool in
+                try await pool.query("SELECT contact_id FROM contact_fires WHERE created_at > now() - interval '1 minute' AND contact_id = $1",
+                                     [try #require(UUID(uuidString: late))]).rows.count
+            }
+            #expect(lateFires == 1)
+
             let fires = try await server.withDatabase { pool in
                 try await pool.query("SELECT state, count(*) FROM contact_fires GROUP BY state").rows.map { "\(try $0.string(0)) \(try $0.int(1))" }
             }
-            #expect(fires == ["published 5"])
+            #expect(fires == ["published 6"])
             for scheduler in schedulers { scheduler.signal(SIGTERM) }
             for scheduler in schedulers { #expect(try await scheduler.wait(timeout: .seconds(20)) == 0) }
         }
