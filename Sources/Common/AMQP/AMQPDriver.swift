@@ -251,6 +251,10 @@ final class AMQPDriver: @unchecked Sendable {
         for waiter in waiters { waiter.resume() }
     }
 
+    /// Subscribes the consumers again on a new connection. A queue that is gone (404) ends its
+    /// consumer's deliveries with the error; any other failure (access refused while
+    /// permissions change, the connection dropping again) fails this connection attempt with
+    /// every consumer kept, so the reconnect loop tries again after its backoff.
     private func resubscribeConsumers() throws {
         let active = consumers.values.filter { !$0.cancelled }
         consumers.removeAll()
@@ -261,6 +265,9 @@ final class AMQPDriver: @unchecked Sendable {
                 consumer.channel = nextConsumerChannel - 1
                 consumer.tags = DeliveryTagTracker()
                 consumers[tag] = consumer
+            } catch where error.replyCode != 404 {
+                for kept in active { consumers[kept.tag] = kept }
+                throw error
             } catch {
                 consumer.continuation.finish(throwing: error)
             }

@@ -240,7 +240,12 @@ package final class JobConsumer: Sendable {
     // MARK: - Admin port
 
     /// What `/readyz` reports down: the broker (connection lost) or the database (no answer).
-    package func unreachable() async -> [String] { await AdminServer.unreachable(broker: connection, database: pool) }
+    /// What `/readyz` reports down: the broker, the database, and `subscription` until the
+    /// consumer has started taking jobs from its queue.
+    package func unreachable() async -> [String] {
+        let subscribed = state.withLock { $0.consumerTag != nil }
+        return await AdminServer.unreachable(broker: connection, database: pool) + (subscribed ? [] : ["subscription"])
+    }
 
     /// `/status`: this consumer's tier, limits and what it holds right now, plus `extra`
     /// members (name and JSON text) from the parts around it (the notifier's breakers).

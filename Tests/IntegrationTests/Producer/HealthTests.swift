@@ -76,7 +76,11 @@ struct HealthTests {
                 try await TestServices.waitUntil(timeout: .seconds(15), "the consumer reports the broker down") {
                     // (The broker may close it on the revoke already.)
                     _ = try await Management.closeConnections(named: "consumer \(consumerID)")
-                    let (code, _, body) = try await HTTP.request("GET", "http://127.0.0.1:\(consumerPort)/readyz")
+                    guard consumer.isRunning else {
+                        Issue.record("the consumer exited: \(consumer.stderr.suffix(3_000))")
+                        throw CancellationError()
+                    }
+                    guard let (code, _, body) = try? await HTTP.request("GET", "http://127.0.0.1:\(consumerPort)/readyz") else { return false }
                     return code == 503 && HTTP.object(body)["down"] as? [String] == ["broker"]
                 }
                 #expect(try await HTTP.request("GET", "http://127.0.0.1:\(consumerPort)/healthz").0 == 200)
