@@ -18,6 +18,9 @@ package final class LeaderLock: Sendable {
     private let key: Int64
     private let logger: Logger
     private let held = Mutex<PostgresConnection?>(nil)
+    /// A standby tries for the lock at most this often (each try opens a connection).
+    private let attemptInterval: Duration
+    private let lastAttempt = Mutex<ContinuousClock.Instant?>(nil)
 
     /// The key for the schedulers of one schema: Warren's tables in another schema (a test's,
     /// a second deployment's in the same database) have a leader of their own.
@@ -28,7 +31,8 @@ package final class LeaderLock: Sendable {
         return schedulerKey ^ (Int64(hash) << 8)
     }
 
-    package init(configuration: PostgresConfiguration, key: Int64? = nil, logger: Logger) {
+    package init(configuration: PostgresConfiguration, key: Int64? = nil, attemptInterval: Duration = .seconds(1), logger: Logger) {
+        self.attemptInterval = attemptInterval
         var configuration = configuration
         configuration.statementTimeout = .seconds(5)
         self.configuration = configuration
@@ -39,7 +43,7 @@ package final class LeaderLock: Sendable {
     package var isLeader: Bool { held.withLock { $0 != nil } }
 
     /// True when this process holds the lock: confirmed on its session just now, or acquired
-    /// now because it was free.
+    /// now because it was free (a standby tries at most once per `attemptInterval`).
     package func confirm() async -> Bool {
         if let connection = held.withLock({ $0 }) {
             do {
@@ -52,6 +56,12 @@ package final class LeaderLock: Sendable {
                 return false
             }
         }
+        let due = lastAttempt.withLock { last -> Bool in
+            guard last.map({ ContinuousClock.now - $0 >= attemptInterval }) ?? true else { return false }
+            last = .now
+            return true
+        }
+        guard due else { return false }
         let connection: PostgresConnection
         do {
             connection = try await PostgresConnection.connect(configuration, logger: logger)
