@@ -60,8 +60,9 @@ final class DelayedJobDuty: LeaderDuty {
     var name: String { "delayed_jobs" }
 
     func round(now: Timestamp) async throws {
-        // Rounds of up to 1,000 until nothing due is left (or the broker stops confirming).
-        while true {
+        // Batches of up to 1,000 until nothing due is left, the broker stops confirming, or ten
+        // batches went out (the other duties and the lock check wait for this round).
+        for _ in 0..<10 {
             let (claimed, late) = try await store.dispatchDue(now: now) { jobs in
                 await publishConfirmed(jobs, with: publisher, logger: logger)
             }
@@ -152,34 +153,49 @@ final class ContactEventDuty: LeaderDuty {
 
     func round(now: Timestamp) async throws {
         let nowSeconds = now.microseconds.floorDiv(1_000_000)
+        var failure: (any Error)?
         for cursor in try await store.cursors() {
-            guard let kind = ContactEvents.kind(cursor.kind), let zone = zone(cursor.timeZone) else { continue }
-            let today = CivilDate(daysSinceEpoch: Int((nowSeconds + Int64(WallClock.offset(zone, at: nowSeconds))).floorDiv(86_400)))
-            // No older date than the window can reach is worth visiting.
-            let oldest = today.adding(days: -Int(catchUpSeconds / 86_400) - 2)
-            var day = cursor.doneThrough.map { $0.adding(days: 1) } ?? today
-            if day < oldest {
-                state.withLock { $0.skippedDays += oldest.daysSinceEpoch - day.daysSinceEpoch }
-                day = oldest
-            }
-            while day <= today {
-                let wall = Int64(day.daysSinceEpoch) * 86_400 + Int64(kind.localTime.hour * 3_600 + kind.localTime.minute * 60)
-                let sendAt = WallClock.instant(wall, in: zone)
-                guard sendAt <= nowSeconds else { break }
-                let late = nowSeconds - sendAt
-                if late > ScheduleStore.onTimeGraceSeconds && late > catchUpSeconds {
-                    state.withLock { $0.skippedDays += 1 }
-                    logger.warning("contact events missed beyond the catch-up window were skipped",
-                                   metadata: ["time_zone": "\(cursor.timeZone)", "kind": "\(kind.kind)", "date": "\(day)"])
-                } else {
-                    try await send(kind, zone: cursor.timeZone, on: day)
-                }
-                try await store.advance(cursor, to: day)
-                day = day.adding(days: 1)
+            // One zone's trouble does not hold up the others (nor the retries below).
+            do {
+                try await visit(cursor, nowSeconds: nowSeconds)
+            } catch {
+                logger.error("contact events of a zone failed; retrying next round",
+                             metadata: ["time_zone": "\(cursor.timeZone)", "kind": "\(cursor.kind)", "error": "\(error)"])
+                failure = error
             }
         }
         let retried = try await store.unconfirmedFires(olderThanSeconds: 30)
         if !retried.isEmpty { try await publish(retried) }
+        if let failure { throw failure }
+    }
+
+    /// The dates after `cursor` whose send time has come, in order.
+    private func visit(_ cursor: ContactStore.Cursor, nowSeconds: Int64) async throws {
+        guard let kind = ContactEvents.kind(cursor.kind), let zone = zone(cursor.timeZone) else { return }
+        let today = CivilDate(daysSinceEpoch: Int((nowSeconds + Int64(WallClock.offset(zone, at: nowSeconds))).floorDiv(86_400)))
+        // No older date than the window can reach is worth visiting.
+        let oldest = today.adding(days: -Int(catchUpSeconds / 86_400) - 2)
+        var day = cursor.doneThrough.map { $0.adding(days: 1) } ?? today
+        if day < oldest {
+            state.withLock { $0.skippedDays += oldest.daysSinceEpoch - day.daysSinceEpoch }
+            day = oldest
+        }
+        while day <= today {
+            let wall = Int64(day.daysSinceEpoch) * 86_400 + Int64(kind.localTime.hour * 3_600 + kind.localTime.minute * 60)
+            let sendAt = WallClock.instant(wall, in: zone)
+            guard sendAt <= nowSeconds else { return }
+            let late = nowSeconds - sendAt
+            if late > ScheduleStore.onTimeGraceSeconds && late > catchUpSeconds {
+                state.withLock { $0.skippedDays += 1 }
+                logger.warning("contact events missed beyond the catch-up window were skipped",
+                               metadata: ["time_zone": "\(cursor.timeZone)", "kind": "\(kind.kind)", "date": "\(day)"])
+            } else {
+                try await send(kind, zone: cursor.timeZone, on: day)
+            }
+            // A contact written meanwhile (its version moved): read the cursor again next round.
+            guard try await store.advance(cursor, to: day) else { return }
+            day = day.adding(days: 1)
+        }
     }
 
     /// Every message of `kind` due in `zone` on `day`, a page at a time.
@@ -187,9 +203,9 @@ final class ContactEventDuty: LeaderDuty {
         let page = 5_000
         var total = 0
         while true {
-            let fires = try await store.claim(kind, zone: zone, on: day, limit: page)
+            let (fires, selected) = try await store.claim(kind, zone: zone, on: day, limit: page)
             total += try await publish(fires)
-            if fires.count < page { break }
+            if selected < page { break }
         }
         if total > 0 {
             logger.info("contact events sent", metadata: ["time_zone": "\(zone)", "kind": "\(kind.kind)", "date": "\(day)",

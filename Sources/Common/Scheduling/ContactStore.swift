@@ -36,6 +36,9 @@ package struct ContactStore: Sendable {
     /// which can be today.
     package func replace(_ contact: Contact) async throws -> Contact? {
         try await pool.withTransaction { connection in
+            guard let previous = try await connection.query(
+                "SELECT time_zone FROM contacts WHERE id = $1 AND tenant = $2 FOR UPDATE", [contact.id, contact.tenant]).rows.first
+            else { return nil }
             let rows = try await connection.query("""
                 UPDATE contacts SET first_name = $3, last_name = $4, email = $5, birthday = $6, anniversary = $7,
                                     time_zone = $8, updated_at = now()
@@ -46,7 +49,7 @@ package struct ContactStore: Sendable {
             guard let row = rows.first else { return nil }
             let stored = try Self.contact(row)
             try await connection.query("DELETE FROM contact_events WHERE contact_id = $1", [contact.id])
-            try await Self.writeEvents(of: stored, on: connection)
+            try await Self.writeEvents(of: stored, on: connection, movedFrom: try previous.string(0))
             return stored
         }
     }
@@ -75,24 +78,31 @@ package struct ContactStore: Sendable {
     }
 
     /// One `contact_events` row per kind the contact has a date for, and a cursor for each
-    /// zone and kind in use.
-    private static func writeEvents(of contact: Contact, on connection: PostgresConnection) async throws {
+    /// zone and kind in use. The cursor steps back to the zone's yesterday at most (or starts
+    /// there), so today is looked at again: a contact added or changed after today's send time
+    /// gets today's message at once, and those already sent today keep their fire keys. Its
+    /// version goes up, so a leader sending that zone's day right now looks again. A contact
+    /// moved from another zone steps back to the earlier of the two zones' yesterdays (moving
+    /// to a zone already on the next day must not skip the day).
+    private static func writeEvents(of contact: Contact, on connection: PostgresConnection, movedFrom previousZone: String? = nil) async throws {
         let events = ContactEvents.all.compactMap { kind in kind.date(of: contact).map { (kind.kind, ContactEvents.monthDay($0)) } }
         guard !events.isEmpty else { return }
         try await connection.query("""
             INSERT INTO contact_events (contact_id, kind, time_zone, month_day)
             SELECT $1, kind, $2, month_day FROM unnest($3::text[], $4::smallint[]) AS e(kind, month_day)
             """, [contact.id, contact.timeZone, PostgresArray(events.map(\.0)), PostgresArray(events.map(\.1))])
-        // The zone's cursor steps back to the zone's yesterday (or starts there), so today is
-        // looked at again: a contact added or changed after today's send time gets today's
-        // message at once, and those already sent today keep their fire keys.
-        let zone = try CronSchedule.zone(contact.timeZone)
         let now = Timestamp.now().microseconds.floorDiv(1_000_000)
-        let yesterday = CivilDate(daysSinceEpoch: Int((now + Int64(WallClock.offset(zone, at: now))).floorDiv(86_400)) - 1)
+        func yesterday(_ identifier: String) throws -> CivilDate {
+            let zone = try CronSchedule.zone(identifier)
+            return CivilDate(daysSinceEpoch: Int((now + Int64(WallClock.offset(zone, at: now))).floorDiv(86_400)) - 1)
+        }
+        var from = try yesterday(contact.timeZone)
+        if let previousZone, previousZone != contact.timeZone, let previous = try? yesterday(previousZone) { from = min(from, previous) }
         try await connection.query("""
             INSERT INTO contact_cursors (time_zone, kind, done_through) SELECT $1, kind, $3 FROM unnest($2::text[]) AS k(kind)
-            ON CONFLICT (time_zone, kind) DO UPDATE SET done_through = least(contact_cursors.done_through, EXCLUDED.done_through)
-            """, [contact.timeZone, PostgresArray(events.map(\.0)), yesterday])
+            ON CONFLICT (time_zone, kind) DO UPDATE
+                SET done_through = least(contact_cursors.done_through, EXCLUDED.done_through), version = contact_cursors.version + 1
+            """, [contact.timeZone, PostgresArray(events.map(\.0)), from])
     }
 
     // MARK: - Sending
@@ -103,17 +113,22 @@ package struct ContactStore: Sendable {
         package var kind: String
         /// The last local date whose events were handled; nil before the first.
         package var doneThrough: CivilDate?
+        /// Bumped by contact writes; ``advance(_:to:)`` moves only an unchanged cursor.
+        package var version: Int
     }
 
     package func cursors() async throws -> [Cursor] {
-        try await pool.query("SELECT time_zone, kind, done_through FROM contact_cursors ORDER BY time_zone, kind").rows.map { row in
-            Cursor(timeZone: try row.string(0), kind: try row.string(1), doneThrough: row[2] == nil ? nil : try row.date(2))
+        try await pool.query("SELECT time_zone, kind, done_through, version FROM contact_cursors ORDER BY time_zone, kind").rows.map { row in
+            Cursor(timeZone: try row.string(0), kind: try row.string(1), doneThrough: row[2] == nil ? nil : try row.date(2),
+                   version: try row.int(3))
         }
     }
 
-    package func advance(_ cursor: Cursor, to day: CivilDate) async throws {
-        try await pool.query("UPDATE contact_cursors SET done_through = $3 WHERE time_zone = $1 AND kind = $2",
-                             [cursor.timeZone, cursor.kind, day])
+    /// Marks `day` handled, unless a contact write came in since `cursor` was read (then the
+    /// cursor is left for the next round to read again, and false is returned).
+    package func advance(_ cursor: Cursor, to day: CivilDate) async throws -> Bool {
+        try await pool.query("UPDATE contact_cursors SET done_through = $3 WHERE time_zone = $1 AND kind = $2 AND version = $4",
+                             [cursor.timeZone, cursor.kind, day, cursor.version]).affectedRows == 1
     }
 
     /// A message claimed under its fire key, to publish.
@@ -132,8 +147,10 @@ package struct ContactStore: Sendable {
     /// Claims up to `limit` messages of `kind` due in `zone` on the local date `day` that have
     /// no fire row yet: one index range of `contact_events` (the date, and 29 February on 28
     /// February of other years), each written under its fire key before it is returned (a key
-    /// already there means it was sent). Fewer than `limit` means the day is done.
-    package func claim(_ kind: any ContactEventKind, zone: String, on day: CivilDate, limit: Int = 5_000) async throws -> [Fire] {
+    /// already there means it was sent). `selected` below `limit` means the day is done.
+    /// (The contacts are key-share locked, so one deleted meanwhile waits for the commit.)
+    package func claim(_ kind: any ContactEventKind, zone: String, on day: CivilDate,
+                       limit: Int = 5_000) async throws -> (fires: [Fire], selected: Int) {
         try await pool.withTransaction { connection in
             let due = try await connection.query("""
                 SELECT \(Self.columns.split(separator: ",").map { "c." + $0.trimmingCharacters(in: .whitespaces) }.joined(separator: ", "))
@@ -142,26 +159,29 @@ package struct ContactStore: Sendable {
                   AND NOT EXISTS (SELECT 1 FROM contact_fires f
                                   WHERE f.contact_id = e.contact_id AND f.kind = e.kind AND f.local_date = $4)
                 LIMIT $5
+                FOR KEY SHARE OF c
                 """, [zone, kind.kind, PostgresArray(ContactEvents.monthDays(fallingOn: day)), day, limit]).rows
                 .map { try Self.contact($0) }
-            guard !due.isEmpty else { return [] }
+            guard !due.isEmpty else { return ([], 0) }
+            let enqueuedAt = Timestamp.now()
             var fires: [UUID: Fire] = [:]
             for contact in due {
                 let job = JobEnvelope(type: MessageSendHandler.jobType, tier: contact.tier, payload: Array(kind.payload(for: contact, on: day).utf8),
-                                      tenant: contact.tenant, idempotencyKey: Self.key(contact: contact.id, kind: kind.kind, on: day))
+                                      tenant: contact.tenant, idempotencyKey: Self.key(contact: contact.id, kind: kind.kind, on: day),
+                                      enqueuedAt: enqueuedAt)
                 fires[contact.id] = Fire(contactID: contact.id, kind: kind.kind, localDate: day, job: job)
             }
             let values = Array(fires.values)
             let inserted = try await connection.query("""
-                INSERT INTO contact_fires (contact_id, kind, local_date, job_id, tenant, tier, payload, state)
-                SELECT contact_id, $1, $2, job_id, tenant, tier, payload, 'pending'
+                INSERT INTO contact_fires (contact_id, kind, local_date, job_id, tenant, tier, payload, state, created_at)
+                SELECT contact_id, $1, $2, job_id, tenant, tier, payload, 'pending', $8
                 FROM unnest($3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[]) AS f(contact_id, job_id, tenant, tier, payload)
                 ON CONFLICT DO NOTHING
                 RETURNING contact_id
                 """, [kind.kind, day, PostgresArray(values.map(\.contactID)), PostgresArray(values.map(\.job.id)),
                       PostgresArray(values.map { $0.job.tenant ?? "" }), PostgresArray(values.map(\.job.tier.rawValue)),
-                      PostgresArray(values.map { String(decoding: $0.job.payload, as: UTF8.self) })]).rows
-            return try inserted.compactMap { fires[try $0.uuid(0)] }
+                      PostgresArray(values.map { String(decoding: $0.job.payload, as: UTF8.self) }), enqueuedAt]).rows
+            return (try inserted.compactMap { fires[try $0.uuid(0)] }, due.count)
         }
     }
 
@@ -169,7 +189,7 @@ package struct ContactStore: Sendable {
     /// claim and confirm): published again with the same job id and key.
     package func unconfirmedFires(olderThanSeconds: Int) async throws -> [Fire] {
         try await pool.query("""
-            SELECT contact_id, kind, local_date, job_id, tenant, tier, payload FROM contact_fires
+            SELECT contact_id, kind, local_date, job_id, tenant, tier, payload, created_at FROM contact_fires
             WHERE state = 'pending' AND created_at < now() - make_interval(secs => $1)
             ORDER BY created_at LIMIT 1000
             """, [olderThanSeconds]).rows.compactMap { row in
@@ -178,7 +198,8 @@ package struct ContactStore: Sendable {
             let kind = try row.string(1)
             let day = try row.date(2)
             let job = JobEnvelope(type: MessageSendHandler.jobType, tier: tier, payload: Array(try row.string(6).utf8), tenant: try row.string(4),
-                                  idempotencyKey: Self.key(contact: contactID, kind: kind, on: day), id: try row.uuid(3))
+                                  idempotencyKey: Self.key(contact: contactID, kind: kind, on: day), enqueuedAt: try row.timestamp(7),
+                                  id: try row.uuid(3))
             return Fire(contactID: contactID, kind: kind, localDate: day, job: job)
         }
     }
@@ -192,11 +213,12 @@ package struct ContactStore: Sendable {
             """, [PostgresArray(fires.map(\.contactID)), PostgresArray(fires.map(\.kind)), PostgresArray(fires.map(\.localDate))])
     }
 
-    /// Deletes fire rows older than `days`; their dates are long behind every cursor.
+    /// Deletes fire rows older than `days` plus two (a contact moved across the date line can
+    /// meet the same local date a day later; its key must still be there).
     @discardableResult
     package func prune(olderThanDays days: Int) async throws -> Int {
         try await pool.query("""
-            DELETE FROM contact_fires WHERE state = 'published' AND created_at < now() - make_interval(days => $1)
+            DELETE FROM contact_fires WHERE state = 'published' AND created_at < now() - make_interval(days => $1 + 2)
             """, [days]).affectedRows
     }
 }

@@ -31,38 +31,54 @@ package struct DelayedJobStore: Sendable {
             "UPDATE delayed_jobs SET state = 'cancelled' WHERE job_id = $1 AND state = 'pending' RETURNING job_id", [id]).rows.isEmpty)
     }
 
-    /// One round of the leader's dispatcher: claims up to `limit` jobs due at `now`, oldest
-    /// first (`FOR UPDATE SKIP LOCKED`, so a second dispatcher skips them), hands them to
-    /// `publish`, and marks published, in the same transaction, those whose index `publish`
-    /// returns (the confirmed ones). The rest stay pending for the next round, under the
-    /// same job id. Returns the jobs claimed and the published ones' lateness in seconds.
+    /// How long a claim keeps other dispatchers off a job while it is being published.
+    package static let claimSeconds = 30
+    /// How long a job the broker refused waits before it is tried again.
+    package static let refusedPauseSeconds = 5
+
+    /// One batch of the leader's dispatcher: claims up to `limit` jobs due at `now`, oldest
+    /// first (`FOR UPDATE SKIP LOCKED` and a short lease, committed before anything is
+    /// published), hands them to `publish`, then marks published the ones whose index
+    /// `publish` returns (confirmed by the broker). The others are left for a retry after a
+    /// pause, under the same job id; so is a claim whose dispatcher died. Returns the jobs
+    /// claimed and the published ones' lateness in seconds.
     package func dispatchDue(now: Timestamp, limit: Int = 1_000,
                              publish: ([JobEnvelope]) async -> [Int]) async throws -> (claimed: Int, lateness: [Double]) {
-        try await pool.withTransaction { connection in
-            let rows = try await connection.query("""
-                SELECT job_id, tenant, type, tier, payload, idempotency_key, correlation_id, run_at
-                FROM delayed_jobs WHERE state = 'pending' AND run_at <= $1
-                ORDER BY run_at LIMIT $2
-                FOR UPDATE SKIP LOCKED
-                """, [now, limit]).rows
-            let jobs = try rows.map { row -> JobEnvelope in
-                guard let tier = Tier(rawValue: try row.string(3)) else {
-                    throw PostgresError(.decoding, function: "delayed_jobs.tier", message: "unknown tier")
-                }
-                return JobEnvelope(type: try row.string(2), tier: tier, payload: Array(try row.string(4).utf8), tenant: row[1],
-                                   idempotencyKey: row[5], correlationID: row[6], enqueuedAt: try row.timestamp(7),
-                                   id: try row.uuid(0))
-            }
-            guard !jobs.isEmpty else { return (0, []) }
-            let confirmed = await publish(jobs).map { jobs[$0] }
-            guard !confirmed.isEmpty else { return (jobs.count, []) }
-            let published = try await connection.query("""
-                UPDATE delayed_jobs SET state = 'published', published_at = clock_timestamp()
-                WHERE job_id = ANY($1::uuid[])
-                RETURNING extract(epoch FROM published_at - run_at)::float8
-                """, [PostgresArray(confirmed.map(\.id))]).rows
-            return (jobs.count, try published.map { try $0.double(0) })
+        let rows = try await pool.withTransaction { connection in
+            try await connection.query("""
+                UPDATE delayed_jobs SET claimed_until = now() + make_interval(secs => $3)
+                WHERE job_id IN (SELECT job_id FROM delayed_jobs
+                                 WHERE state = 'pending' AND run_at <= $1 AND (claimed_until IS NULL OR claimed_until <= now())
+                                 ORDER BY run_at LIMIT $2
+                                 FOR UPDATE SKIP LOCKED)
+                RETURNING job_id, tenant, type, tier, payload, idempotency_key, correlation_id, run_at
+                """, [now, limit, Self.claimSeconds]).rows
         }
+        let jobs = try rows.map { row -> JobEnvelope in
+            guard let tier = Tier(rawValue: try row.string(3)) else {
+                throw PostgresError(.decoding, function: "delayed_jobs.tier", message: "unknown tier")
+            }
+            return JobEnvelope(type: try row.string(2), tier: tier, payload: Array(try row.string(4).utf8), tenant: row[1],
+                               idempotencyKey: row[5], correlationID: row[6], enqueuedAt: try row.timestamp(7), id: try row.uuid(0))
+        }.sorted { $0.enqueuedAt < $1.enqueuedAt }
+        guard !jobs.isEmpty else { return (0, []) }
+        let confirmedIndexes = Set(await publish(jobs))
+        let confirmed = jobs.indices.filter { confirmedIndexes.contains($0) }.map { jobs[$0].id }
+        let refused = jobs.indices.filter { !confirmedIndexes.contains($0) }.map { jobs[$0].id }
+        if !refused.isEmpty {
+            try await pool.query("""
+                UPDATE delayed_jobs SET claimed_until = now() + make_interval(secs => $2) WHERE job_id = ANY($1::uuid[])
+                """, [PostgresArray(refused), Self.refusedPauseSeconds])
+        }
+        guard !confirmed.isEmpty else { return (jobs.count, []) }
+        // A job cancelled while it was being published stays cancelled (consumers skip it).
+        let published = try await pool.query("""
+            UPDATE delayed_jobs SET state = CASE WHEN state = 'cancelled' THEN state ELSE 'published' END,
+                                    published_at = clock_timestamp()
+            WHERE job_id = ANY($1::uuid[])
+            RETURNING extract(epoch FROM published_at - run_at)::float8
+            """, [PostgresArray(confirmed)]).rows
+        return (jobs.count, try published.map { try $0.double(0) })
     }
 
     /// Deletes published and cancelled rows older than `days` (the partition retention).

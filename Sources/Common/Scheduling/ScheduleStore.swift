@@ -124,10 +124,12 @@ package struct ScheduleStore: Sendable {
                         let job = JobEnvelope(type: schedule.jobType, tier: schedule.tier, payload: Array(schedule.payload.utf8),
                                               tenant: schedule.tenant,
                                               idempotencyKey: "schedule:\(schedule.id.lowercasedString):\(local)")
+                        // created_at is the job's enqueued-at, so a republished job keeps its job_runs row.
                         let inserted = try await connection.query("""
-                            INSERT INTO schedule_fires (schedule_id, fire_at, local_time, job_id, state) VALUES ($1, $2, $3, $4, 'pending')
+                            INSERT INTO schedule_fires (schedule_id, fire_at, local_time, job_id, state, created_at)
+                            VALUES ($1, $2, $3, $4, 'pending', $5)
                             ON CONFLICT DO NOTHING RETURNING fire_at
-                            """, [schedule.id, at, local, job.id]).rows
+                            """, [schedule.id, at, local, job.id, job.enqueuedAt]).rows
                         if !inserted.isEmpty { fires.append(Fire(scheduleID: schedule.id, fireAt: at, job: job)) }
                     }
                     guard let next = cron.next(after: fireAt) else { break }
@@ -144,7 +146,7 @@ package struct ScheduleStore: Sendable {
     /// and confirm): published again with the same job id and key.
     package func unconfirmedFires(olderThanSeconds: Int) async throws -> [Fire] {
         try await pool.query("""
-            SELECT f.schedule_id, f.fire_at, f.local_time, f.job_id, s.job_type, s.tier, s.payload, s.tenant
+            SELECT f.schedule_id, f.fire_at, f.local_time, f.job_id, s.job_type, s.tier, s.payload, s.tenant, f.created_at
             FROM schedule_fires f JOIN schedules s ON s.id = f.schedule_id
             WHERE f.state = 'pending' AND f.created_at < now() - make_interval(secs => $1)
             ORDER BY f.created_at LIMIT 100
@@ -152,7 +154,8 @@ package struct ScheduleStore: Sendable {
             guard let tier = Tier(rawValue: try row.string(5)) else { return nil }
             let scheduleID = try row.uuid(0)
             let job = JobEnvelope(type: try row.string(4), tier: tier, payload: Array(try row.string(6).utf8), tenant: try row.string(7),
-                                  idempotencyKey: "schedule:\(scheduleID.lowercasedString):\(try row.string(2))", id: try row.uuid(3))
+                                  idempotencyKey: "schedule:\(scheduleID.lowercasedString):\(try row.string(2))",
+                                  enqueuedAt: try row.timestamp(8), id: try row.uuid(3))
             return Fire(scheduleID: scheduleID, fireAt: try row.timestamp(1), job: job)
         }
     }

@@ -46,6 +46,8 @@ package struct APIJobStore: Sendable {
                           enqueued_at = EXCLUDED.enqueued_at, request_id = EXCLUDED.request_id,
                           state = EXCLUDED.state, created_at = now(), cancel_requested_at = NULL, batch_id = NULL
                 WHERE api_jobs.created_at < now() - make_interval(hours => $8::int)
+                  -- a delayed job still held keeps its key until it is published
+                  AND NOT EXISTS (SELECT 1 FROM delayed_jobs d WHERE d.job_id = api_jobs.job_id AND d.state = 'pending')
             RETURNING job_id
             """, [job.id, tenant, job.type, job.tier.rawValue, job.enqueuedAt, job.idempotencyKey, requestID,
                   idempotencyWindowHours, state]).rows

@@ -218,5 +218,14 @@ package enum Schema {
             CREATE INDEX contact_fires_pending_idx ON contact_fires (created_at) WHERE state = 'pending';
             CREATE INDEX contact_fires_created_idx ON contact_fires (created_at);
             """),
+        Migration(version: 9, name: "delayed_jobs claims; contact cursor versions", sql: """
+            -- A delayed job is claimed for a short lease (in its own short transaction), then
+            -- published, then marked; a lease that runs out (the scheduler died, or the broker
+            -- refused it: retried after a pause) makes the job claimable again, same job id.
+            ALTER TABLE delayed_jobs ADD COLUMN claimed_until timestamptz;
+            -- Bumped by every contact write that touches the cursor: the leader moves a cursor
+            -- on only if no write came in while it was sending that date.
+            ALTER TABLE contact_cursors ADD COLUMN version bigint NOT NULL DEFAULT 0;
+            """),
     ]
 }

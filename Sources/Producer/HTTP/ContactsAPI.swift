@@ -75,6 +75,9 @@ extension JobsAPI {
         let anniversary = try fields.date("anniversary", required: false)
         let today = CivilDate(daysSinceEpoch: Int(Timestamp.now().microseconds.floorDiv(86_400_000_000)))
         guard birthday <= today.adding(days: 1) else { throw RequestFields.invalid("birthday", "'birthday' is in the future") }
+        if let anniversary, anniversary > today.adding(days: 1) {
+            throw RequestFields.invalid("anniversary", "'anniversary' is in the future")
+        }
         return Contact(tenant: token.tenant, tier: token.tier, firstName: try fields.required("first_name"),
                        lastName: try fields.required("last_name"), email: email, birthday: birthday, anniversary: anniversary,
                        timeZone: try fields.timeZone("time_zone"))

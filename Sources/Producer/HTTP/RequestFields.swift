@@ -70,8 +70,8 @@ struct RequestFields {
     func date(_ key: String, required: Bool) throws(APIError) -> CivilDate? {
         let text = required ? try self.required(key) : try string(key)
         guard let text else { return nil }
-        guard let date = CivilDate(iso8601: text) else {
-            throw Self.invalid(key, "'\(key)' must be a date that exists, as YYYY-MM-DD (got '\(text)')")
+        guard let date = CivilDate(iso8601: text), (1800...9999).contains(date.year) else {
+            throw Self.invalid(key, "'\(key)' must be a date that exists, as YYYY-MM-DD from year 1800 (got '\(text)')")
         }
         return date
     }

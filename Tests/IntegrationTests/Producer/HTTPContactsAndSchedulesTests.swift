@@ -76,6 +76,8 @@ struct HTTPContactsAndSchedulesTests {
                 (with("first_name", "7"), "first_name"),
                 (#"{"first_name":"Ada","last_name":"L","email":"a@b.co","time_zone":"UTC"}"#, "birthday"),
                 (Self.ada.replacingOccurrences(of: "}", with: #","anniversary":"2001-02-30"}"#), "anniversary"),
+                (Self.ada.replacingOccurrences(of: "}", with: #","anniversary":"2999-06-01"}"#), "anniversary"),
+                (with("birthday", #""0000-01-01""#), "birthday"),
                 (Self.ada.replacingOccurrences(of: "}", with: #","nickname":"A"}"#), "nickname"),
             ]
             for (body, field) in cases {
