@@ -172,7 +172,7 @@ final class ContactEventDuty: LeaderDuty {
     /// The dates after `cursor` whose send time has come, in order.
     private func visit(_ cursor: ContactStore.Cursor, nowSeconds: Int64) async throws {
         guard let kind = ContactEvents.kind(cursor.kind), let zone = zone(cursor.timeZone) else { return }
-        let today = CivilDate(daysSinceEpoch: Int((nowSeconds + Int64(WallClock.offset(zone, at: nowSeconds))).floorDiv(86_400)))
+        let today = WallClock.date(at: nowSeconds, in: zone)
         // No older date than the window can reach is worth visiting.
         let oldest = today.adding(days: -Int(catchUpSeconds / 86_400) - 2)
         var day = cursor.doneThrough.map { $0.adding(days: 1) } ?? today

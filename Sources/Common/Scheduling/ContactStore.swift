@@ -93,8 +93,7 @@ package struct ContactStore: Sendable {
             """, [contact.id, contact.timeZone, PostgresArray(events.map(\.0)), PostgresArray(events.map(\.1))])
         let now = Timestamp.now().microseconds.floorDiv(1_000_000)
         func yesterday(_ identifier: String) throws -> CivilDate {
-            let zone = try CronSchedule.zone(identifier)
-            return CivilDate(daysSinceEpoch: Int((now + Int64(WallClock.offset(zone, at: now))).floorDiv(86_400)) - 1)
+            WallClock.date(at: now, in: try CronSchedule.zone(identifier)).adding(days: -1)
         }
         var from = try yesterday(contact.timeZone)
         if let previousZone, previousZone != contact.timeZone, let previous = try? yesterday(previousZone) { from = min(from, previous) }

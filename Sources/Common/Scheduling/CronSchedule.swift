@@ -75,6 +75,11 @@ package enum WallClock {
         zone.secondsFromGMT(for: Date(timeIntervalSince1970: TimeInterval(instant)))
     }
 
+    /// The date on the local calendar in `zone` at `instant` (seconds since 1970).
+    package static func date(at instant: Int64, in zone: TimeZone) -> CivilDate {
+        CivilDate(daysSinceEpoch: Int((instant + Int64(offset(zone, at: instant))).floorDiv(86_400)))
+    }
+
     /// The instant a local wall time names: the earlier one when it occurs twice, and for a time
     /// that does not occur (a spring-forward gap) the first instant after the gap.
     package static func instant(_ wall: Int64, in zone: TimeZone) -> Int64 {

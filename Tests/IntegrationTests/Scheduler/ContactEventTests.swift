@@ -10,6 +10,15 @@ struct ContactEventTests {
         let file = FileManager.default.temporaryDirectory.appendingPathComponent("warren-clock-\(UUID().uuidString)")
 
         func set(_ iso8601: String) throws { try Data(iso8601.utf8).write(to: file, options: .atomic) }
+
+        /// A `scheduler` reading this clock, with its admin port on loopback.
+        func scheduler(_ server: APIServer) throws -> (process: RunningProduct, port: Int) {
+            let port = try OwnPostgres.freePort()
+            var environment = server.environment
+            environment["WARREN_ADMIN_HOST"] = "127.0.0.1"
+            return (try RunningProduct("scheduler", ["--admin-port", String(port), "--clock-file", file.path], environment: environment),
+                    port)
+        }
     }
 
     func contact(_ server: APIServer, token: String, _ name: String, birthday: String, zone: String,
@@ -61,12 +70,9 @@ struct ContactEventTests {
             let clock = Clock()
             defer { try? FileManager.default.removeItem(at: clock.file) }
             try clock.set("2027-02-28T13:59:30Z")
-            var environment = server.environment
-            environment["WARREN_ADMIN_HOST"] = "127.0.0.1"
-            let ports = [try OwnPostgres.freePort(), try OwnPostgres.freePort()]
-            let schedulers = try ports.map {
-                try RunningProduct("scheduler", ["--admin-port", String($0), "--clock-file", clock.file.path], environment: environment)
-            }
+            let started = [try clock.scheduler(server), try clock.scheduler(server)]
+            let schedulers = started.map(\.process)
+            let ports = started.map(\.port)
             defer { for scheduler in schedulers { scheduler.signal(SIGKILL) } }
             var leader = 0
             try await TestServices.waitUntil(timeout: .seconds(20), "a leader ran a round") {
@@ -139,14 +145,10 @@ struct ContactEventTests {
                 let clock = Clock()
                 defer { try? FileManager.default.removeItem(at: clock.file) }
                 try clock.set("2027-07-14T12:59:59Z")
-                var environment = server.environment
-                environment["WARREN_ADMIN_HOST"] = "127.0.0.1"
-                let port = try OwnPostgres.freePort()
-                let scheduler = try RunningProduct("scheduler", ["--admin-port", String(port), "--clock-file", clock.file.path],
-                                                   environment: environment)
+                let (scheduler, port) = try clock.scheduler(server)
                 defer { scheduler.signal(SIGKILL) }
-                environment["WARREN_NOTIFY_URL"] = standIn.url
-                let consumer = try RunningProduct("consumer", ["--tier", "premium", "--admin-port", "0"], environment: environment)
+                let consumer = try RunningProduct("consumer", ["--tier", "premium", "--admin-port", "0"],
+                                                  environment: server.environment.merging(["WARREN_NOTIFY_URL": standIn.url]) { $1 })
                 defer { consumer.signal(SIGKILL) }
                 try await waitForRound(port, at: "2027-07-14T12:59:59Z")
                 #expect(try await standIn.received().count == 0, "nothing before 09:00 local")
@@ -182,11 +184,7 @@ struct ContactEventTests {
             defer { try? FileManager.default.removeItem(at: clock.file) }
             // Up at 11 March 20:00Z: the 10th's send was 35 h ago (beyond 12 h), the 11th's 11 h ago.
             try clock.set("2027-03-11T20:00:00Z")
-            var environment = server.environment
-            environment["WARREN_ADMIN_HOST"] = "127.0.0.1"
-            let port = try OwnPostgres.freePort()
-            let scheduler = try RunningProduct("scheduler", ["--admin-port", String(port), "--clock-file", clock.file.path],
-                                               environment: environment)
+            let (scheduler, port) = try clock.scheduler(server)
             defer { scheduler.signal(SIGKILL) }
             try await waitForRound(port, at: "2027-03-11T20:00:00Z")
             let jobs = try await messages(connection, count: 1)
