@@ -7,14 +7,14 @@ import ServiceLifecycle
 import UnixSignals
 
 /// `producer serve`: the HTTP API (see docs/architecture.md). Configuration from the
-/// environment: `WARREN_HTTP_PORT` (8080), `WARREN_HTTP_HOST` (0.0.0.0), `WARREN_HTTP_MAX_BODY_BYTES`
+/// environment: `WARREN_HTTP_PORT` (8080; 0 picks a free one, logged at start as `http_port`), `WARREN_HTTP_HOST` (0.0.0.0), `WARREN_HTTP_MAX_BODY_BYTES`
 /// (1 MiB), `WARREN_JOB_TYPES` (extra accepted job types, comma-separated), `WARREN_BATCH_SWEEP_MS`
 /// (how often completed batches are looked for, 1000), `WARREN_TOKEN_CACHE_SECONDS` (how long a
 /// valid token is remembered, 2; a revoked one stops working within that).
 struct ServeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "serve", abstract: "Serve the HTTP API.")
 
-    @Option(help: "Port (default: $WARREN_HTTP_PORT or 8080).")
+    @Option(help: "Port (default: $WARREN_HTTP_PORT or 8080; 0 picks a free one, logged at start).")
     var port: Int?
 
     @Option(help: "Address to listen on (default: $WARREN_HTTP_HOST or 0.0.0.0).")
@@ -31,14 +31,14 @@ struct ServeCommand: AsyncParsableCommand {
         let batchSweep: Int
         let tokenCacheSeconds: Int
         do {
-            listenPort = try port ?? reader.integer("WARREN_HTTP_PORT", 1...65_535) ?? 8080
+            listenPort = try port ?? reader.integer("WARREN_HTTP_PORT", 0...65_535) ?? 8080
             maxBody = try reader.integer("WARREN_HTTP_MAX_BODY_BYTES", 1...1_073_741_824) ?? 1_048_576
             batchSweep = try reader.integer("WARREN_BATCH_SWEEP_MS", 10...3_600_000) ?? 1_000
             tokenCacheSeconds = try reader.integer("WARREN_TOKEN_CACHE_SECONDS", 0...3_600) ?? 2
         } catch {
             throw ValidationError("\(error)")
         }
-        guard (1...65_535).contains(listenPort) else { throw ValidationError("--port must be 1...65535") }
+        guard (0...65_535).contains(listenPort) else { throw ValidationError("--port must be 0...65535") }
         let extraTypes = (reader.string("WARREN_JOB_TYPES") ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
         let amqp: AMQPConfiguration
         do { amqp = try AMQPConfiguration(url: settings.amqpURL, connectionName: "producer serve") } catch {
@@ -58,6 +58,9 @@ struct ServeCommand: AsyncParsableCommand {
         let app = Application(router: api.router(),
                               configuration: .init(address: .hostname(host ?? reader.string("WARREN_HTTP_HOST") ?? "0.0.0.0", port: listenPort),
                                                    serverName: "warren"),
+                              onServerRunning: { channel in
+                                  logger.info("HTTP API listening", metadata: ["http_port": "\(channel.localAddress?.port ?? listenPort)"])
+                              },
                               logger: logger)
         let completer = BatchCompleter(store: APIBatchStore(pool: pool), publisher: publisher, interval: .milliseconds(batchSweep),
                                        logger: logger)

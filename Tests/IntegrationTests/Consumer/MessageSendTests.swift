@@ -23,12 +23,12 @@ struct MessageSendTests {
     /// admin port; stopped with SIGTERM afterwards, which must exit 0.
     func withConsumer<T: Sendable>(_ world: World, _ standIn: StandIn?, environment extra: [String: String] = [:],
                                    _ body: (_ adminPort: Int) async throws -> T) async throws -> T {
-        let port = try OwnPostgres.freePort()
         var environment = world.environment.merging(["WARREN_ADMIN_HOST": "127.0.0.1"]) { $1 }
         if let standIn { environment["WARREN_NOTIFY_URL"] = standIn.url }
-        let consumer = try RunningProduct("consumer", ["--tier", "free", "--admin-port", String(port)],
+        let consumer = try RunningProduct("consumer", ["--tier", "free", "--admin-port", "0"],
                                           environment: environment.merging(extra) { $1 })
         defer { consumer.signal(SIGKILL) }
+        let port = try await consumer.listeningPort("admin_port")
         try await TestServices.waitUntil(timeout: .seconds(20), "the consumer's admin port answers") {
             (try? await HTTP.request("GET", "http://127.0.0.1:\(port)/healthz").0) == 200
         }
@@ -249,8 +249,7 @@ struct MessageSendTests {
                     "POST", "/v1/jobs", token: token,
                     body: #"{"type":"message.send","payload":{"to":"ada@example.com","subject":"Hi","body":"Hello"},"idempotency_key":"api-1"}"#)
                 #expect(status == 202, "\(body)")
-                let port = try OwnPostgres.freePort()
-                let consumer = try RunningProduct("consumer", ["--tier", "free", "--admin-port", String(port)],
+                let consumer = try RunningProduct("consumer", ["--tier", "free", "--admin-port", "0"],
                                                   environment: server.environment.merging(["WARREN_NOTIFY_URL": standIn.url,
                                                                                            "WARREN_ADMIN_HOST": "127.0.0.1"]) { $1 })
                 defer { consumer.signal(SIGKILL) }

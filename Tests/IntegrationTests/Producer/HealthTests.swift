@@ -43,17 +43,16 @@ struct HealthTests {
     @Test func consumersAndTheSchedulerServeTheirAdminPort() async throws {
         try await TestServices.withVhost { url in
             try await TestServices.withSchema { pool in
-                let consumerPort = try OwnPostgres.freePort()
-                let schedulerPort = try OwnPostgres.freePort()
                 let consumerID = "admin-\(UUID().uuidString.prefix(8).lowercased())"
                 let environment = ["WARREN_AMQP_URL": url, "WARREN_DATABASE_URL": TestServices.databaseURL,
                                    "WARREN_DATABASE_SCHEMA": pool.configuration.searchPath ?? "public", "WARREN_ADMIN_HOST": "127.0.0.1",
                                    "WARREN_CONSUMER_ID": consumerID]
-                let consumer = try RunningProduct("consumer", ["--tier", "free", "--admin-port", String(consumerPort)],
-                                                  environment: environment)
+                let consumer = try RunningProduct("consumer", ["--tier", "free", "--admin-port", "0"], environment: environment)
                 defer { consumer.signal(SIGKILL) }
-                let scheduler = try RunningProduct("scheduler", ["--admin-port", String(schedulerPort)], environment: environment)
+                let scheduler = try RunningProduct("scheduler", ["--admin-port", "0"], environment: environment)
                 defer { scheduler.signal(SIGKILL) }
+                let consumerPort = try await consumer.listeningPort("admin_port")
+                let schedulerPort = try await scheduler.listeningPort("admin_port")
                 for (name, port) in [("consumer", consumerPort), ("scheduler", schedulerPort)] {
                     let base = "http://127.0.0.1:\(port)"
                     try await TestServices.waitUntil(timeout: .seconds(20), "the \(name) is ready on its admin port") {

@@ -12,12 +12,11 @@ struct ContactEventTests {
         func set(_ iso8601: String) throws { try Data(iso8601.utf8).write(to: file, options: .atomic) }
 
         /// A `scheduler` reading this clock, with its admin port on loopback.
-        func scheduler(_ server: APIServer) throws -> (process: RunningProduct, port: Int) {
-            let port = try OwnPostgres.freePort()
+        func scheduler(_ server: APIServer) async throws -> (process: RunningProduct, port: Int) {
             var environment = server.environment
             environment["WARREN_ADMIN_HOST"] = "127.0.0.1"
-            return (try RunningProduct("scheduler", ["--admin-port", String(port), "--clock-file", file.path], environment: environment),
-                    port)
+            let process = try RunningProduct("scheduler", ["--admin-port", "0", "--clock-file", file.path], environment: environment)
+            return (process, try await process.listeningPort("admin_port"))
         }
     }
 
@@ -70,7 +69,7 @@ struct ContactEventTests {
             let clock = Clock()
             defer { try? FileManager.default.removeItem(at: clock.file) }
             try clock.set("2027-02-28T13:59:30Z")
-            let started = [try clock.scheduler(server), try clock.scheduler(server)]
+            let started = [try await clock.scheduler(server), try await clock.scheduler(server)]
             let schedulers = started.map(\.process)
             let ports = started.map(\.port)
             defer { for scheduler in schedulers { scheduler.signal(SIGKILL) } }
@@ -145,7 +144,7 @@ struct ContactEventTests {
                 let clock = Clock()
                 defer { try? FileManager.default.removeItem(at: clock.file) }
                 try clock.set("2027-07-14T12:59:59Z")
-                let (scheduler, port) = try clock.scheduler(server)
+                let (scheduler, port) = try await clock.scheduler(server)
                 defer { scheduler.signal(SIGKILL) }
                 let consumer = try RunningProduct("consumer", ["--tier", "premium", "--admin-port", "0"],
                                                   environment: server.environment.merging(["WARREN_NOTIFY_URL": standIn.url]) { $1 })
@@ -184,7 +183,7 @@ struct ContactEventTests {
             defer { try? FileManager.default.removeItem(at: clock.file) }
             // Up at 11 March 20:00Z: the 10th's send was 35 h ago (beyond 12 h), the 11th's 11 h ago.
             try clock.set("2027-03-11T20:00:00Z")
-            let (scheduler, port) = try clock.scheduler(server)
+            let (scheduler, port) = try await clock.scheduler(server)
             defer { scheduler.signal(SIGKILL) }
             try await waitForRound(port, at: "2027-03-11T20:00:00Z")
             let jobs = try await messages(connection, count: 1)

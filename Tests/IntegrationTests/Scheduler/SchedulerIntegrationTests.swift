@@ -22,8 +22,11 @@ struct SchedulerIntegrationTests {
             try await connection.withControl { control in try control.queueDepth(tier.queueName).messages }
         }
 
-        func scheduler(adminPort: Int) throws -> RunningProduct {
-            try RunningProduct("scheduler", ["--admin-port", String(adminPort), "--clock-file", clockFile.path], environment: environment)
+        /// A `scheduler` on this clock, and its admin port.
+        func scheduler(environment: [String: String]? = nil) async throws -> (process: RunningProduct, port: Int) {
+            let process = try RunningProduct("scheduler", ["--admin-port", "0", "--clock-file", clockFile.path],
+                                             environment: environment ?? self.environment)
+            return (process, try await process.listeningPort("admin_port"))
         }
 
         func status(_ port: Int) async -> [String: Any] {
@@ -71,8 +74,8 @@ struct SchedulerIntegrationTests {
             try world.setClock(first - 60)
             try await world.addSchedule(["--name", "morning", "--cron", "0 9 * * *", "--tz", "America/New_York",
                                          "--type", "noop", "--tier", "premium"])
-            let ports = [try OwnPostgres.freePort(), try OwnPostgres.freePort()]
-            let schedulers = try ports.map { try world.scheduler(adminPort: $0) }
+            let started = [try await world.scheduler(), try await world.scheduler()]
+            let schedulers = started.map(\.process), ports = started.map(\.port)
             defer { for scheduler in schedulers { scheduler.signal(SIGKILL) } }
             var leaderIndex = -1
             try await TestServices.waitUntil(timeout: .seconds(20), "one scheduler is leader, the other standby") {
@@ -135,15 +138,14 @@ struct SchedulerIntegrationTests {
             let proxy = try TCPProxy(upstreamPort: databasePort)
             var viaProxy = world.environment
             viaProxy["WARREN_DATABASE_URL"] = TestServices.databaseURL.replacingOccurrences(of: ":\(databasePort)/", with: ":\(proxy.port)/")
-            let ports = [try OwnPostgres.freePort(), try OwnPostgres.freePort()]
-            let leader = try RunningProduct("scheduler", ["--admin-port", String(ports[0]), "--clock-file", world.clockFile.path],
-                                            environment: viaProxy)
+            let (leader, leaderPort) = try await world.scheduler(environment: viaProxy)
             defer { leader.signal(SIGKILL) }
             try await TestServices.waitUntil(timeout: .seconds(20), "the first scheduler leads") {
-                await world.status(ports[0])["leader"] as? Bool == true
+                await world.status(leaderPort)["leader"] as? Bool == true
             }
-            let standby = try world.scheduler(adminPort: ports[1])
+            let (standby, standbyPort) = try await world.scheduler()
             defer { standby.signal(SIGKILL) }
+            let ports = [leaderPort, standbyPort]
             try await TestServices.waitUntil(timeout: .seconds(20), "the second scheduler stands by") {
                 await world.status(ports[1])["leader"] as? Bool == false
             }
@@ -181,8 +183,7 @@ struct SchedulerIntegrationTests {
             try await world.addSchedule(["--name", "hourly", "--cron", "0 * * * *", "--tz", "Europe/London",
                                          "--type", "noop", "--tier", "free", "--catch-up", "7200"])
             try world.setClock(first + 3 * 3_600 + 5)
-            let port = try OwnPostgres.freePort()
-            let scheduler = try world.scheduler(adminPort: port)
+            let (scheduler, _) = try await world.scheduler()
             defer { scheduler.signal(SIGKILL) }
             try await TestServices.waitUntil(timeout: .seconds(20), "the missed fires were handled") {
                 try await world.fireStates() == ["published": 2, "skipped": 2]

@@ -53,13 +53,13 @@ struct APIServer: Sendable {
 
     private static func run<T: Sendable>(url: String, database: [String: String], extra: [String: String],
                                          _ body: (APIServer, AMQPConnection, RunningProduct) async throws -> T) async throws -> T {
-        let port = Int.random(in: 20_000...29_999)
-        let environment = ["WARREN_AMQP_URL": url, "WARREN_HTTP_PORT": String(port), "WARREN_HTTP_HOST": "127.0.0.1",
+        let environment = ["WARREN_AMQP_URL": url, "WARREN_HTTP_PORT": "0", "WARREN_HTTP_HOST": "127.0.0.1",
                            "WARREN_HTTP_MAX_BODY_BYTES": "2000"].merging(database) { $1 }.merging(extra) { $1 }
-        let server = APIServer(base: "http://127.0.0.1:\(port)", environment: environment,
-                               vhost: String(url[url.index(after: url.lastIndex(of: "/")!)...]))
         let process = try RunningProduct("producer", ["serve"], environment: environment)
         defer { process.signal(SIGKILL) }
+        let port = try await process.listeningPort("http_port")
+        let server = APIServer(base: "http://127.0.0.1:\(port)", environment: environment,
+                               vhost: String(url[url.index(after: url.lastIndex(of: "/")!)...]))
         try await TestServices.waitUntil(timeout: .seconds(20), "the API answers /healthz") {
             (try? await server.request("GET", "/healthz").0) == 200
         }

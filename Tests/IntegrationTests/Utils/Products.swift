@@ -56,7 +56,9 @@ enum Products {
                     continuation.resume(throwing: error)
                     return
                 }
-                if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
+                // A product that exits without reading it all is an answer, not a crash (EPIPE:
+                // the test process ignores SIGPIPE).
+                if let stdin { try? input.fileHandleForWriting.write(contentsOf: Data(stdin.utf8)) }
                 try? input.fileHandleForWriting.close()
             }
         } catch {
@@ -113,6 +115,32 @@ final class RunningProduct: Sendable {
     var stderr: String { collected.text.1 }
 
     func signal(_ signal: Int32) { kill(process.processIdentifier, signal) }
+
+    /// The port the product logged under `key` once it listens (`http_port`, `admin_port`, the
+    /// stand-in's `port`). Start a server on port 0 and ask this, so no two servers of a
+    /// parallel run can race for one port and a test never talks to another test's server.
+    /// A product that exits first, or logs nothing within `timeout`, is a recorded issue (and
+    /// is killed).
+    func listeningPort(_ key: String, timeout: Duration = .seconds(30)) async throws -> Int {
+        // A JSON log line (`"key":"123"`) or swift-log's plain one (`key=123`).
+        let pattern = try Regex("(?:\"\(key)\":\"|\\b\(key)=)([0-9]+)")
+        var port: Int?
+        var exited = false
+        let name = process.executableURL?.lastPathComponent ?? "product"
+        _ = try await TestServices.holds(within: timeout) {
+            if let match = stderr.firstMatch(of: pattern), let value = match.output[1].substring.flatMap({ Int($0) }) {
+                port = value
+            }
+            exited = !isRunning
+            return port != nil || exited
+        }
+        guard let port else {
+            signal(SIGKILL)
+            Issue.record("\(name) \(exited ? "exited" : "did not log its \(key) within \(timeout)"). stderr:\n\(stderr.suffix(4_000))")
+            throw CancellationError()
+        }
+        return port
+    }
 
     /// The exit status (or the signal number for a killed process), within `timeout`.
     func wait(timeout: Duration = .seconds(60)) async throws -> Int32 {

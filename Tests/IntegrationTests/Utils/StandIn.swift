@@ -48,9 +48,9 @@ struct StandIn: Sendable {
     }
 
     static func with<T: Sendable>(_ arguments: [String] = [], _ body: (StandIn) async throws -> T) async throws -> T {
-        let port = try OwnPostgres.freePort()
-        let process = try RunningProduct("notify-standin", ["--port", String(port)] + arguments)
+        let process = try RunningProduct("notify-standin", ["--port", "0"] + arguments)
         defer { process.signal(SIGKILL) }
+        let port = try await process.listeningPort("port")
         let standIn = StandIn(base: "http://127.0.0.1:\(port)")
         try await TestServices.waitUntil(timeout: .seconds(20), "the stand-in answers /healthz") {
             (try? await HTTP.request("GET", standIn.base + "/healthz").0) == 200

@@ -83,7 +83,9 @@ final class TCPProxy: Sendable {
             guard count > 0 else { break }
             var sent = 0
             while sent < count {
-                let written = buffer.withUnsafeBytes { write(destination, $0.baseAddress! + sent, count - sent) }
+                // MSG_NOSIGNAL: after `cut()` the peer is gone, and a plain write would raise
+                // SIGPIPE and end the whole test process.
+                let written = buffer.withUnsafeBytes { send(destination, $0.baseAddress! + sent, count - sent, Int32(MSG_NOSIGNAL)) }
                 guard written > 0 else { break }
                 sent += written
             }
