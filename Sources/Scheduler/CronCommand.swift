@@ -24,23 +24,19 @@ struct CronCommand: AsyncParsableCommand {
         @Option(help: "How many fires to print.")
         var count = 5
 
-        func run() async throws {
+        /// Checks every argument before anything runs, so a bad one is a usage error naming it
+        /// (with this command's usage).
+        func validate() throws {
             guard (1...10_000).contains(count) else { throw ValidationError("--count must be 1...10000") }
-            let schedule: CronSchedule
-            do {
-                schedule = try CronSchedule(expression, zone: tz)
-            } catch {
-                throw ValidationError("\(error)")
+            do { _ = try CronSchedule(expression, zone: tz) } catch { throw ValidationError("\(error)") }
+            if let from, Timestamp(iso8601: from) == nil {
+                throw ValidationError("--from: expected an ISO 8601 instant such as 2026-03-07T00:00:00Z, got '\(from)'")
             }
-            let start: Int64
-            if let from {
-                guard let timestamp = Timestamp(iso8601: from) else {
-                    throw ValidationError("--from: expected an ISO 8601 instant such as 2026-03-07T00:00:00Z, got '\(from)'")
-                }
-                start = timestamp.microseconds.floorDiv(1_000_000)
-            } else {
-                start = Timestamp.now().microseconds / 1_000_000
-            }
+        }
+
+        func run() async throws {
+            let schedule = try CronSchedule(expression, zone: tz)
+            let start = (from.flatMap { Timestamp(iso8601: $0) } ?? Timestamp.now()).microseconds.floorDiv(1_000_000)
             // Fires are whole minutes; starting at one (or between) the search starts after it.
             let fires = schedule.fires(after: start - 1, count: count)
             for fire in fires { print(WallClock.iso8601(fire, in: schedule.zone)) }

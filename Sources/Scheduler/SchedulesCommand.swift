@@ -8,6 +8,13 @@ struct SchedulesCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "schedules", abstract: "Manage cron schedules.", subcommands: [Add.self, List.self, Remove.self])
 
+    /// A command that could not do what it was asked (not a usage error): `Error: <message>`,
+    /// exit status 1.
+    struct Failure: Error, CustomStringConvertible {
+        var message: String
+        var description: String { message }
+    }
+
     static func withStore<T: Sendable>(_ body: (ScheduleStore) async throws -> T) async throws -> T {
         do {
             return try await PostgresPool.withMigrated(applicationName: "warren-schedules") { try await body(ScheduleStore(pool: $0)) }
@@ -31,18 +38,23 @@ struct SchedulesCommand: AsyncParsableCommand {
         var catchUp = 86_400
         @Flag(help: "Store it disabled.") var disabled = false
 
-        func run() async throws {
-            let parsedTier: Tier
-            do { parsedTier = try Tier.parse(tier) } catch { throw ValidationError("--tier: \(error.message)") }
+        /// Checks every argument before the database is touched: a bad one is a usage error
+        /// naming it, and nothing is stored.
+        func validate() throws {
+            do { _ = try Tier.parse(tier) } catch { throw ValidationError("--tier: \(error.message)") }
             do { try JobEnvelope.validateType(type) } catch { throw ValidationError("--type: \(error.message)") }
             guard (try? JSONScanner.validate(Array(payload.utf8))) != nil else { throw ValidationError("--payload is not valid JSON") }
             guard catchUp >= 0 else { throw ValidationError("--catch-up must be 0 or more seconds") }
-            let schedule: CronSchedule
-            do { schedule = try CronSchedule(cron, zone: tz) } catch { throw ValidationError("\(error)") }
+            do { _ = try CronSchedule(cron, zone: tz) } catch { throw ValidationError("\(error)") }
+        }
+
+        func run() async throws {
+            let parsedTier = try Tier.parse(tier)
+            let schedule = try CronSchedule(cron, zone: tz)
             guard let stored = try await SchedulesCommand.withStore({ store in
                 try await store.put(tenant: tenant, name: name, cron: cron, timeZone: tz, jobType: type, tier: parsedTier,
                                     payload: payload, enabled: !disabled, catchUpSeconds: catchUp, now: .now())
-            }) else { throw ValidationError("the schedule was not stored") }
+            }) else { throw SchedulesCommand.Failure(message: "the schedule was not stored") }
             print("\(stored.tenant)/\(stored.name) \(stored.id.lowercasedString): next fires")
             for fire in schedule.fires(after: stored.nextFireAt.microseconds / 1_000_000 - 1, count: 3) {
                 print("  \(WallClock.iso8601(fire, in: schedule.zone))")
@@ -75,7 +87,7 @@ struct SchedulesCommand: AsyncParsableCommand {
 
         func run() async throws {
             let removed = try await SchedulesCommand.withStore { try await $0.remove(tenant: tenant, name: name) }
-            guard removed else { throw ValidationError("no schedule '\(name)' for tenant '\(tenant)'") }
+            guard removed else { throw SchedulesCommand.Failure(message: "no schedule '\(name)' for tenant '\(tenant)'") }
             print("removed \(tenant)/\(name)")
         }
     }

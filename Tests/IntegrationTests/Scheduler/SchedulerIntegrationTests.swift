@@ -175,6 +175,36 @@ struct SchedulerIntegrationTests {
         }
     }
 
+    @Test func theCLIRefusesBadArgumentsNamingThemAndStoresNothing() async throws {
+        try await withWorld { world in
+            try await world.addSchedule(["--name", "n", "--cron", "0 9 * * *", "--tz", "UTC", "--type", "noop", "--tier", "free"])
+            let bad: [([String], String)] = [
+                (["--cron", "61 9 * * *", "--tz", "UTC", "--type", "noop", "--tier", "free"], "minute: 61 is outside 0-59"),
+                (["--cron", "0 9 * * *", "--tz", "Mars/Base", "--type", "noop", "--tier", "free"], "unknown time zone 'Mars/Base'"),
+                (["--cron", "0 9 * * *", "--tz", "UTC", "--type", "noop", "--tier", "gold"], "--tier: unknown tier 'gold'"),
+                (["--cron", "0 9 * * *", "--tz", "UTC", "--type", "noop", "--tier", "free", "--payload", "{"], "--payload is not valid JSON"),
+            ]
+            for (arguments, message) in bad {
+                let result = try await Products.run("scheduler", ["schedules", "add", "--tenant", "acme", "--name", "n"] + arguments,
+                                                    environment: world.environment)
+                #expect(result.status == 64, "\(arguments): \(result.stderr)")
+                #expect(result.stderr.contains(message) && result.stderr.contains("scheduler schedules add"), "\(result.stderr)")
+            }
+            let kept = try await world.pool.query("SELECT cron, time_zone, tier FROM schedules").rows
+                .map { "\(try $0.string(0)) \(try $0.string(1)) \(try $0.string(2))" }
+            #expect(kept == ["0 9 * * * UTC free"], "the schedule named n is untouched")
+
+            let missing = try await Products.run("scheduler", ["schedules", "rm", "--tenant", "acme", "--name", "nope"],
+                                                 environment: world.environment)
+            #expect(missing.status == 1 && missing.stderr.contains("no schedule 'nope' for tenant 'acme'"), "\(missing.stderr)")
+            #expect(!missing.stderr.contains("Usage"), "not a usage error: \(missing.stderr)")
+
+            let next = try await Products.run("scheduler", ["cron", "next", "0 9 * * *", "--tz", "Europe/London", "--from", "tomorrow"])
+            #expect(next.status == 64 && next.stderr.contains("--from: expected an ISO 8601 instant"), "\(next.stderr)")
+            #expect(next.stdout.isEmpty && next.stderr.contains("scheduler cron next"), "\(next.stderr)")
+        }
+    }
+
     @Test func afterThreeHoursDownFiresWithinTheWindowArePublishedOldestFirstAndOlderOnesSkipped() async throws {
         try await withWorld { world in
             let hourly = try CronSchedule("0 * * * *", zone: "Europe/London")
