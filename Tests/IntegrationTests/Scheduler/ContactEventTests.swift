@@ -69,10 +69,12 @@ struct ContactEventTests {
             let clock = Clock()
             defer { try? FileManager.default.removeItem(at: clock.file) }
             try clock.set("2027-02-28T13:59:30Z")
-            let started = [try await clock.scheduler(server), try await clock.scheduler(server)]
-            let schedulers = started.map(\.process)
-            let ports = started.map(\.port)
-            defer { for scheduler in schedulers { scheduler.signal(SIGKILL) } }
+            // Each is killed at the end even if the other fails to start.
+            let one = try await clock.scheduler(server)
+            defer { one.process.signal(SIGKILL) }
+            let other = try await clock.scheduler(server)
+            defer { other.process.signal(SIGKILL) }
+            let schedulers = [one.process, other.process], ports = [one.port, other.port]
             var leader = 0
             try await TestServices.waitUntil(timeout: .seconds(20), "a leader ran a round") {
                 for (index, port) in ports.enumerated() {

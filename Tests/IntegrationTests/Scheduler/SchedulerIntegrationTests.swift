@@ -74,9 +74,12 @@ struct SchedulerIntegrationTests {
             try world.setClock(first - 60)
             try await world.addSchedule(["--name", "morning", "--cron", "0 9 * * *", "--tz", "America/New_York",
                                          "--type", "noop", "--tier", "premium"])
-            let started = [try await world.scheduler(), try await world.scheduler()]
-            let schedulers = started.map(\.process), ports = started.map(\.port)
-            defer { for scheduler in schedulers { scheduler.signal(SIGKILL) } }
+            // Each is killed at the end even if the other fails to start.
+            let one = try await world.scheduler()
+            defer { one.process.signal(SIGKILL) }
+            let other = try await world.scheduler()
+            defer { other.process.signal(SIGKILL) }
+            let schedulers = [one.process, other.process], ports = [one.port, other.port]
             var leaderIndex = -1
             try await TestServices.waitUntil(timeout: .seconds(20), "one scheduler is leader, the other standby") {
                 let leaders = await ports.asyncMap { await world.status($0)["leader"] as? Bool }
