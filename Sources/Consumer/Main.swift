@@ -96,15 +96,17 @@ struct ConsumerCommand: AsyncParsableCommand {
         }
         let consumer = JobConsumer(configuration: consumerConfiguration, amqp: amqp, database: database,
                                    handlers: .standard(notifier: notifier), logger: logger)
+        let adminBound = OneShot<Int>()
         let adminServer = AdminServer.service(host: admin.host, port: admin.port, ready: { await consumer.unreachable() },
                                               status: { await consumer.statusJSON(extra: [("notify", notifier.statusJSON())]) },
-                                              logger: logger)
-        let group = ServiceGroup(configuration: .init(
-            services: [.init(service: NotifierService(notifier: notifier)),
-                       .init(service: ConsumerService(consumer: consumer), successTerminationBehavior: .gracefullyShutdownGroup),
-                       .init(service: adminServer)],
-            gracefulShutdownSignals: [.sigterm, .sigint],
-            logger: logger))
+                                              bound: adminBound, logger: logger)
+        // Past the grace period jobs are handed back and the last batch abandoned; this bounds
+        // everything else (a handler ignoring cancellation, a hung close).
+        let group = ServiceGroup.warren(
+            [.init(service: NotifierService(notifier: notifier)),
+             .init(service: adminServer),
+             .init(service: ConsumerService(consumer: consumer, adminBound: adminBound), successTerminationBehavior: .gracefullyShutdownGroup)],
+            shutdownWithin: consumerConfiguration.shutdownGrace + consumerConfiguration.abandonAfter + .seconds(5), logger: logger)
         try await group.run()
     }
 }
@@ -112,9 +114,12 @@ struct ConsumerCommand: AsyncParsableCommand {
 /// The consumer as a swift-service-lifecycle service: graceful shutdown calls `stop()`.
 struct ConsumerService: Service {
     let consumer: JobConsumer
+    /// The admin port, once it listens: no job is taken before (a taken port ends the group first).
+    let adminBound: OneShot<Int>
 
     func run() async throws {
         _ = try await withGracefulShutdownHandler {
+            guard await adminBound.wait() != nil else { return }
             try await consumer.run()
         } onGracefulShutdown: {
             consumer.stop()

@@ -64,8 +64,7 @@ struct ServeCommand: AsyncParsableCommand {
                               logger: logger)
         let completer = BatchCompleter(store: APIBatchStore(pool: pool), publisher: publisher, interval: .milliseconds(batchSweep),
                                        logger: logger)
-        let group = ServiceGroup(configuration: .init(
-            services: [.init(service: app), .init(service: completer)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        let group = ServiceGroup.warren([.init(service: app), .init(service: completer)], shutdownWithin: .seconds(30), logger: logger)
         try await group.run()
         await publisher.close()
         await pool.close()

@@ -76,10 +76,8 @@ struct RunCommand: AsyncParsableCommand {
                 host: admin.host, port: admin.port,
                 ready: { await AdminServer.unreachable(broker: publisher.connection, database: pool) },
                 status: { #"{"service":"scheduler",\#(leader.statusJSON())}"# }, logger: logger)
-            let group = ServiceGroup(configuration: .init(
-                services: [.init(service: leader), .init(service: adminServer)],
-                gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger))
+            let group = ServiceGroup.warren([.init(service: leader), .init(service: adminServer)], shutdownWithin: .seconds(30),
+                                            logger: logger)
             try await group.run()
         }
     }

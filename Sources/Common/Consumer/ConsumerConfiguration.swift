@@ -18,6 +18,9 @@ package struct ConsumerConfiguration: Sendable {
     package var shutdownGrace: Duration
     /// Drain mode: exit once the queue stayed empty this long and everything is flushed.
     package var exitWhenIdle: Duration?
+    /// How long a handler may go on after it was cancelled (its timeout passed, its job was
+    /// cancelled) before it is abandoned: its delivery left unacked, its slot freed.
+    package var abandonAfter: Duration
     package var retry: RetryPolicy
     /// Per job type retry policies, overriding `retry`.
     package var retryByType: [String: RetryPolicy]
@@ -43,6 +46,7 @@ package struct ConsumerConfiguration: Sendable {
         batchMaxDelay = .milliseconds(5)
         shutdownGrace = .seconds(25)
         exitWhenIdle = nil
+        abandonAfter = .seconds(10)
         retry = RetryPolicy()
         retryByType = [:]
         consumerID = "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)-\(tier.rawValue)"
@@ -57,6 +61,7 @@ package struct ConsumerConfiguration: Sendable {
         if let number = try reader.integer("WARREN_BATCH_MAX_ROWS", 1...10_000) { batchMaxRows = number }
         if let number = try reader.integer("WARREN_BATCH_MAX_DELAY_MS", 0...10_000) { batchMaxDelay = .milliseconds(number) }
         if let duration = try reader.seconds("WARREN_SHUTDOWN_GRACE_SECONDS", 0...3_600) { shutdownGrace = duration }
+        if let duration = try reader.seconds("WARREN_HANDLER_ABANDON_SECONDS", 0...3_600) { abandonAfter = duration }
         if let number = try reader.integer("WARREN_RETRY_MAX_ATTEMPTS", 1...1_000) { retry.maxAttempts = number }
         if let duration = try reader.seconds("WARREN_RETRY_BASE_SECONDS", 0.001...86_400) {
             retry.backoff.base = duration

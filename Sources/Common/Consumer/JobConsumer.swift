@@ -13,7 +13,8 @@ package struct ConsumerMetrics: Sendable {
     let writeFailures: Counter
     let inFlight: Gauge
 
-    static let outcomeNames = ["succeeded", "retried", "deferred", "failed", "dead", "cancelled", "duplicate", "malformed", "handed_back"]
+    static let outcomeNames = ["succeeded", "retried", "deferred", "failed", "dead", "cancelled", "duplicate", "malformed", "handed_back",
+                               "unstorable", "abandoned"]
 
     package init(tier: Tier) {
         let tierDimension = ("tier", tier.rawValue)
@@ -49,6 +50,8 @@ package final class JobConsumer: Sendable {
     private let state = Mutex(State())
     /// Cancellation requests this consumer knows of (see ``JobCancellations``).
     package let cancellations = JobCancellations()
+    /// Every running job's timeout, on one clock (see ``DeadlineWatcher``).
+    private let deadlines = DeadlineWatcher()
     /// This consumer's own queue on `warren.control` (exclusive: gone with the connection).
     private let controlQueue: String
     /// How often `api_jobs` is polled for cancellation requests the fanout may have missed.
@@ -121,6 +124,7 @@ package final class JobConsumer: Sendable {
         ])
 
         let writerTask = Task { await writer.run() }
+        let deadlineTask = Task { await deadlines.run() }
         let controlTask = Task { await listen(to: controlMessages) }
         let pollTask = Task { await pollCancellations() }
         let idleMonitor = configuration.exitWhenIdle.map { idle in Task { await watchForIdle(idle) } }
@@ -159,6 +163,7 @@ package final class JobConsumer: Sendable {
             }
         }
         idleMonitor?.cancel()
+        deadlineTask.cancel()
         controlTask.cancel()
         pollTask.cancel()
 
@@ -430,7 +435,15 @@ package final class JobConsumer: Sendable {
         if let handler = handlers.handler(for: job.type) {
             let context = JobContext(job: job, logger: jobLogger, deadline: clockStart + handler.timeout,
                                      consumerID: configuration.consumerID)
-            outcome = await Self.run(handler, context, cancellations: cancellations)
+            guard let finished = await run(handler, context) else {
+                // It ignored its cancellation past `abandonAfter`: its slot is freed and its
+                // delivery left unacked (redelivered when this connection ends), never settled.
+                jobLogger.error("handler ignored its cancellation; abandoned, its delivery left unacked",
+                                metadata: ["abandon_after_ms": "\(configuration.abandonAfter.milliseconds)"])
+                metrics.count("abandoned")
+                return
+            }
+            outcome = finished
         } else {
             outcome = .permanentFailure(error: "unknown job type '\(job.type)' (this consumer runs: \(handlers.types.joined(separator: ", ")))")
         }
@@ -443,30 +456,47 @@ package final class JobConsumer: Sendable {
         await settle(job, outcome, delivery: delivery, startedAt: startedAt, logger: jobLogger)
     }
 
-    /// Runs a handler, cancelling it when its timeout passes (a retryable failure) or when the
-    /// job is asked to cancel.
-    private static func run(_ handler: any JobHandler, _ context: JobContext, cancellations: JobCancellations) async -> JobOutcome {
-        await withTaskGroup(of: JobOutcome?.self) { group in
-            group.addTask { await handler.run(context) }
-            group.addTask {
-                await cancellations.wait(for: context.job.id) ? .cancelled(reason: "cancelled while running") : nil
-            }
-            group.addTask {
-                do {
-                    try await Task.sleep(until: context.deadline)
-                } catch {
-                    return nil
-                }
-                return .retry(error: "timed out after \(handler.timeout)", retryAfter: nil)
-            }
-            var outcome: JobOutcome?
-            while outcome == nil, let next = await group.next() {
+    /// Runs a handler (in a task of its own) until it returns, its timeout passes (a retryable
+    /// failure) or its job is asked to cancel. A cancelled handler gets `abandonAfter` to end;
+    /// if it does not, the answer is nil and it is left running, unawaited, so neither the
+    /// timeout nor shutdown waits on it.
+    private func run(_ handler: any JobHandler, _ context: JobContext) async -> JobOutcome? {
+        let result = OneShot<JobOutcome>()
+        let task = Task { result.fulfil(await handler.run(context)) }
+        return await withTaskCancellationHandler {
+            let timedOut = JobOutcome.retry(error: "timed out after \(handler.timeout)", retryAfter: nil)
+            let cancelled = JobOutcome.cancelled(reason: "cancelled while running")
+            let (outcome, handlerEnded) = await Self.first(
+                { () async -> (JobOutcome, Bool)? in await result.wait().map { ($0, true) } },
+                { [cancellations] () async -> (JobOutcome, Bool)? in
+                    await cancellations.wait(for: context.job.id) ? (cancelled, false) : nil
+                },
+                { [deadlines] () async -> (JobOutcome, Bool)? in await deadlines.wait(until: context.deadline) ? (timedOut, false) : nil })
+                ?? (JobOutcome.retry("cancelled"), false)
+            if handlerEnded { return outcome }
+            task.cancel()
+            let abandonAt = ContinuousClock.now + configuration.abandonAfter
+            let ended = await Self.first({ () async -> Bool? in await result.wait().map { _ in true } },
+                                         { [deadlines] () async -> Bool? in await deadlines.wait(until: abandonAt) ? false : nil }) ?? false
+            return ended ? outcome : nil
+        } onCancel: {
+            task.cancel()
+        }
+    }
+
+    /// The first non-nil answer of `racers` (each cancelled once one answers), or nil when
+    /// the calling task is cancelled first. Every racer must return promptly on cancellation.
+    private static func first<T: Sendable>(_ racers: (@Sendable () async -> T?)...) async -> T? {
+        await withTaskGroup(of: T?.self) { group in
+            for racer in racers { group.addTask { await racer() } }
+            var answer: T?
+            while answer == nil, let next = await group.next() {
                 if let next {
-                    outcome = next
+                    answer = next
                     group.cancelAll()
                 }
             }
-            return outcome ?? .retry("cancelled")
+            return answer
         }
     }
 
@@ -555,12 +585,8 @@ package final class JobConsumer: Sendable {
     /// Copies a job to `warren.jobs.dead` with its reason (confirmed), then records it.
     private func deadLetter(_ job: JobEnvelope, reason: String, lastError: String, status: JobStatus, run: JobRunRecord.Run,
                             delivery: AMQPDelivery, logger: Logger) async {
-        var message = job.outgoingMessage
-        message.exchange = Topology.deadExchange
-        message.properties.headers[JobEnvelope.Header.deadReason] = .string(reason)
-        message.properties.headers[JobEnvelope.Header.lastError] = .string(String(lastError.prefix(1_000)))
         do {
-            try await connection.publish(message)
+            try await connection.publish(job.deadLetterMessage(reason: reason, lastError: lastError))
         } catch {
             logger.warning("dead-letter publish failed; handing the job back", metadata: ["error": "\(error)"])
             try? await connection.nack(delivery, requeue: true)

@@ -76,25 +76,40 @@ extension JobHandler {
 package struct HandlerRegistry: Sendable {
     private var handlers: [String: any JobHandler] = [:]
 
+    /// A type listed twice is a programming error: two handlers for one type is never meant.
     package init(_ handlers: [any JobHandler] = []) {
-        for handler in handlers { register(handler) }
+        for handler in handlers {
+            precondition(self.handlers[handler.type] == nil, "two handlers for job type '\(handler.type)'")
+            self.handlers[handler.type] = handler
+        }
+    }
+
+    /// A second handler for a type already registered.
+    package struct DuplicateType: Error, CustomStringConvertible {
+        package var type: String
+        package var description: String { "a handler for job type '\(type)' is already registered" }
     }
 
     /// `noop`, `sleep` and `fail`: for demos, tests and benchmarks.
-    package static var builtIn: HandlerRegistry { HandlerRegistry([NoopHandler(), SleepHandler(), FailHandler()]) }
+    package static var builtIn: HandlerRegistry { HandlerRegistry(builtInHandlers) }
+
+    private static var builtInHandlers: [any JobHandler] { [NoopHandler(), SleepHandler(), FailHandler()] }
 
     /// What the `consumer` command runs: the built-ins and `message.send` (delivered through
     /// `notifier`).
     package static func standard(notifier: Notifier) -> HandlerRegistry {
-        var registry = builtIn
-        registry.register(MessageSendHandler(notifier: notifier))
-        return registry
+        HandlerRegistry(builtInHandlers + [MessageSendHandler(notifier: notifier)])
     }
 
     /// The job types of ``standard(notifier:)``, for the producer to accept.
     package static var standardTypes: [String] { (builtIn.types + [MessageSendHandler.jobType]).sorted() }
 
-    package mutating func register(_ handler: any JobHandler) { handlers[handler.type] = handler }
+    /// Adds `handler` for its type. Throws ``DuplicateType`` if that type has one already
+    /// (it is never silently replaced).
+    package mutating func register(_ handler: any JobHandler) throws(DuplicateType) {
+        guard handlers[handler.type] == nil else { throw DuplicateType(type: handler.type) }
+        handlers[handler.type] = handler
+    }
 
     package func handler(for type: String) -> (any JobHandler)? { handlers[type] }
 

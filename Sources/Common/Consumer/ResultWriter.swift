@@ -112,20 +112,61 @@ package final class ResultWriter: Sendable {
         }
     }
 
+    /// Shutdown passed its deadline while a write was failing.
+    private struct Abandoned: Error {}
+
     private func writeAndAck(_ batch: [Item]) async {
-        let records = batch.compactMap(\.record)
-        var attempt = 0
         let started = ContinuousClock.now
+        let writable = batch.filter { $0.record != nil }
+        var acked = batch.filter { $0.record == nil }.compactMap(\.delivery)
+        let refused: [(item: Item, error: any Error)]
+        do {
+            refused = try await BatchIsolation.isolate(writable[...], write: { items in
+                try await writeRetrying(items.compactMap { (item: Item) in item.record })
+            }, isDataError: Self.isDataError)
+        } catch {
+            logger.error("result write abandoned at shutdown; its deliveries stay unacked and will be redelivered",
+                         metadata: ["rows": "\(writable.count)", "error": "\(error)"])
+            return
+        }
+        var handled: [AMQPDelivery] = []
+        for (item, error) in refused {
+            guard let delivery = await settleUnstorable(item, error: error) else { continue }
+            handled.append(delivery)
+        }
+        let refusedTags = Set(refused.compactMap { $0.item.delivery.map(Self.key) })
+        acked += writable.compactMap(\.delivery).filter { !refusedTags.contains(Self.key($0)) } + handled
+        metrics.batchRows.record(writable.count)
+        metrics.writeDuration.recordNanoseconds((ContinuousClock.now - started).nanoseconds)
+        do {
+            guard !acked.isEmpty else { return }
+            let stale = try await connection.ack(acked)
+            if !stale.isEmpty {
+                logger.info("deliveries from an earlier connection were not acked; the broker redelivers them and they are recognised as duplicates",
+                            metadata: ["count": "\(stale.count)"])
+            }
+        } catch {
+            logger.warning("ack failed after the results were written; the broker redelivers them as duplicates",
+                           metadata: ["count": "\(acked.count)", "error": "\(error)"])
+        }
+    }
+
+    private static func key(_ delivery: AMQPDelivery) -> String { "\(delivery.generation)/\(delivery.channel)/\(delivery.deliveryTag)" }
+
+    private static func isDataError(_ error: any Error) -> Bool { (error as? PostgresError)?.isDataError == true }
+
+    /// Writes `records`, retrying with backoff while the failure is not the data's (Postgres
+    /// down, a timeout): nothing is acked meanwhile. Throws a data error at once, and
+    /// ``Abandoned`` once shutdown gave up on it.
+    private func writeRetrying(_ records: [JobRunRecord]) async throws {
+        var attempt = 0
         while true {
             do {
                 try await store.write(records)
-                break
+                return
             } catch {
-                if state.withLock({ $0.abandon }) {
-                    logger.error("result write abandoned at shutdown; its deliveries stay unacked and will be redelivered",
-                                 metadata: ["rows": "\(records.count)", "error": "\(error)"])
-                    return
-                }
+                if Self.isDataError(error) { throw error }
+                if state.withLock({ $0.abandon }) { throw Abandoned() }
                 let delay = retryBackoff.delay(attempt: attempt)
                 attempt += 1
                 metrics.writeFailures.increment()
@@ -135,19 +176,51 @@ package final class ResultWriter: Sendable {
                 try? await Task.sleep(for: delay)
             }
         }
-        metrics.batchRows.record(records.count)
-        metrics.writeDuration.recordNanoseconds((ContinuousClock.now - started).nanoseconds)
-        do {
-            let deliveries = batch.compactMap(\.delivery)
-            guard !deliveries.isEmpty else { return }
-            let stale = try await connection.ack(deliveries)
-            if !stale.isEmpty {
-                logger.info("deliveries from an earlier connection were not acked; the broker redelivers them and they are recognised as duplicates",
-                            metadata: ["count": "\(stale.count)"])
+    }
+
+    /// One outcome Postgres refused on its own: stored in a simpler form if it takes one
+    /// (``JobRunRecord/degraded(step:reason:)``), else the job is copied to the dead queue
+    /// with the reason (its retry, if it had one, is already on its way). Returns the
+    /// delivery to ack, or nil when it was handed back or has none.
+    private func settleUnstorable(_ item: Item, error: any Error) async -> AMQPDelivery? {
+        guard let record = item.record else { return item.delivery }
+        var logger = self.logger
+        logger[metadataKey: "job_id"] = "\(record.job.id.lowercasedString)"
+        logger[metadataKey: "job_type"] = "\(record.job.type)"
+        let reason = (error as? PostgresError).map { "\($0.sqlState ?? $0.code.description): \($0.message)" } ?? "\(error)"
+        metrics.count("unstorable")
+        var lastError = error
+        for step in 1...2 {
+            guard let simpler = record.degraded(step: step, reason: reason) else { continue }
+            do {
+                try await writeRetrying([simpler])
+                logger.warning("Postgres refused a job's outcome; stored a simpler form", metadata: [
+                    "error": "\(reason)", "form": "\(step == 1 ? "result as text" : "no result")",
+                ])
+                return item.delivery
+            } catch where Self.isDataError(error) {
+                lastError = error
+            } catch {
+                return nil  // abandoned at shutdown: left unacked
             }
+        }
+        guard let delivery = item.delivery else {
+            logger.error("Postgres refused a job's running mark; dropped", metadata: ["error": "\(lastError)"])
+            return nil
+        }
+        if record.run?.status == .retrying {
+            // Its next attempt is already published and will write the row.
+            logger.error("Postgres refused a retried job's row; its next attempt carries on", metadata: ["error": "\(lastError)"])
+            return delivery
+        }
+        do {
+            try await connection.publish(record.job.deadLetterMessage(reason: "unstorable-outcome", lastError: reason))
+            logger.error("Postgres refused a job's outcome in every form; dead-lettered", metadata: ["error": "\(reason)"])
+            return delivery
         } catch {
-            logger.warning("ack failed after the results were written; the broker redelivers them as duplicates",
-                           metadata: ["count": "\(batch.count)", "error": "\(error)"])
+            logger.warning("dead-letter publish of an unstorable outcome failed; handing the job back", metadata: ["error": "\(error)"])
+            try? await connection.nack(delivery, requeue: true)
+            return nil
         }
     }
 }

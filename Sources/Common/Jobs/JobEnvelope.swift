@@ -96,6 +96,16 @@ package struct JobEnvelope: Sendable, Equatable {
         AMQPOutgoingMessage(exchange: Self.exchange, routingKey: tier.routingKey, properties: properties, body: payload, mandatory: true)
     }
 
+    /// This job as a copy for `warren.dead`, with why it died and its last error (each cut to
+    /// 1,000 characters) in the headers.
+    package func deadLetterMessage(reason: String, lastError: String) -> AMQPOutgoingMessage {
+        var message = outgoingMessage
+        message.exchange = Topology.deadExchange
+        message.properties.headers[Header.deadReason] = .string(String(reason.prefix(1_000)))
+        message.properties.headers[Header.lastError] = .string(String(lastError.prefix(1_000)))
+        return message
+    }
+
     package var properties: AMQPProperties {
         var properties = AMQPProperties()
         properties.contentType = Self.contentType

@@ -16,20 +16,51 @@ package enum AdminServer {
     package typealias ReadinessCheck = @Sendable () async -> [String]
 
     /// The HTTP server as a swift-service-lifecycle service, to run in the process's group.
+    /// `bound` is fulfilled with the port once it listens: a consumer waits for it before
+    /// taking jobs, so a port already taken stops the process before it holds any work.
     package static func service(host: String, port: Int, ready: @escaping ReadinessCheck,
-                                status: @escaping @Sendable () async -> String, logger: Logger) -> some Service {
+                                status: @escaping @Sendable () async -> String, bound: OneShot<Int>? = nil,
+                                logger: Logger) -> some Service {
         let router = Router(context: BasicRequestContext.self)
         addHealthRoutes(to: router, ready: ready)
         router.get("status") { _, _ in jsonResponse(.ok, await status()) }
-        return Application(
+        let application = Application(
             router: router,
             configuration: .init(address: .hostname(host, port: port), serverName: "warren-admin"),
             onServerRunning: { channel in
+                let actual = channel.localAddress?.port ?? port
                 logger.info("admin server listening", metadata: [
-                    "admin_port": "\(channel.localAddress?.port ?? port)", "routes": "/healthz /readyz /metrics /status",
+                    "admin_port": "\(actual)", "routes": "/healthz /readyz /metrics /status",
                 ])
+                bound?.fulfil(actual)
             },
             logger: logger)
+        return Listener(application: application, host: host, port: port)
+    }
+
+    /// The admin port is taken by another process.
+    package struct PortInUse: Error, CustomStringConvertible {
+        package var host: String
+        package var port: Int
+        package var description: String {
+            "admin port \(port) on \(host) is already in use: pick another with --admin-port or WARREN_ADMIN_PORT (0 picks a free one)"
+        }
+    }
+
+    /// The admin server, with a bind failure told in words a person can act on.
+    private struct Listener<Wrapped: Service>: Service, CustomStringConvertible {
+        let application: Wrapped
+        let host: String
+        let port: Int
+        var description: String { "AdminServer(\(host):\(port))" }
+
+        func run() async throws {
+            do {
+                try await application.run()
+            } catch let error as IOError where error.errnoCode == EADDRINUSE {
+                throw PortInUse(host: host, port: port)
+            }
+        }
     }
 
     /// `/healthz`, `/readyz` and `/metrics` on `router` (the producer adds them to its API).

@@ -65,6 +65,12 @@ package final class PostgresConnection: Sendable {
     @discardableResult
     package func query(_ sql: String, _ parameters: [any PostgresEncodable] = []) async throws -> PostgresResult {
         let texts = parameters.map(\.postgresText)
+        // libpq takes parameters as C strings: a NUL would silently cut the value there (and an
+        // array literal mid-element). Refuse it; callers make such text safe or answer 422.
+        for (index, text) in texts.enumerated() where text?.utf8.contains(0) == true {
+            throw PostgresError(.invalidParameter, function: "PQexecParams",
+                                message: "parameter $\(index + 1) holds a NUL byte, which Postgres text cannot store")
+        }
         let handle = self.handle
         return try await worker.run { () throws -> PostgresResult in
             guard let conn = handle.conn else {

@@ -13,6 +13,9 @@ package struct PostgresError: Error, Sendable, CustomStringConvertible {
         package static let closed = Code(name: "closed")
         /// A value could not be decoded from a result.
         package static let decoding = Code(name: "decoding")
+        /// A parameter cannot be sent at all (text holding a NUL byte, which libpq's C strings
+        /// cannot carry): refused before anything reaches the server.
+        package static let invalidParameter = Code(name: "invalidParameter")
     }
 
     package var code: Code
@@ -46,9 +49,26 @@ package struct PostgresError: Error, Sendable, CustomStringConvertible {
         return sqlState.hasPrefix("08") || sqlState == "57P01" || sqlState == "57P02" || sqlState == "57P03"
     }
 
+    /// The statement can never succeed with these values, however often it is retried: the
+    /// server refused the data (class 22 data exception, class 23 integrity violation other
+    /// than a missing partition, 54 program limit such as an over-long row) or a parameter
+    /// could not be sent. Anything else (connection, timeout, lock, resources, a missing
+    /// table) may pass on a later try.
+    package var isDataError: Bool {
+        if code == .invalidParameter { return true }
+        guard code == .server, let sqlState, !isNoPartition else { return false }
+        return sqlState.hasPrefix("22") || sqlState.hasPrefix("23") || sqlState.hasPrefix("54")
+    }
+
+    /// A row for which no partition exists: SQLSTATE 23514 is every CHECK violation, so the
+    /// message says which ("no partition of relation ... found for row").
+    package var isNoPartition: Bool {
+        code == .server && sqlState == Self.checkViolation && message.hasPrefix("no partition of relation")
+    }
+
     package static let duplicateTable = "42P07"
     package static let undefinedTable = "42P01"
     package static let uniqueViolation = "23505"
-    /// "no partition of relation found for row".
-    package static let noPartition = "23514"
+    /// check_violation: a CHECK constraint, or a row that no partition accepts (see ``isNoPartition``).
+    package static let checkViolation = "23514"
 }

@@ -111,21 +111,23 @@ package struct APIJobStore: Sendable {
 
     /// Jobs of `tier` asked to cancel that have not finished: what a consumer loads at start.
     package func openCancellations(tier: Tier) async throws -> [UUID] {
-        try await cancellations(tier: tier, since: "'-infinity'::timestamptz")
+        try await cancellations(tier: tier, withinSeconds: nil)
     }
 
     /// Requests made in the last `seconds` for jobs of `tier` not yet finished.
     package func recentCancellations(tier: Tier, seconds: Int) async throws -> [UUID] {
-        try await cancellations(tier: tier, since: "now() - make_interval(secs => \(seconds))")
+        try await cancellations(tier: tier, withinSeconds: seconds)
     }
 
-    private func cancellations(tier: Tier, since: String) async throws -> [UUID] {
+    /// `withinSeconds` nil: every open request. A value, never SQL text: it is a parameter.
+    private func cancellations(tier: Tier, withinSeconds: Int?) async throws -> [UUID] {
         try await pool.query("""
             SELECT a.job_id FROM api_jobs a
-            WHERE a.cancel_requested_at IS NOT NULL AND a.cancel_requested_at > \(since) AND a.tier = $1
+            WHERE a.cancel_requested_at IS NOT NULL AND a.tier = $1
+              AND ($2::int IS NULL OR a.cancel_requested_at > now() - make_interval(secs => $2::int))
               AND NOT EXISTS (SELECT 1 FROM job_runs r WHERE r.job_id = a.job_id AND r.enqueued_at = a.enqueued_at
                                 AND r.status IN ('succeeded', 'failed', 'dead', 'cancelled'))
-            """, [tier.rawValue]).rows.map { try $0.uuid(0) }
+            """, [tier.rawValue, withinSeconds]).rows.map { try $0.uuid(0) }
     }
 
     /// What `GET /v1/jobs/{id}`: the job's status (`queued` until a consumer records

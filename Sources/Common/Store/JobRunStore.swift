@@ -52,6 +52,69 @@ package struct JobRunRecord: Sendable {
         self.detail = detail
         self.loggedAt = loggedAt
     }
+
+    /// This record with text Postgres cannot store made safe (see ``StorableText``); the
+    /// fields changed are named in the event's detail (`"sanitized": "error,result"`).
+    package func storable() -> JobRunRecord {
+        var record = self
+        var changed: [String] = []
+        func clean(_ text: String?, _ name: String) -> String? {
+            guard let text else { return nil }
+            let (safe, didChange) = StorableText.text(text)
+            if didChange { changed.append(name) }
+            return safe
+        }
+        record.job.tenant = clean(job.tenant, "tenant")
+        record.job.idempotencyKey = clean(job.idempotencyKey, "idempotency_key")
+        record.job.correlationID = clean(job.correlationID, "correlation_id")
+        if var run = record.run {
+            run.error = clean(run.error, "error")
+            run.consumerID = clean(run.consumerID, "consumer_id") ?? run.consumerID
+            if let result = run.result, let safe = StorableText.json(result) {
+                run.result = safe
+                changed.append("result")
+            }
+            record.run = run
+        }
+        if let detail, let safe = StorableText.json(detail) { record.detail = safe }
+        if !changed.isEmpty { record.note("sanitized", changed.joined(separator: ",")) }
+        return record
+    }
+
+    /// This record made simpler for a Postgres that refused it, `step` 1 or 2; nil past them.
+    /// 1: the result kept as a JSON string of its text (jsonb refused the document, e.g. a
+    /// number beyond `numeric`). 2: no result, the error cut to 1,000 characters, the reason
+    /// in the detail.
+    package func degraded(step: Int, reason: String) -> JobRunRecord? {
+        var record = self
+        switch step {
+        case 1:
+            guard let result = run?.result else { return nil }
+            record.run?.result = Array(JSONText.quoted(String(decoding: result, as: UTF8.self)).utf8)
+            record.note("result_stored_as_text", reason)
+        case 2:
+            let error = run?.error.map { String($0.prefix(1_000)) }
+            record.run?.result = nil
+            record.run?.error = error
+            record.detail = nil
+            record.note("unstorable", reason)
+        default:
+            return nil
+        }
+        return record.storable()
+    }
+
+    /// Adds a string member to the event's detail object.
+    private mutating func note(_ key: String, _ value: String) {
+        let member = JSONText.quoted(key) + ":" + JSONText.quoted(value)
+        guard var text = detail.map({ String(decoding: $0, as: UTF8.self) }), text.hasSuffix("}") else {
+            detail = Array(("{" + member + "}").utf8)
+            return
+        }
+        text.removeLast()
+        text += (text.trimmingWhitespace() == "{" ? "" : ",") + member + "}"
+        detail = Array(text.utf8)
+    }
 }
 
 /// Reads and writes job outcomes: batched, idempotent, creating a missing day's partition.
@@ -74,12 +137,15 @@ package struct JobRunStore: Sendable {
 
     /// Writes `records` in one transaction. Idempotent: a row is replaced only by a later
     /// attempt, or by the same attempt while it is not terminal, so a redelivered batch
-    /// changes nothing. A missing partition (23514) is created and the write retried.
+    /// changes nothing. A missing partition is created and the write retried. Text Postgres
+    /// cannot store (NUL) is made safe first (``JobRunRecord/storable()``); a batch it still
+    /// refuses throws an error whose ``PostgresError/isDataError`` tells the writer to
+    /// isolate the row at fault.
     package func write(_ records: [JobRunRecord]) async throws {
         guard !records.isEmpty else { return }
         do {
             try await writeOnce(records)
-        } catch let error as PostgresError where error.sqlState == PostgresError.noPartition {
+        } catch let error as PostgresError where error.isNoPartition {
             var days = Set<PartitionManager.Day>()
             for record in records {
                 days.insert(PartitionManager.Day(record.loggedAt))
@@ -98,6 +164,7 @@ package struct JobRunStore: Sendable {
         // One row per job key: the latest attempt wins (two outcomes of one job in a batch
         // would make ON CONFLICT touch a row twice).
         var runs: [String: (JobEnvelope, JobRunRecord.Run)] = [:]
+        let records = records.map { $0.storable() }
         for record in records {
             guard let run = record.run else { continue }
             let key = record.job.id.lowercasedString + "|" + record.job.enqueuedAt.iso8601

@@ -50,6 +50,8 @@ package enum JSONScanner {
             guard reader.peek == UInt8(ascii: "{") else { throw Failure(offset: reader.index, reason: "expected a JSON object") }
             reader.index += 1
             var members: [Member] = []
+            // Seen keys in a set: a per-key scan of `members` made a body of many keys quadratic.
+            var seen = Set<String>()
             reader.skipWhitespace()
             if reader.peek == UInt8(ascii: "}") {
                 reader.index += 1
@@ -59,7 +61,7 @@ package enum JSONScanner {
                     let keyStart = reader.index
                     try reader.string()
                     let key = try decodeString(buffer, keyStart..<reader.index)
-                    if members.contains(where: { $0.key == key }) {
+                    if !seen.insert(key).inserted {
                         throw Failure(offset: keyStart, reason: "duplicate key '\(key)'")
                     }
                     reader.skipWhitespace()

@@ -54,6 +54,15 @@ import Testing
         #expect(throws: JSONScanner.Failure.self) { try JSONScanner.objectMembers(Array(#"{"a":1} []"#.utf8)) }
     }
 
+    /// A 1 MiB body of ~60,000 keys (on main each key was compared with every earlier one).
+    @Test func anObjectOfManyKeysIsSplitAndADuplicateAtTheEndIsFound() throws {
+        let keys = (0..<60_000).map { "k\($0)" }
+        let body = "{" + keys.map { "\"\($0)\":1" }.joined(separator: ",") + "}"
+        #expect(try JSONScanner.objectMembers(Array(body.utf8)).count == keys.count)
+        let duplicated = String(body.dropLast()) + #","k0":2}"#
+        #expect(throws: JSONScanner.Failure.self) { try JSONScanner.objectMembers(Array(duplicated.utf8)) }
+    }
+
     @Test func splitsArrayElements() throws {
         let bytes = Array(#" [ {"type": "noop"}, 1 ,"x",[2], null ] "#.utf8)
         let elements = try JSONScanner.arrayElements(bytes)

@@ -189,7 +189,7 @@ struct ConsumerIntegrationTests {
         try await withWorld { world in
             let counter = CountingHandler()
             var handlers = HandlerRegistry.builtIn
-            handlers.register(counter)
+            try handlers.register(counter)
             let first = job(counter.type)
             try await world.publish([first])
             // Runs once, durably.
@@ -223,7 +223,7 @@ struct ConsumerIntegrationTests {
         try await withWorld { world in
             let deferring = DeferringHandler()
             var handlers = HandlerRegistry.builtIn
-            handlers.register(deferring)
+            try handlers.register(deferring)
             // Deferred more times than the policy has attempts (3 in `withConsumer`), then runs.
             let patient = job(deferring.type, #"{"defer": 4}"#)
             let failing = job(deferring.type, #"{"defer": 1, "then": "retry"}"#)

@@ -52,7 +52,40 @@ struct PostgresIntegrationTests {
                     INSERT INTO job_runs (job_id, enqueued_at, type, tier, status) VALUES ($1::uuid, $2::timestamptz, 'noop', 'free', 'queued')
                     """, [JobID.make(), Timestamp.now()])
             }
-            #expect(error?.sqlState == PostgresError.noPartition)
+            #expect(error?.isNoPartition == true)
+            #expect(error?.isDataError == false, "a missing partition is created by the writer, not treated as bad data")
+
+            // Any other CHECK violation has the same SQLSTATE but is no missing partition.
+            let now = Timestamp.now()
+            try await PartitionManager(logger: TestServices.logger).ensure(table: .jobRuns, day: PartitionManager.Day(now), pool: pool)
+            let check = await #expect(throws: PostgresError.self) {
+                try await pool.query("""
+                    INSERT INTO job_runs (job_id, enqueued_at, type, tier, status) VALUES ($1::uuid, $2::timestamptz, 'noop', 'gold', 'queued')
+                    """, [JobID.make(), now])
+            }
+            #expect(check?.sqlState == PostgresError.checkViolation)
+            #expect(check?.isNoPartition == false)
+            #expect(check?.isDataError == true)
+        }
+    }
+
+    @Test func aParameterHoldingNULIsRefusedBeforeItIsCutShort() async throws {
+        try await TestServices.withSchema { pool in
+            try await pool.query("CREATE TABLE notes (body text)")
+            for value in ["Ada\u{0}Evil", "\u{0}"] {
+                let error = await #expect(throws: PostgresError.self) {
+                    try await pool.query("INSERT INTO notes (body) VALUES ($1)", [value])
+                }
+                #expect(error?.code == .invalidParameter)
+                #expect(error?.isDataError == true)
+                #expect(error?.description.contains("$1") == true)
+            }
+            // An array element with NUL would end the literal mid-element (22P02 before).
+            let array = await #expect(throws: PostgresError.self) {
+                try await pool.query("INSERT INTO notes (body) SELECT unnest($1::text[])", [PostgresArray(["fine", "bad\u{0}input"])])
+            }
+            #expect(array?.code == .invalidParameter)
+            #expect(try await pool.query("SELECT count(*) FROM notes").rows.first?.int(0) == 0, "nothing was stored, not even cut short")
         }
     }
 
