@@ -52,6 +52,10 @@ package final class JobConsumer: Sendable {
     package let cancellations = JobCancellations()
     /// Every running job's timeout, on one clock (see ``DeadlineWatcher``).
     private let deadlines = DeadlineWatcher()
+    /// Decides in Postgres whether a delivery may start (see ``StartGate``).
+    private let gate: StartGate
+    /// Set by ``stop()``: ends the gate's retries while Postgres is down.
+    private let stopping: StopFlag
     /// This consumer's own queue on `warren.control` (exclusive: gone with the connection).
     private let controlQueue: String
     /// How often `api_jobs` is polled for cancellation requests the fanout may have missed.
@@ -88,6 +92,9 @@ package final class JobConsumer: Sendable {
         metrics = ConsumerMetrics(tier: configuration.tier)
         writer = ResultWriter(store: store, connection: connection, maxRows: configuration.batchMaxRows,
                               maxDelay: configuration.batchMaxDelay, metrics: metrics, logger: logger)
+        let stopping = StopFlag()
+        self.stopping = stopping
+        gate = StartGate(store: store, logger: logger, stopping: { stopping.isSet })
     }
 
     /// Runs until ``stop()`` (or, in drain mode, until the queue stayed empty long enough),
@@ -223,6 +230,7 @@ package final class JobConsumer: Sendable {
             defer { state.stopRequested = true }
             return !state.stopRequested
         }
+        stopping.set()
         if first {
             logger.info("shutting down: no new deliveries; finishing in-flight jobs",
                         metadata: ["grace_seconds": "\(configuration.shutdownGrace.milliseconds / 1_000)"])
@@ -393,43 +401,54 @@ package final class JobConsumer: Sendable {
         jobLogger[metadataKey: "job_type"] = "\(job.type)"
         jobLogger[metadataKey: "attempt"] = "\(job.attempt)"
 
-        if delivery.redelivered {
+        let startedAt = Timestamp.now()
+        if StartGate.mustClaim(job, redelivered: delivery.redelivered) {
+            // Its start meets cancellations and the job's other deliveries on its row.
+            let claim: JobRunStore.StartClaim
             do {
-                if let status = try await store.status(of: job), status.isTerminal {
-                    jobLogger.info("redelivered job already finished; acking without running it again",
-                                   metadata: ["status": "\(status.rawValue)"])
-                    metrics.count("duplicate")
-                    writer.submit(.init(record: JobRunRecord(job: job, run: nil, event: .duplicate,
-                                                             detail: Self.detail(["status": status.rawValue])),
-                                        delivery: delivery))
-                    return
-                }
+                claim = try await gate.claim(JobRunStore.Start(job: job, redelivered: delivery.redelivered,
+                                                               consumerID: configuration.consumerID, startedAt: startedAt))
             } catch {
                 // Cannot tell: hand it back rather than risk a second run.
-                jobLogger.warning("cannot check a redelivered job's status; handing it back", metadata: ["error": "\(error)"])
+                jobLogger.warning("cannot claim the job's start; handing it back", metadata: ["error": "\(error)"])
                 try? await connection.nack(delivery, requeue: true)
                 metrics.count("handed_back")
                 return
             }
-        }
-
-        let startedAt = Timestamp.now()
-        if cancellations.isRequested(job.id) {
-            // Asked to cancel before it started: never run it.
+            if case .skip(let status) = claim {
+                if status == JobStatus.cancelled.rawValue {
+                    jobLogger.info("job cancelled before it started")
+                    metrics.count("cancelled")
+                    cancellations.forget(job.id)
+                    writer.submit(.init(record: nil, delivery: delivery))
+                } else {
+                    jobLogger.info("delivery superseded (its job finished, moved on, or runs elsewhere); acking without running it",
+                                   metadata: ["status": "\(status)", "seq": "\(job.seq)", "redelivered": "\(delivery.redelivered)"])
+                    metrics.count("duplicate")
+                    writer.submit(.init(record: JobRunRecord(job: job, run: nil, event: .duplicate,
+                                                             detail: Self.detail(["status": status, "seq": "\(job.seq)"])),
+                                        delivery: delivery))
+                }
+                return
+            }
+        } else if cancellations.isRequested(job.id) {
+            // Asked to cancel before it started: never run it. (A job with no tenant cannot be
+            // cancelled over the API; this covers a request known only in memory.)
             jobLogger.info("job cancelled before it started")
             metrics.count("cancelled")
-            let run = JobRunRecord.Run(status: .cancelled, attempts: job.attempt, error: "cancelled before it started",
+            let run = JobRunRecord.Run(status: .cancelled, attempts: job.attempt, seq: job.seq, error: "cancelled before it started",
                                        consumerID: configuration.consumerID, startedAt: startedAt, finishedAt: startedAt)
             writer.submit(.init(record: JobRunRecord(job: job, run: run, event: .cancelled,
                                                      detail: Self.detail(["when": "before start"])), delivery: delivery))
             cancellations.forget(job.id)
             return
+        } else {
+            // The `running` mark rides with the next batch (no write of its own; a job that ends
+            // within the same batch goes straight to its outcome).
+            writer.submit(.init(record: JobRunRecord(job: job, run: JobRunRecord.Run(
+                status: .running, attempts: job.attempt, seq: job.seq, consumerID: configuration.consumerID,
+                startedAt: startedAt, finishedAt: nil), event: nil), delivery: nil))
         }
-        // The `running` mark rides with the next batch (no write of its own; a job that ends
-        // within the same batch goes straight to its outcome).
-        writer.submit(.init(record: JobRunRecord(job: job, run: JobRunRecord.Run(
-            status: .running, attempts: job.attempt, consumerID: configuration.consumerID, startedAt: startedAt, finishedAt: nil),
-            event: nil), delivery: nil))
         let clockStart = ContinuousClock.now
         let outcome: JobOutcome
         if let handler = handlers.handler(for: job.type) {
@@ -502,8 +521,11 @@ package final class JobConsumer: Sendable {
 
     private func settle(_ job: JobEnvelope, _ outcome: JobOutcome, delivery: AMQPDelivery, startedAt: Timestamp, logger: Logger) async {
         let finishedAt = Timestamp.now()
+        // A `retrying` row speaks for the message republished (seq + 1): an older delivery of
+        // this job, its ack lost, then finds itself superseded.
         func run(_ status: JobStatus, result: [UInt8]? = nil, error: String? = nil) -> JobRunRecord.Run {
-            JobRunRecord.Run(status: status, attempts: job.attempt, result: result, error: error,
+            JobRunRecord.Run(status: status, attempts: job.attempt, seq: status == .retrying ? job.seq + 1 : job.seq,
+                             result: result, error: error,
                              consumerID: configuration.consumerID, startedAt: startedAt, finishedAt: finishedAt)
         }
         switch outcome {
@@ -528,6 +550,7 @@ package final class JobConsumer: Sendable {
             let delay = policy.delayQueue(after: job.attempt, retryAfter: retryAfter, using: &generator)
             var next = job
             next.attempt += 1
+            next.seq += 1
             guard await republish(next, after: delay, headers: [JobEnvelope.Header.lastError: error], delivery: delivery,
                                   logger: logger) else { return }
             logger.info("job failed; retrying", metadata: ["error": "\(error)", "delay": "\(delay.label)"])
@@ -540,7 +563,9 @@ package final class JobConsumer: Sendable {
             // Like a retry, but the job comes back with the attempt it has: a deferral is no
             // failed attempt, so it never brings the job nearer to dead.
             let delay = RetryPolicy.nearestDelay(to: retryAfter)
-            guard await republish(job, after: delay, headers: [JobEnvelope.Header.deferredReason: reason], delivery: delivery,
+            var next = job
+            next.seq += 1
+            guard await republish(next, after: delay, headers: [JobEnvelope.Header.deferredReason: reason], delivery: delivery,
                                   logger: logger) else { return }
             logger.info("job deferred", metadata: ["reason": "\(reason)", "delay": "\(delay.label)"])
             metrics.count("deferred")

@@ -12,6 +12,7 @@ import Foundation
 /// | enqueued at | `timestamp` (seconds) and `x-warren-enqueued-at` (ISO 8601, microseconds) |
 /// | tier | routing key and `x-warren-tier` |
 /// | attempt | `x-warren-attempt` (1 for the first run) |
+/// | lineage | `x-warren-seq`: 0 as published, +1 each time a consumer republishes it (retry or deferral); absent = 0 |
 /// | idempotency key | `x-warren-idempotency-key` |
 /// | tenant | `x-warren-tenant` |
 /// | trace context | `traceparent` |
@@ -26,6 +27,10 @@ package struct JobEnvelope: Sendable, Equatable {
     package var idempotencyKey: String?
     package var enqueuedAt: Timestamp
     package var attempt: Int
+    /// Its place in the job's one lineage: 0 as published, +1 at every retry or deferral. A
+    /// delivery whose job has a later message out (a retry confirmed, a row at a higher seq)
+    /// is superseded and never runs.
+    package var seq: Int
     package var correlationID: String?
     package var traceparent: String?
 
@@ -35,6 +40,7 @@ package struct JobEnvelope: Sendable, Equatable {
     package enum Header {
         package static let tier = "x-warren-tier"
         package static let attempt = "x-warren-attempt"
+        package static let seq = "x-warren-seq"
         package static let enqueuedAt = "x-warren-enqueued-at"
         package static let idempotencyKey = "x-warren-idempotency-key"
         package static let tenant = "x-warren-tenant"
@@ -61,6 +67,7 @@ package struct JobEnvelope: Sendable, Equatable {
         self.idempotencyKey = idempotencyKey
         self.enqueuedAt = enqueuedAt
         self.attempt = 1
+        self.seq = 0
         self.correlationID = correlationID
     }
 
@@ -117,6 +124,7 @@ package struct JobEnvelope: Sendable, Equatable {
         var headers = AMQPTable()
         headers[Header.tier] = .string(tier.rawValue)
         headers[Header.attempt] = .int(Int64(attempt))
+        if seq > 0 { headers[Header.seq] = .int(Int64(seq)) }
         headers[Header.enqueuedAt] = .string(enqueuedAt.iso8601)
         if let idempotencyKey { headers[Header.idempotencyKey] = .string(idempotencyKey) }
         if let tenant { headers[Header.tenant] = .string(tenant) }
@@ -155,6 +163,15 @@ package struct JobEnvelope: Sendable, Equatable {
         } else {
             attempt = 1
         }
+        let seq: Int
+        if let value = headers[Header.seq] {
+            guard let number = value.intValue, number >= 0, number <= 1_000_000 else {
+                throw JobError(field: Header.seq, message: "\(Header.seq) header must be an integer 0...1000000")
+            }
+            seq = Int(number)
+        } else {
+            seq = 0
+        }
         if let contentType = properties.contentType, !contentType.lowercased().hasPrefix(Self.contentType) {
             throw JobError(field: "content_type", message: "content_type must be application/json, not '\(contentType)'")
         }
@@ -167,6 +184,7 @@ package struct JobEnvelope: Sendable, Equatable {
         self.idempotencyKey = headers[Header.idempotencyKey]?.stringValue
         self.enqueuedAt = enqueuedAt
         self.attempt = attempt
+        self.seq = seq
         self.correlationID = properties.correlationID
         self.traceparent = headers[Header.traceparent]?.stringValue
     }

@@ -14,7 +14,7 @@ package final class PostgresPool: Sendable {
     }
 
     package let configuration: PostgresConfiguration
-    private let logger: Logger
+    package let logger: Logger
     private let state = Mutex(State())
 
     package init(configuration: PostgresConfiguration, logger: Logger) {

@@ -89,25 +89,75 @@ package struct APIJobStore: Sendable {
 
     /// Records a cancellation request for `tenant`'s job unless it already finished. Asking
     /// again is harmless (the first request's time stays).
+    ///
+    /// The answer is exact: a waiting job (no row, `queued` or `retrying`) gets a `cancelled`
+    /// row in the same statement that decides it, on the row every consumer claims before
+    /// starting a job that can be cancelled (``JobRunStore/claimStarts(_:)``). The primary key
+    /// serialises the two writes, so either the cancellation wins (`requested` with the
+    /// waiting status: no consumer can start it any more) or the start did (`running`: the
+    /// caller signals the running job).
     package func requestCancellation(of id: UUID, tenant: String) async throws -> CancelRequest {
+        do {
+            return try await requestCancellationOnce(of: id, tenant: tenant)
+        } catch let error as PostgresError where error.isNoPartition {
+            // The job's day (a job delayed far ahead) or today's log partition is not made yet.
+            guard let row = try await pool.query("SELECT enqueued_at FROM api_jobs WHERE job_id = $1", [id]).rows.first else {
+                throw error
+            }
+            let partitions = PartitionManager(logger: pool.logger)
+            for day in Set([PartitionManager.Day(try row.timestamp(0)), PartitionManager.Day(.now())]).sorted() {
+                for table in PartitionManager.Table.allCases { try await partitions.ensure(table: table, day: day, pool: pool) }
+            }
+            return try await requestCancellationOnce(of: id, tenant: tenant)
+        }
+    }
+
+    private func requestCancellationOnce(of id: UUID, tenant: String) async throws -> CancelRequest {
         try await pool.withTransaction { connection in
             let rows = try await connection.query("""
-                SELECT coalesce(r.status, 'queued'), a.tier
+                SELECT a.tier, a.type, a.enqueued_at, a.idempotency_key, coalesce(r.status, 'queued')
                 FROM api_jobs a LEFT JOIN job_runs r ON r.job_id = a.job_id AND r.enqueued_at = a.enqueued_at
                 WHERE a.job_id = $1 AND a.tenant = $2
                 FOR UPDATE OF a
                 """, [id, tenant]).rows
-            guard let row = rows.first else { return .notFound }
-            var status = try row.string(0)
-            if JobStatus(rawValue: status)?.isTerminal ?? false { return .finished(status: status) }
-            guard let tier = Tier(rawValue: try row.string(1)) else { return .notFound }
+            guard let row = rows.first, let tier = Tier(rawValue: try row.string(0)) else { return .notFound }
+            let before = try row.string(4)
+            // Cancelling a cancelled job answers as the first time did (DELETE is idempotent).
+            if before == JobStatus.cancelled.rawValue { return .requested(status: "queued", tier: tier) }
+            if JobStatus(rawValue: before)?.isTerminal ?? false { return .finished(status: before) }
             try await connection.query(
                 "UPDATE api_jobs SET cancel_requested_at = coalesce(cancel_requested_at, now()) WHERE job_id = $1", [id])
             // A delayed job still held is simply never published.
-            if try await DelayedJobStore.cancel(id, on: connection) { status = "scheduled" }
-            return .requested(status: status, tier: tier)
+            let held = try await DelayedJobStore.cancel(id, on: connection)
+            let cancelled = try await connection.query(Self.cancelWaiting, [id, row[2], row[1], tier.rawValue, tenant, row[3]]).rows
+            if !cancelled.isEmpty {
+                return .requested(status: held ? "scheduled" : before == JobStatus.running.rawValue ? "queued" : before, tier: tier)
+            }
+            // The row moved on since it was read: a consumer started it, or it finished.
+            let now = try await connection.query("SELECT status FROM job_runs WHERE job_id = $1 AND enqueued_at = $2", [id, row[2]])
+                .rows.first?.string(0) ?? "queued"
+            if JobStatus(rawValue: now)?.isTerminal ?? false { return .finished(status: now) }
+            return .requested(status: now, tier: tier)
         }
     }
+
+    /// A `cancelled` row for a job that has not started (no row, `queued`, `retrying`); no row
+    /// returned when it runs or finished. Its `message_logs` event is written with it.
+    static let cancelWaiting = """
+        WITH cancelled AS (
+            INSERT INTO job_runs (job_id, enqueued_at, type, tier, tenant, idempotency_key, status, attempts, error,
+                                  finished_at, updated_at)
+            VALUES ($1::uuid, $2::timestamptz, $3, $4, $5, $6, 'cancelled', 0, 'cancelled before it started', now(), now())
+            ON CONFLICT (job_id, enqueued_at) DO UPDATE SET
+                status = 'cancelled', error = 'cancelled before it started', finished_at = now(), updated_at = now()
+            WHERE job_runs.status IN ('queued', 'retrying')
+            RETURNING job_id, enqueued_at, attempts, tier
+        ), logged AS (
+            INSERT INTO message_logs (job_id, enqueued_at, event, attempt, tier, detail)
+            SELECT job_id, enqueued_at, 'cancelled', attempts, tier, '{"when": "before start"}'::jsonb FROM cancelled
+        )
+        SELECT job_id FROM cancelled
+        """
 
     /// Jobs of `tier` asked to cancel that have not finished: what a consumer loads at start.
     package func openCancellations(tier: Tier) async throws -> [UUID] {

@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 
 /// A job's status in `job_runs`.
@@ -19,6 +20,9 @@ package struct JobRunRecord: Sendable {
     package struct Run: Sendable {
         package var status: JobStatus
         package var attempts: Int
+        /// The lineage position this row speaks for (see ``JobEnvelope/seq``): the job's own,
+        /// or for `retrying` the republished message's.
+        package var seq: Int
         package var result: [UInt8]?
         package var error: String?
         package var consumerID: String
@@ -26,10 +30,11 @@ package struct JobRunRecord: Sendable {
         /// Nil while the job runs.
         package var finishedAt: Timestamp?
 
-        package init(status: JobStatus, attempts: Int, result: [UInt8]? = nil, error: String? = nil, consumerID: String,
+        package init(status: JobStatus, attempts: Int, seq: Int = 0, result: [UInt8]? = nil, error: String? = nil, consumerID: String,
                      startedAt: Timestamp, finishedAt: Timestamp?) {
             self.status = status
             self.attempts = attempts
+            self.seq = seq
             self.result = result
             self.error = error
             self.consumerID = consumerID
@@ -135,6 +140,124 @@ package struct JobRunStore: Sendable {
         return JobStatus(rawValue: try row.string(0))
     }
 
+    /// A delivery about to run, for ``claimStarts(_:)``.
+    package struct Start: Sendable {
+        package var job: JobEnvelope
+        /// Flagged redelivered by the broker: it may take over a `running` row at its own seq
+        /// (its first run died with its consumer); a fresh delivery may not (that row is another
+        /// copy of the same message, running now).
+        package var redelivered: Bool
+        package var consumerID: String
+        package var startedAt: Timestamp
+
+        package init(job: JobEnvelope, redelivered: Bool, consumerID: String, startedAt: Timestamp) {
+            self.job = job
+            self.redelivered = redelivered
+            self.consumerID = consumerID
+            self.startedAt = startedAt
+        }
+    }
+
+    /// What a start claim decided for one delivery.
+    package enum StartClaim: Sendable, Equatable {
+        /// The row now says `running` at this delivery's seq: run it.
+        case run
+        /// Do not run it: the row is terminal (a cancellation included), a later message of the
+        /// job is out, or another copy of this one is running. `status` is the row's.
+        case skip(status: String)
+    }
+
+    /// Marks `starts` running where their job's row allows it, in one statement per kind
+    /// (fresh, redelivered): the meeting point of a start with a cancellation (which writes
+    /// `cancelled` on the same row only while it is `queued` or `retrying`) and with the
+    /// job's other deliveries. The row's primary key serialises them, so exactly one wins.
+    package func claimStarts(_ starts: [Start]) async throws -> [StartClaim] {
+        guard !starts.isEmpty else { return [] }
+        // One claim per job in a statement (ON CONFLICT may touch a row once); the highest seq.
+        var best: [UUID: Int] = [:]
+        for (index, start) in starts.enumerated() {
+            if let other = best[start.job.id], starts[other].job.seq >= start.job.seq { continue }
+            best[start.job.id] = index
+        }
+        let chosen = Set(best.values)
+        var claimed = Set<UUID>()
+        try await withPartitions(for: starts.map(\.job.enqueuedAt)) {
+            claimed = []
+            try await pool.withTransaction { connection in
+                for redelivered in [false, true] {
+                    let group = starts.indices.filter { chosen.contains($0) && starts[$0].redelivered == redelivered }.map { starts[$0] }
+                    guard !group.isEmpty else { continue }
+                    let rows = try await connection.query(redelivered ? Self.claimRedelivered : Self.claimFresh, [
+                        PostgresArray(group.map { $0.job.id }),
+                        PostgresArray(group.map { $0.job.enqueuedAt }),
+                        PostgresArray(group.map { $0.job.type }),
+                        PostgresArray(group.map { $0.job.tier.rawValue }),
+                        PostgresArray(group.map { $0.job.tenant.map { StorableText.text($0).text } }),
+                        PostgresArray(group.map { $0.job.idempotencyKey.map { StorableText.text($0).text } }),
+                        PostgresArray(group.map { $0.job.correlationID.map { StorableText.text($0).text } }),
+                        PostgresArray(group.map { $0.job.attempt }),
+                        PostgresArray(group.map { $0.job.seq }),
+                        PostgresArray(group.map { StorableText.text($0.consumerID).text }),
+                        PostgresArray(group.map { $0.startedAt }),
+                    ]).rows
+                    for row in rows { claimed.insert(try row.uuid(0)) }
+                }
+            }
+        }
+        let unclaimed = starts.indices.filter { !(chosen.contains($0) && claimed.contains(starts[$0].job.id)) }
+        var statuses: [UUID: String] = [:]
+        if !unclaimed.isEmpty {
+            let rows = try await pool.query("SELECT job_id, status FROM job_runs WHERE job_id = ANY($1::uuid[])",
+                                            [PostgresArray(unclaimed.map { starts[$0].job.id })]).rows
+            for row in rows { statuses[try row.uuid(0)] = try row.string(1) }
+        }
+        return starts.indices.map { index in
+            if chosen.contains(index) && claimed.contains(starts[index].job.id) { return .run }
+            return .skip(status: statuses[starts[index].job.id] ?? "unknown")
+        }
+    }
+
+    static func claim(sameSeqWhen condition: String) -> String {
+        """
+        INSERT INTO job_runs (job_id, enqueued_at, type, tier, tenant, idempotency_key, correlation_id,
+                              status, attempts, seq, consumer_id, started_at, updated_at)
+        SELECT u.job_id, u.enqueued_at, u.type, u.tier, u.tenant, u.idempotency_key, u.correlation_id,
+               'running', u.attempts, u.seq, u.consumer_id, u.started_at, now()
+        FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                    $8::integer[], $9::integer[], $10::text[], $11::timestamptz[])
+             AS u(job_id, enqueued_at, type, tier, tenant, idempotency_key, correlation_id,
+                  attempts, seq, consumer_id, started_at)
+        ON CONFLICT (job_id, enqueued_at) DO UPDATE SET
+            status = 'running', attempts = EXCLUDED.attempts, seq = EXCLUDED.seq, consumer_id = EXCLUDED.consumer_id,
+            started_at = EXCLUDED.started_at, finished_at = NULL, result = NULL, updated_at = now()
+        WHERE job_runs.status NOT IN ('succeeded', 'failed', 'dead', 'cancelled')
+          AND (EXCLUDED.seq > job_runs.seq OR (EXCLUDED.seq = job_runs.seq AND \(condition)))
+        RETURNING job_id
+        """
+    }
+
+    /// A fresh delivery takes a row at its seq unless another copy is running it.
+    static let claimFresh = claim(sameSeqWhen: "job_runs.status <> 'running'")
+    /// A redelivered one may take over a `running` row: its first run died with its consumer.
+    static let claimRedelivered = claim(sameSeqWhen: "true")
+
+    /// Runs `body`; if a row found no partition, creates the days of `instants` (and today's,
+    /// for `message_logs`) and runs it again.
+    private func withPartitions(for instants: [Timestamp], _ body: () async throws -> Void) async throws {
+        do {
+            try await body()
+        } catch let error as PostgresError where error.isNoPartition {
+            var days = Set(instants.map(PartitionManager.Day.init))
+            days.insert(PartitionManager.Day(.now()))
+            for day in days.sorted() {
+                for table in PartitionManager.Table.allCases {
+                    try await partitions.ensure(table: table, day: day, pool: pool)
+                }
+            }
+            try await body()
+        }
+    }
+
     /// Writes `records` in one transaction. Idempotent: a row is replaced only by a later
     /// attempt, or by the same attempt while it is not terminal, so a redelivered batch
     /// changes nothing. A missing partition is created and the write retried. Text Postgres
@@ -168,7 +291,7 @@ package struct JobRunStore: Sendable {
         for record in records {
             guard let run = record.run else { continue }
             let key = record.job.id.lowercasedString + "|" + record.job.enqueuedAt.iso8601
-            if let existing = runs[key]?.1, existing.attempts > run.attempts || (existing.attempts == run.attempts && existing.status.isTerminal) {
+            if let existing = runs[key]?.1, existing.seq > run.seq || (existing.seq == run.seq && existing.status.isTerminal) {
                 continue
             }
             runs[key] = (record.job, run)
@@ -191,6 +314,7 @@ package struct JobRunStore: Sendable {
                     PostgresArray(rows.map { $0.1.consumerID }),
                     PostgresArray(rows.map { $0.1.startedAt }),
                     PostgresArray(rows.map { $0.1.finishedAt }),
+                    PostgresArray(rows.map { $0.1.seq }),
                 ])
             }
             let events = records.filter { $0.event != nil }
@@ -207,22 +331,25 @@ package struct JobRunStore: Sendable {
         }
     }
 
+    /// A row moves only forward along its job's lineage: to a later seq, or to another status
+    /// at the same seq while it is not terminal. A terminal row (a cancellation included) is
+    /// final, so a replayed batch or a superseded run's late outcome changes nothing.
     static let upsertRuns = """
         INSERT INTO job_runs (job_id, enqueued_at, type, tier, tenant, idempotency_key, correlation_id,
-                              status, attempts, result, error, consumer_id, started_at, finished_at, updated_at)
+                              status, attempts, result, error, consumer_id, started_at, finished_at, seq, updated_at)
         SELECT u.job_id, u.enqueued_at, u.type, u.tier, u.tenant, u.idempotency_key, u.correlation_id,
-               u.status, u.attempts, u.result, u.error, u.consumer_id, u.started_at, u.finished_at, now()
+               u.status, u.attempts, u.result, u.error, u.consumer_id, u.started_at, u.finished_at, u.seq, now()
         FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                    $8::text[], $9::integer[], $10::jsonb[], $11::text[], $12::text[], $13::timestamptz[], $14::timestamptz[])
+                    $8::text[], $9::integer[], $10::jsonb[], $11::text[], $12::text[], $13::timestamptz[], $14::timestamptz[],
+                    $15::integer[])
              AS u(job_id, enqueued_at, type, tier, tenant, idempotency_key, correlation_id,
-                  status, attempts, result, error, consumer_id, started_at, finished_at)
+                  status, attempts, result, error, consumer_id, started_at, finished_at, seq)
         ON CONFLICT (job_id, enqueued_at) DO UPDATE SET
             status = EXCLUDED.status, attempts = EXCLUDED.attempts, result = EXCLUDED.result, error = EXCLUDED.error,
             consumer_id = EXCLUDED.consumer_id, started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
-            updated_at = now()
-        WHERE EXCLUDED.attempts > job_runs.attempts
-           OR (EXCLUDED.attempts = job_runs.attempts
-               AND job_runs.status NOT IN ('succeeded', 'failed', 'dead', 'cancelled'))
+            seq = EXCLUDED.seq, updated_at = now()
+        WHERE job_runs.status NOT IN ('succeeded', 'failed', 'dead', 'cancelled')
+          AND EXCLUDED.seq >= job_runs.seq
         """
 
     static let insertEvents = """

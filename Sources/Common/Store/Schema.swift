@@ -227,5 +227,13 @@ package enum Schema {
             -- on only if no write came in while it was sending that date.
             ALTER TABLE contact_cursors ADD COLUMN version bigint NOT NULL DEFAULT 0;
             """),
+        // 10 and 11 are taken by the scheduling and retention changes.
+        Migration(version: 12, name: "job_runs.seq: one lineage per job", sql: """
+            -- The place in its job's lineage of the message this row speaks for: 0 as published,
+            -- +1 at every retry or deferral (the x-warren-seq header). A `retrying` row holds the
+            -- seq of the message already republished, so an older delivery of the same job
+            -- (its ack lost with a connection) finds itself superseded and does not run.
+            ALTER TABLE job_runs ADD COLUMN seq integer NOT NULL DEFAULT 0;
+            """),
     ]
 }

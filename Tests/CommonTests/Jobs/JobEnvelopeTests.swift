@@ -40,6 +40,19 @@ import Testing
         #expect(decoded == job)
     }
 
+    @Test func carriesItsLineageSeqOnlyOnceRepublished() throws {
+        var job = sample()
+        #expect(job.properties.headers["x-warren-seq"] == nil, "a first publish stays as it was")
+        job.seq = 2
+        #expect(job.properties.headers["x-warren-seq"] == .int(2))
+        #expect(try JobEnvelope(properties: job.properties, body: job.payload).seq == 2)
+        for bad: AMQPFieldValue in [.int(-1), .string("two"), .int(2_000_000)] {
+            var properties = job.properties
+            properties.headers["x-warren-seq"] = bad
+            #expect(throws: JobError.self) { try JobEnvelope(properties: properties, body: job.payload) }
+        }
+    }
+
     @Test func newJobsGetUUIDv7IdsAtTheirEnqueueTime() throws {
         let stamp = Timestamp(microseconds: 1_795_424_400_123_456)
         let job = JobEnvelope(type: "noop", tier: .free, payload: Array("{}".utf8), enqueuedAt: stamp)

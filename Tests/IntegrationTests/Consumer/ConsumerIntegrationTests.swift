@@ -165,7 +165,7 @@ struct ConsumerIntegrationTests {
             for (_, message) in malformed { try await world.connection.publish(message) }
             try await world.publish([valid])
             try await withConsumer(world) { _ in
-                try await TestServices.waitUntil(timeout: .seconds(15), "the valid job after the malformed ones succeeded") {
+                try await TestServices.waitUntil("the valid job after the malformed ones succeeded") {
                     try await world.count("SELECT count(*) FROM job_runs WHERE status = 'succeeded'") == 1
                 }
                 try await TestServices.waitUntil("every malformed message dead-lettered and the tier queue empty") {

@@ -165,3 +165,89 @@ final class StubbornHandler: JobHandler {
         return .success
     }
 }
+
+/// One lineage per job: an older delivery of a job that has moved on never runs.
+extension ConsumerIntegrationTests {
+    /// Attempt 1 fails and its retry (seq 1) is confirmed and recorded, but the ack of attempt
+    /// 1 is lost with the connection, so attempt 1 comes back redelivered. On main it ran again
+    /// (its row was `retrying`, not terminal): a second retry, two lineages of one job.
+    @Test func aRedeliveryOfAnAttemptAlreadyRetriedIsSupersededAndNeverRuns() async throws {
+        try await withWorld { world in
+            let flaky = FailingOnceHandler()
+            var handlers = HandlerRegistry.builtIn
+            try handlers.register(flaky)
+            let first = job(FailingOnceHandler.jobType)
+            try await world.publish([first])
+            // A long retry delay keeps the retry parked in warren.retry.30s while the test works.
+            let slowRetry: (inout ConsumerConfiguration) -> Void = {
+                $0.retry = RetryPolicy(maxAttempts: 3, backoff: Backoff(base: .seconds(30), cap: .seconds(30), floor: .seconds(30)))
+            }
+            try await withConsumer(world, handlers: handlers, configure: slowRetry) { _ in
+                try await TestServices.waitUntil("attempt 1 failed and its retry is recorded") {
+                    try await world.count("SELECT count(*) FROM job_runs WHERE status = 'retrying' AND seq = 1") == 1
+                }
+            }
+            #expect(flaky.runs(of: first.id) == 1)
+            #expect(try await world.depth("warren.retry.30s") == 1)
+
+            // Attempt 1's message again, flagged redelivered (taken unacked, connection dropped).
+            try await world.publish([first])
+            try await TestServices.withConnection("test redeliver", url: world.amqpURL) { connection in
+                let deliveries = try await connection.consume(queue: Tier.free.queueName, prefetch: 1)
+                var iterator = deliveries.makeAsyncIterator()
+                _ = try #require(try await iterator.next())
+            }
+            try await withConsumer(world, handlers: handlers, configure: slowRetry) { _ in
+                try await TestServices.waitUntil("the stale delivery was recorded as superseded and acked") {
+                    let duplicates = try await world.count("SELECT count(*) FROM message_logs WHERE event = 'duplicate'")
+                    let left = try await world.depth(Tier.free.queueName)
+                    return duplicates == 1 && left == 0
+                }
+            }
+            #expect(flaky.runs(of: first.id) == 1, "the superseded attempt did not run")
+            #expect(try await world.depth("warren.retry.30s") == 1, "no second retry: one lineage")
+            #expect(try await world.count("SELECT count(*) FROM job_runs WHERE status = 'retrying' AND seq = 1") == 1)
+        }
+    }
+
+    /// A duplicate of a message that is running right now (a second copy, not redelivered)
+    /// waits for nothing and never runs; the running one finishes.
+    @Test func aSecondCopyOfARunningJobDoesNotRunBesideIt() async throws {
+        try await withWorld { world in
+            let gate = StubbornHandler()
+            var handlers = HandlerRegistry.builtIn
+            try handlers.register(gate)
+            var running = job(StubbornHandler.jobType)
+            running.seq = 1  // a republished message: its start is claimed
+            try await world.publish([running])
+            try await withConsumer(world, handlers: handlers, configure: { $0.abandonAfter = .seconds(60) }) { _ in
+                try await TestServices.waitUntil("the first copy runs") { gate.started == 1 }
+                try await world.publish([running])
+                try await TestServices.waitUntil("the second copy was recorded as a duplicate and acked") {
+                    let duplicates = try await world.count("SELECT count(*) FROM message_logs WHERE event = 'duplicate'")
+                    let left = try await world.depth(Tier.free.queueName)
+                    return duplicates == 1 && left == 0
+                }
+                #expect(gate.started == 1)
+                gate.release()
+            }
+        }
+    }
+}
+
+/// Fails the first run of each job (retryable), succeeds after; counts runs per job.
+final class FailingOnceHandler: JobHandler {
+    static let jobType = "test.fail-once"
+    let type = jobType
+    private let counts = Mutex([UUID: Int]())
+
+    func runs(of job: UUID) -> Int { counts.withLock { $0[job] ?? 0 } }
+
+    func run(_ context: JobContext) async -> JobOutcome {
+        let runs = counts.withLock { counts -> Int in
+            counts[context.job.id, default: 0] += 1
+            return counts[context.job.id]!
+        }
+        return runs == 1 ? .retry("first run fails") : .success
+    }
+}
