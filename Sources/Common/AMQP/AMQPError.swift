@@ -57,6 +57,13 @@ package struct AMQPError: Error, Sendable, Equatable, CustomStringConvertible {
         code == .connectionLost || code == .connectionFailed || code == .library
     }
 
+    /// The message certainly did not reach a queue: the broker refused it (basic.nack, or
+    /// returned as unroutable), or it was never sent (not connected, blocked, closed, bad
+    /// argument). A lost connection or a library error leaves it unknown.
+    package var definitelyNotPublished: Bool {
+        [Code.nacked, .unroutable, .notConnected, .blocked, .closed, .invalidArgument, .connectionFailed].contains(code)
+    }
+
     /// Builds an error from a librabbitmq status code.
     package static func status(_ status: Int32, _ function: String, code: Code = .library) -> AMQPError {
         AMQPError(code, function: function, message: String(cString: amqp_error_string2(status)))

@@ -13,12 +13,41 @@ package struct DelayedJobStore: Sendable {
 
     /// Holds `job` until `job.enqueuedAt` (its run time). Runs inside the caller's transaction
     /// when given one, so the API can record its own row in the same commit.
-    package static func hold(_ job: JobEnvelope, on connection: PostgresConnection) async throws {
+    ///
+    /// With `leaseSeconds` the row is also the outbox entry of a job the caller publishes
+    /// itself right away: the lease keeps the leader's dispatcher off it meanwhile; once the
+    /// caller saw the confirm it calls ``markPublished(_:)``. If it never does (the confirm was
+    /// lost with the connection, the caller died), the lease runs out and the leader publishes
+    /// the job again under the same id, so a job accepted is never lost and never declared
+    /// published without a confirm.
+    package static func hold(_ job: JobEnvelope, leaseSeconds: Int? = nil, on connection: PostgresConnection) async throws {
         try await connection.query("""
-            INSERT INTO delayed_jobs (job_id, tenant, type, tier, payload, idempotency_key, correlation_id, run_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            INSERT INTO delayed_jobs (job_id, tenant, type, tier, payload, idempotency_key, correlation_id, run_at, claimed_until)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9::int))
             """, [job.id, job.tenant, job.type, job.tier.rawValue, String(decoding: job.payload, as: UTF8.self),
-                  job.idempotencyKey, job.correlationID, job.enqueuedAt])
+                  job.idempotencyKey, job.correlationID, job.enqueuedAt, leaseSeconds])
+    }
+
+    /// An outbox entry whose publish the broker confirmed: published, with its `api_jobs` row.
+    package func markPublished(_ ids: [UUID]) async throws {
+        try await pool.withTransaction { connection in
+            try await connection.query("""
+                UPDATE delayed_jobs SET state = CASE WHEN state = 'cancelled' THEN state ELSE 'published' END,
+                                        published_at = clock_timestamp()
+                WHERE job_id = ANY($1::uuid[]) AND state = 'pending'
+                """, [PostgresArray(ids)])
+            try await connection.query("UPDATE api_jobs SET state = 'published' WHERE job_id = ANY($1::uuid[]) AND state = 'pending'",
+                                       [PostgresArray(ids)])
+        }
+    }
+
+    /// Drops an outbox entry the broker definitely did not take (it refused it, or it was
+    /// never sent), with its `api_jobs` claim, so the client's retry can succeed.
+    package func release(_ id: UUID) async throws {
+        try await pool.withTransaction { connection in
+            try await connection.query("DELETE FROM delayed_jobs WHERE job_id = $1 AND state = 'pending'", [id])
+            try await connection.query("DELETE FROM api_jobs WHERE job_id = $1 AND state = 'pending'", [id])
+        }
     }
 
     package func hold(_ job: JobEnvelope) async throws {
@@ -71,13 +100,19 @@ package struct DelayedJobStore: Sendable {
                 """, [PostgresArray(refused), Self.refusedPauseSeconds])
         }
         guard !confirmed.isEmpty else { return (jobs.count, []) }
-        // A job cancelled while it was being published stays cancelled (consumers skip it).
-        let published = try await pool.query("""
-            UPDATE delayed_jobs SET state = CASE WHEN state = 'cancelled' THEN state ELSE 'published' END,
-                                    published_at = clock_timestamp()
-            WHERE job_id = ANY($1::uuid[])
-            RETURNING extract(epoch FROM published_at - run_at)::float8
-            """, [PostgresArray(confirmed)]).rows
+        // A job cancelled while it was being published stays cancelled (consumers skip it). An
+        // outbox entry's api_jobs claim (a keyed job) is published with it.
+        let published = try await pool.withTransaction { connection in
+            let rows = try await connection.query("""
+                UPDATE delayed_jobs SET state = CASE WHEN state = 'cancelled' THEN state ELSE 'published' END,
+                                        published_at = clock_timestamp()
+                WHERE job_id = ANY($1::uuid[])
+                RETURNING extract(epoch FROM published_at - run_at)::float8
+                """, [PostgresArray(confirmed)]).rows
+            try await connection.query("UPDATE api_jobs SET state = 'published' WHERE job_id = ANY($1::uuid[]) AND state = 'pending'",
+                                       [PostgresArray(confirmed)])
+            return rows
+        }
         return (jobs.count, try published.map { try $0.double(0) })
     }
 

@@ -7,9 +7,6 @@ package struct APIJobStore: Sendable {
 
     /// How long a tenant's idempotency key maps to its first job.
     package static let idempotencyWindowHours = 24
-    /// A claim still pending after this long is taken as published (the producer that made it
-    /// may have died between the confirm and recording it).
-    package static let pendingGraceSeconds = 60
 
     package init(pool: PostgresPool) { self.pool = pool }
 
@@ -21,10 +18,21 @@ package struct APIJobStore: Sendable {
     }
 
     /// Records `job` for `tenant`; with an idempotency key used in the last 24 h, returns the
-    /// first job instead (one statement, so concurrent requests agree).
+    /// first job instead (one statement, so concurrent requests agree). A claimed job is also
+    /// an outbox entry (``DelayedJobStore/hold(_:leaseSeconds:on:)`` with a lease, same commit):
+    /// the caller publishes it, then ``DelayedJobStore/markPublished(_:)``; if the confirm never
+    /// comes, the scheduler's leader publishes it again under the same id once the lease ends.
     package func claim(_ job: JobEnvelope, tenant: String, requestID: String) async throws -> Claim {
-        try await pool.withConnection { try await Self.claim(job, tenant: tenant, requestID: requestID, state: "pending", on: $0) }
+        try await pool.withTransaction { connection in
+            let claim = try await Self.claim(job, tenant: tenant, requestID: requestID, state: "pending", on: connection)
+            if claim == .claimed { try await DelayedJobStore.hold(job, leaseSeconds: Self.publishLeaseSeconds, on: connection) }
+            return claim
+        }
     }
+
+    /// How long the request that claimed a keyed job has to publish it before the scheduler's
+    /// leader does.
+    package static let publishLeaseSeconds = 30
 
     /// A delayed job (run_at / delay_seconds): its row, recorded `published` (accepted for
     /// good), and its `delayed_jobs` row, in one transaction; or the first job of its key.
@@ -52,10 +60,11 @@ package struct APIJobStore: Sendable {
             """, [job.id, tenant, job.type, job.tier.rawValue, job.enqueuedAt, job.idempotencyKey, requestID,
                   idempotencyWindowHours, state]).rows
         if !rows.isEmpty { return .claimed }
+        // Pending until a confirm was seen (by the request or by the leader's republish); never
+        // taken as published on a timer.
         let existing = try await connection.query("""
-            SELECT job_id, state = 'pending' AND created_at > now() - make_interval(secs => $3::int)
-            FROM api_jobs WHERE tenant = $1 AND idempotency_key = $2
-            """, [tenant, job.idempotencyKey, pendingGraceSeconds]).rows
+            SELECT job_id, state = 'pending' FROM api_jobs WHERE tenant = $1 AND idempotency_key = $2
+            """, [tenant, job.idempotencyKey]).rows
         guard let row = existing.first else {
             return try await claim(job, tenant: tenant, requestID: requestID, state: state, on: connection)
         }
@@ -64,6 +73,16 @@ package struct APIJobStore: Sendable {
 
     package func markPublished(_ id: UUID) async throws {
         try await pool.query("UPDATE api_jobs SET state = 'published' WHERE job_id = $1", [id])
+    }
+
+    /// A keyed job's outbox entry, once its confirm came: see ``claim(_:tenant:requestID:)``.
+    package func markKeyedPublished(_ id: UUID) async throws {
+        try await DelayedJobStore(pool: pool).markPublished([id])
+    }
+
+    /// A keyed job the broker definitely did not take: its claim and outbox entry dropped.
+    package func releaseKeyed(_ id: UUID) async throws {
+        try await DelayedJobStore(pool: pool).release(id)
     }
 
     /// Drops the row of a job the broker refused (recorded by ``APIJobRecorder``).

@@ -119,11 +119,21 @@ struct JobsAPI: Sendable {
         do {
             try await publisher.publish(job)
         } catch {
-            try? await jobs.release(job.id)
+            if let error = error as? AMQPError, error.definitelyNotPublished {
+                // Not on the broker: drop the claim so the client's retry creates the job.
+                // (If that fails too, the entry stays and the leader publishes it: no lie.)
+                try? await jobs.releaseKeyed(job.id)
+            } else {
+                // Maybe routed: keep the entry; the leader publishes it again under this id
+                // once its lease ends, and a retry with the key gets this job.
+                logger.warning("keyed job's publish unconfirmed; its outbox entry stays for the scheduler to republish",
+                               metadata: ["job_id": "\(job.id.lowercasedString)", "error": "\(error)"])
+            }
             throw publishError(error, job: job, requestID: requestID)
         }
-        // The job is accepted; if recording that fails, a pending claim older than a minute counts as published.
-        try? await jobs.markPublished(job.id)
+        // The job is accepted; if recording that fails, the leader publishes it again once the
+        // lease ends (same id: consumers run it once).
+        try? await jobs.markKeyedPublished(job.id)
         return (accepted(job), token.tenant)
     }
 
