@@ -519,110 +519,54 @@ package final class JobConsumer: Sendable {
         }
     }
 
+    /// Carries out the ``Settlement`` plan: the publish it needs (confirmed; on failure the
+    /// delivery is handed back and nothing is recorded), then the row and event to the result
+    /// writer, which acks once they are durable.
     private func settle(_ job: JobEnvelope, _ outcome: JobOutcome, delivery: AMQPDelivery, startedAt: Timestamp, logger: Logger) async {
         let finishedAt = Timestamp.now()
-        // A `retrying` row speaks for the message republished (seq + 1): an older delivery of
-        // this job, its ack lost, then finds itself superseded.
-        func run(_ status: JobStatus, result: [UInt8]? = nil, error: String? = nil) -> JobRunRecord.Run {
-            JobRunRecord.Run(status: status, attempts: job.attempt, seq: status == .retrying ? job.seq + 1 : job.seq,
-                             result: result, error: error,
-                             consumerID: configuration.consumerID, startedAt: startedAt, finishedAt: finishedAt)
+        var random = SystemRandomNumberGenerator()
+        let plan = Settlement.plan(job, outcome, policy: configuration.retryPolicy(for: job.type), using: &random)
+        if case .success(let result?) = outcome, plan.result != result {
+            logger.warning("handler returned a result that is not JSON; storing it as a JSON string")
         }
-        switch outcome {
-        case .success(let result):
-            var stored = result
-            if let result, (try? JSONScanner.validate(result)) == nil {
-                logger.warning("handler returned a result that is not JSON; storing it as a JSON string")
-                stored = Array(JSONText.quoted(String(decoding: result, as: UTF8.self)).utf8)
+        if let publish = plan.publish {
+            let message: AMQPOutgoingMessage
+            switch publish {
+            case .retry(let next, let delay, let headers):
+                message = Self.retryMessage(next, after: delay, headers: headers)
+            case .deadLetter(let reason, let lastError):
+                message = job.deadLetterMessage(reason: reason, lastError: lastError)
             }
-            metrics.count("succeeded")
-            writer.submit(.init(record: JobRunRecord(job: job, run: run(.succeeded, result: stored), event: .succeeded,
-                                                     loggedAt: finishedAt), delivery: delivery))
-
-        case .retry(let error, let retryAfter):
-            let policy = configuration.retryPolicy(for: job.type)
-            guard policy.allowsRetry(after: job.attempt) else {
-                await deadLetter(job, reason: "max-attempts", lastError: error, status: .dead, run: run(.dead, error: error),
-                                 delivery: delivery, logger: logger)
+            do {
+                try await connection.publish(message)
+            } catch {
+                logger.warning("republish failed; handing the job back", metadata: ["error": "\(error)", "outcome": "\(plan.counted)"])
+                try? await connection.nack(delivery, requeue: true)
+                metrics.count("handed_back")
                 return
             }
-            var generator = SystemRandomNumberGenerator()
-            let delay = policy.delayQueue(after: job.attempt, retryAfter: retryAfter, using: &generator)
-            var next = job
-            next.attempt += 1
-            next.seq += 1
-            guard await republish(next, after: delay, headers: [JobEnvelope.Header.lastError: error], delivery: delivery,
-                                  logger: logger) else { return }
-            logger.info("job failed; retrying", metadata: ["error": "\(error)", "delay": "\(delay.label)"])
-            metrics.count("retried")
-            writer.submit(.init(record: JobRunRecord(job: job, run: run(.retrying, error: error), event: .retried,
-                                                     detail: Self.detail(["delay": delay.label, "error": error]),
-                                                     loggedAt: finishedAt), delivery: delivery))
-
-        case .deferred(let reason, let retryAfter):
-            // Like a retry, but the job comes back with the attempt it has: a deferral is no
-            // failed attempt, so it never brings the job nearer to dead.
-            let delay = RetryPolicy.nearestDelay(to: retryAfter)
-            var next = job
-            next.seq += 1
-            guard await republish(next, after: delay, headers: [JobEnvelope.Header.deferredReason: reason], delivery: delivery,
-                                  logger: logger) else { return }
-            logger.info("job deferred", metadata: ["reason": "\(reason)", "delay": "\(delay.label)"])
-            metrics.count("deferred")
-            writer.submit(.init(record: JobRunRecord(job: job, run: run(.retrying, error: "deferred: \(reason)"), event: .retried,
-                                                     detail: Self.detail(["delay": delay.label, "deferred": reason]),
-                                                     loggedAt: finishedAt), delivery: delivery))
-
-        case .cancelled(let reason):
-            logger.info("job cancelled while running", metadata: ["reason": "\(reason)"])
-            metrics.count("cancelled")
-            writer.submit(.init(record: JobRunRecord(job: job, run: run(.cancelled, error: reason), event: .cancelled,
-                                                     detail: Self.detail(["when": "while running", "reason": reason]),
-                                                     loggedAt: finishedAt), delivery: delivery))
-            cancellations.forget(job.id)
-
-        case .permanentFailure(let error):
-            await deadLetter(job, reason: "permanent-failure", lastError: error, status: .failed, run: run(.failed, error: error),
-                             delivery: delivery, logger: logger)
         }
+        switch plan.publish {
+        case .retry?: logger.info("job will run again", metadata: ["outcome": "\(plan.counted)", "error": "\(plan.error ?? "")"])
+        case .deadLetter?: logger.warning("job dead-lettered", metadata: ["status": "\(plan.status.rawValue)", "error": "\(plan.error ?? "")"])
+        case nil where plan.status == .cancelled: logger.info("job cancelled while running", metadata: ["reason": "\(plan.error ?? "")"])
+        case nil: break
+        }
+        metrics.count(plan.counted)
+        let run = JobRunRecord.Run(status: plan.status, attempts: job.attempt, seq: plan.seq, result: plan.result, error: plan.error,
+                                   consumerID: configuration.consumerID, startedAt: startedAt, finishedAt: finishedAt)
+        writer.submit(.init(record: JobRunRecord(job: job, run: run, event: plan.event, detail: plan.detail.map(Self.detail),
+                                                 loggedAt: finishedAt), delivery: delivery))
+        if plan.forgetsCancellation { cancellations.forget(job.id) }
     }
 
-    /// Publishes `job` (its attempt already set) to `warren.retry` for the delay queue `delay`
-    /// and waits for the confirm. On failure the delivery is handed back (nack with requeue)
-    /// and the answer is false: nothing else may be done with it.
-    private func republish(_ job: JobEnvelope, after delay: Topology.RetryDelay, headers: [String: String],
-                           delivery: AMQPDelivery, logger: Logger) async -> Bool {
+    /// `job` (its attempt and seq already set) as a message to `warren.retry` for the delay queue `delay`.
+    private static func retryMessage(_ job: JobEnvelope, after delay: Topology.RetryDelay, headers: [String: String]) -> AMQPOutgoingMessage {
         var message = job.outgoingMessage
         message.exchange = Topology.retryExchange
         message.properties.headers[JobEnvelope.Header.retryDelay] = .string(delay.label)
         for (name, value) in headers { message.properties.headers[name] = .string(String(value.prefix(1_000))) }
-        do {
-            try await connection.publish(message)
-            return true
-        } catch {
-            logger.warning("retry publish failed; handing the job back", metadata: ["error": "\(error)"])
-            try? await connection.nack(delivery, requeue: true)
-            metrics.count("handed_back")
-            return false
-        }
-    }
-
-    /// Copies a job to `warren.jobs.dead` with its reason (confirmed), then records it.
-    private func deadLetter(_ job: JobEnvelope, reason: String, lastError: String, status: JobStatus, run: JobRunRecord.Run,
-                            delivery: AMQPDelivery, logger: Logger) async {
-        do {
-            try await connection.publish(job.deadLetterMessage(reason: reason, lastError: lastError))
-        } catch {
-            logger.warning("dead-letter publish failed; handing the job back", metadata: ["error": "\(error)"])
-            try? await connection.nack(delivery, requeue: true)
-            metrics.count("handed_back")
-            return
-        }
-        logger.warning("job dead-lettered", metadata: ["reason": "\(reason)", "error": "\(lastError)"])
-        metrics.count(status == .dead ? "dead" : "failed")
-        writer.submit(.init(record: JobRunRecord(job: job, run: run, event: status == .dead ? .deadLettered : .failed,
-                                                 detail: Self.detail(["reason": reason, "error": lastError]),
-                                                 loggedAt: run.finishedAt ?? .now()), delivery: delivery))
+        return message
     }
 
     /// A message that is not a job: copied as it is to the dead queue with the reason, acked.
@@ -645,7 +589,7 @@ package final class JobConsumer: Sendable {
         writer.submit(.init(record: nil, delivery: delivery))
     }
 
-    private static func detail(_ fields: [String: String]) -> [UInt8]? { Array(JSONText.object(fields).utf8) }
+    private static func detail(_ fields: [String: String]) -> [UInt8] { Array(JSONText.object(fields).utf8) }
 }
 
 /// A counting semaphore for the bounded job group: `acquire` waits while `limit` jobs run.
