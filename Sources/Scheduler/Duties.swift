@@ -6,12 +6,20 @@ import Synchronization
 
 /// Fires the cron schedules: claims the due fires (each under its fire key, in one
 /// transaction) and publishes them with confirms; fires claimed but left unconfirmed by a
-/// scheduler that died are published again with the same job id.
+/// scheduler that died are published again with the same job id. A due schedule that no
+/// longer evaluates is disabled with its error (logged, counted in
+/// `warren_schedules_disabled_total`, and on `/status` with the latest few).
 final class CronDuty: LeaderDuty {
     let store: ScheduleStore
     let publisher: JobPublisher
     let logger: Logger
     private let counts = Mutex<(published: Int, skipped: Int)>((0, 0))
+    /// Schedules disabled for not evaluating, as the database last said (any scheduler may have
+    /// disabled them, and writing one again re-enables it), read at most every few seconds.
+    private let disabled = Mutex<(count: Int, latest: [ScheduleStore.Schedule], read: ContinuousClock.Instant?)>((0, [], nil))
+    private let disabledCounter = Counter(label: "warren_schedules_disabled_total")
+    /// How many of the disabled schedules `/status` lists.
+    static let latestDisabledShown = 5
 
     init(store: ScheduleStore, publisher: JobPublisher, logger: Logger) {
         self.store = store
@@ -22,7 +30,15 @@ final class CronDuty: LeaderDuty {
     var name: String { "cron" }
 
     func round(now: Timestamp) async throws {
-        let (claimed, skipped) = try await store.claimDue(now: now)
+        let claim = try await store.claimDue(now: now)
+        let (claimed, skipped) = (claim.fires, claim.skipped)
+        for schedule in claim.disabled {
+            logger.error("schedule no longer evaluates; disabled until it is written again", metadata: [
+                "schedule_id": "\(schedule.id.lowercasedString)", "tenant": "\(schedule.tenant)", "schedule": "\(schedule.name)",
+                "error": "\(schedule.reason)",
+            ])
+        }
+        if !claim.disabled.isEmpty { disabledCounter.increment(by: claim.disabled.count) }
         let fires = claimed + (try await store.unconfirmedFires(olderThanSeconds: 30))
         if skipped > 0 { logger.warning("fires missed beyond their catch-up window were skipped", metadata: ["count": "\(skipped)"]) }
         let confirmed = await publishConfirmed(fires.map(\.job), with: publisher, logger: logger).map { fires[$0] }
@@ -34,11 +50,29 @@ final class CronDuty: LeaderDuty {
         }
         try await store.markPublished(confirmed)
         counts.withLock { $0 = ($0.published + confirmed.count, $0.skipped + skipped) }
+        await refreshDisabled(force: !claim.disabled.isEmpty)
+    }
+
+    /// Reads the disabled schedules again when `force`d or a few seconds after the last read
+    /// (for `/status` only: a failure is logged and the round goes on).
+    private func refreshDisabled(force: Bool) async {
+        let stale = disabled.withLock { state in state.read.map { ContinuousClock.now - $0 > .seconds(5) } ?? true }
+        guard force || stale else { return }
+        do {
+            let (count, latest) = try await store.disabled(latest: Self.latestDisabledShown)
+            disabled.withLock { $0 = (count, latest, .now) }
+        } catch {
+            logger.warning("cannot read the disabled schedules for /status", metadata: ["error": "\(error)"])
+        }
     }
 
     func statusJSON() -> String {
         let (published, skipped) = counts.withLock { ($0.published, $0.skipped) }
-        return #""fires_published":\#(published),"fires_skipped":\#(skipped)"#
+        let (count, latest) = disabled.withLock { ($0.count, $0.latest) }
+        let shown = latest.map { schedule in
+            #"{"tenant":\#(JSONText.quoted(schedule.tenant)),"name":\#(JSONText.quoted(schedule.name)),"reason":\#(JSONText.quoted(schedule.disabledReason ?? "")),"disabled_at":\#(schedule.disabledAt.map { "\"\($0.iso8601)\"" } ?? "null")}"#
+        }
+        return #""fires_published":\#(published),"fires_skipped":\#(skipped),"schedules_disabled":\#(count),"schedules_disabled_latest":[\#(shown.joined(separator: ","))]"#
     }
 }
 

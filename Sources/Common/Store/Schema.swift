@@ -227,5 +227,13 @@ package enum Schema {
             -- on only if no write came in while it was sending that date.
             ALTER TABLE contact_cursors ADD COLUMN version bigint NOT NULL DEFAULT 0;
             """),
+        Migration(version: 10, name: "schedules disabled because they no longer evaluate", sql: """
+            -- A due schedule whose expression or zone no longer evaluates (a zone removed by a
+            -- tzdata update, a bad stored expression, no next fire) is disabled by the leader
+            -- with the error, so it never holds up the others; writing the schedule again
+            -- clears both.
+            ALTER TABLE schedules ADD COLUMN disabled_reason text, ADD COLUMN disabled_at timestamptz;
+            CREATE INDEX schedules_disabled_idx ON schedules (disabled_at) WHERE disabled_reason IS NOT NULL;
+            """),
     ]
 }
