@@ -114,7 +114,8 @@ final class DelayedJobDuty: LeaderDuty {
 }
 
 /// Keeps daily partitions ready ahead and drops those past retention, every
-/// `WARREN_UPKEEP_INTERVAL_SECONDS`, and deletes old rows of `delayed_jobs` and `contact_fires`.
+/// `WARREN_UPKEEP_INTERVAL_SECONDS`, and deletes old rows of `api_batches`, `api_jobs`,
+/// `delayed_jobs` and `contact_fires`.
 final class UpkeepDuty: LeaderDuty {
     let pool: PostgresPool
     let settings: Settings
@@ -147,10 +148,21 @@ final class UpkeepDuty: LeaderDuty {
         }
     }
 
-    /// One upkeep round (also `scheduler --once`).
-    static func once(pool: PostgresPool, settings: Settings, logger: Logger) async throws {
+    /// One upkeep round (also `scheduler --once`). The retention horizon moves first (to the
+    /// partition cutoff), so from then on the jobs before it read 404 and their cancellation
+    /// requests are not open, and `api_batches` and `api_jobs` are pruned before the `job_runs`
+    /// partitions go: no job is ever left with a row that reads `queued` for want of its run.
+    static func once(pool: PostgresPool, settings: Settings, logger: Logger, now: Timestamp = .now()) async throws {
+        let horizon = try await Retention.advance(to: Retention.horizon(retentionDays: settings.retentionDays, now: now), pool: pool)
+        let batches = try await APIBatchStore(pool: pool).prune()
+        let jobs = try await APIJobStore(pool: pool).prune()
+        if batches + jobs > 0 {
+            logger.info("api_batches and api_jobs past retention deleted", metadata: [
+                "batches": "\(batches)", "jobs": "\(jobs)", "horizon": "\(horizon.iso8601)",
+            ])
+        }
         try await PartitionManager(logger: logger).upkeep(daysAhead: settings.partitionDaysAhead,
-                                                          retentionDays: settings.retentionDays, pool: pool)
+                                                          retentionDays: settings.retentionDays, pool: pool, now: now)
         let pruned = try await DelayedJobStore(pool: pool).prune(olderThanDays: settings.retentionDays)
             + (try await ContactStore(pool: pool).prune(olderThanDays: settings.retentionDays))
         if pruned > 0 { logger.info("old delayed_jobs and contact_fires rows deleted", metadata: ["count": "\(pruned)"]) }

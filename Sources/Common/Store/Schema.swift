@@ -235,5 +235,17 @@ package enum Schema {
             ALTER TABLE schedules ADD COLUMN disabled_reason text, ADD COLUMN disabled_at timestamptz;
             CREATE INDEX schedules_disabled_idx ON schedules (disabled_at) WHERE disabled_reason IS NOT NULL;
             """),
+        Migration(version: 11, name: "retention horizon; api_jobs and api_batches pruned with job_runs", sql: """
+            -- One row: the instant before which job history is gone (job_runs partitions dropped
+            -- after WARREN_RETENTION_DAYS, api_jobs and api_batches pruned with them). Moved
+            -- forward by the leader's upkeep before it prunes, never back; a job enqueued before
+            -- it reads 404 and its cancellation request is no longer loaded by consumers.
+            CREATE TABLE retention_horizon (
+                singleton  boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
+                horizon    timestamptz NOT NULL,
+                updated_at timestamptz NOT NULL DEFAULT now()
+            );
+            CREATE INDEX api_batches_created_idx ON api_batches (created_at);
+            """),
     ]
 }
