@@ -25,8 +25,8 @@ struct BrokenScheduleTests {
             // The good schedule, as a user adds it; then 100 more, broken afterwards in the
             // database as a tzdata update or a bad write would, and due an hour before it, so
             // they come first in the leader's order (and fill its batch of 100).
-            let added = try await Products.run("scheduler", ["schedules", "add", "--tenant", "acme", "--name", "good", "--cron", "* * * * *",
-                                                             "--tz", "UTC", "--type", "noop", "--tier", "premium"],
+            let added = try await Products.run("scheduler", ["schedules", "add", "--tenant", "acme", "--name", "good",
+                                                             "--cron", "* * * * *", "--tz", "UTC", "--type", "noop", "--tier", "premium"],
                                                environment: environment)
             #expect(added.status == 0, "\(added.stderr)")
             let first = try await server.withDatabase { pool in
@@ -69,7 +69,8 @@ struct BrokenScheduleTests {
             var iterator = deliveries.makeAsyncIterator()
             let delivery = try #require(try await iterator.next())
             let job = try JobEnvelope(properties: delivery.properties, body: delivery.body)
-            #expect(job.type == "noop" && job.tenant == "acme" && job.idempotencyKey?.hasSuffix(WallClock.iso8601(first, in: TimeZone(identifier: "UTC")!)) == true,
+            let firstLocal = WallClock.iso8601(first, in: TimeZone(identifier: "UTC")!)
+            #expect(job.type == "noop" && job.tenant == "acme" && job.idempotencyKey?.hasSuffix(firstLocal) == true,
                     "\(job.idempotencyKey ?? "-")")
             try await connection.ack(delivery)
 
@@ -106,7 +107,8 @@ struct BrokenScheduleTests {
             // ...on the command line...
             let list = try await Products.run("scheduler", ["schedules", "list", "--tenant", "acme"], environment: environment)
             #expect(list.status == 0, "\(list.stderr)")
-            let lines = list.stdout.split(separator: "\n").map { $0.split(separator: "\t", omittingEmptySubsequences: false).map(String.init) }
+            let lines = list.stdout.split(separator: "\n")
+                .map { $0.split(separator: "\t", omittingEmptySubsequences: false).map(String.init) }
             #expect(lines.first?.last == "disabled_reason" && lines.count == 102)
             let reasons = Dictionary(lines.dropFirst().map { ($0[1], $0.last ?? "") }, uniquingKeysWith: { $1 })
             #expect(reasons["good"] == "-")

@@ -75,7 +75,8 @@ struct RetentionTests {
                 let tomorrow = Timestamp(microseconds: writer.now.microseconds + Self.dayMicros)
                 let scheduledAhead = try await writer.job(daysAgo: 40, enqueuedAt: tomorrow)
                 try await pool.query("""
-                    INSERT INTO delayed_jobs (job_id, tenant, type, tier, payload, run_at, created_at) VALUES ($1, 'acme', 'noop', 'premium', '{}', $2, $3)
+                    INSERT INTO delayed_jobs (job_id, tenant, type, tier, payload, run_at, created_at)
+                    VALUES ($1, 'acme', 'noop', 'premium', '{}', $2, $3)
                     """, [scheduledAhead, tomorrow, writer.at(daysAgo: 40)])
                 // 5 days old: kept.
                 let recentFinished = try await writer.job(daysAgo: 5, run: "succeeded")
