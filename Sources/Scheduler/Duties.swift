@@ -6,12 +6,20 @@ import Synchronization
 
 /// Fires the cron schedules: claims the due fires (each under its fire key, in one
 /// transaction) and publishes them with confirms; fires claimed but left unconfirmed by a
-/// scheduler that died are published again with the same job id.
+/// scheduler that died are published again with the same job id. A due schedule that no
+/// longer evaluates is disabled with its error (logged, counted in
+/// `warren_schedules_disabled_total`, and on `/status` with the latest few).
 final class CronDuty: LeaderDuty {
     let store: ScheduleStore
     let publisher: JobPublisher
     let logger: Logger
     private let counts = Mutex<(published: Int, skipped: Int)>((0, 0))
+    /// Schedules disabled for not evaluating, as the database last said (any scheduler may have
+    /// disabled them, and writing one again re-enables it), read at most every few seconds.
+    private let disabled = Mutex<(count: Int, latest: [ScheduleStore.Schedule], read: ContinuousClock.Instant?)>((0, [], nil))
+    private let disabledCounter = Counter(label: "warren_schedules_disabled_total")
+    /// How many of the disabled schedules `/status` lists.
+    static let latestDisabledShown = 5
 
     init(store: ScheduleStore, publisher: JobPublisher, logger: Logger) {
         self.store = store
@@ -22,7 +30,15 @@ final class CronDuty: LeaderDuty {
     var name: String { "cron" }
 
     func round(now: Timestamp) async throws {
-        let (claimed, skipped) = try await store.claimDue(now: now)
+        let claim = try await store.claimDue(now: now)
+        let (claimed, skipped) = (claim.fires, claim.skipped)
+        for schedule in claim.disabled {
+            logger.error("schedule no longer evaluates; disabled until it is written again", metadata: [
+                "schedule_id": "\(schedule.id.lowercasedString)", "tenant": "\(schedule.tenant)", "schedule": "\(schedule.name)",
+                "error": "\(schedule.reason)",
+            ])
+        }
+        if !claim.disabled.isEmpty { disabledCounter.increment(by: claim.disabled.count) }
         let fires = claimed + (try await store.unconfirmedFires(olderThanSeconds: 30))
         if skipped > 0 { logger.warning("fires missed beyond their catch-up window were skipped", metadata: ["count": "\(skipped)"]) }
         let confirmed = await publishConfirmed(fires.map(\.job), with: publisher, logger: logger).map { fires[$0] }
@@ -34,11 +50,29 @@ final class CronDuty: LeaderDuty {
         }
         try await store.markPublished(confirmed)
         counts.withLock { $0 = ($0.published + confirmed.count, $0.skipped + skipped) }
+        await refreshDisabled(force: !claim.disabled.isEmpty)
+    }
+
+    /// Reads the disabled schedules again when `force`d or a few seconds after the last read
+    /// (for `/status` only: a failure is logged and the round goes on).
+    private func refreshDisabled(force: Bool) async {
+        let stale = disabled.withLock { state in state.read.map { ContinuousClock.now - $0 > .seconds(5) } ?? true }
+        guard force || stale else { return }
+        do {
+            let (count, latest) = try await store.disabled(latest: Self.latestDisabledShown)
+            disabled.withLock { $0 = (count, latest, .now) }
+        } catch {
+            logger.warning("cannot read the disabled schedules for /status", metadata: ["error": "\(error)"])
+        }
     }
 
     func statusJSON() -> String {
         let (published, skipped) = counts.withLock { ($0.published, $0.skipped) }
-        return #""fires_published":\#(published),"fires_skipped":\#(skipped)"#
+        let (count, latest) = disabled.withLock { ($0.count, $0.latest) }
+        let shown = latest.map { schedule in
+            #"{"tenant":\#(JSONText.quoted(schedule.tenant)),"name":\#(JSONText.quoted(schedule.name)),"reason":\#(JSONText.quoted(schedule.disabledReason ?? "")),"disabled_at":\#(schedule.disabledAt.map { "\"\($0.iso8601)\"" } ?? "null")}"#
+        }
+        return #""fires_published":\#(published),"fires_skipped":\#(skipped),"schedules_disabled":\#(count),"schedules_disabled_latest":[\#(shown.joined(separator: ","))]"#
     }
 }
 
@@ -80,7 +114,8 @@ final class DelayedJobDuty: LeaderDuty {
 }
 
 /// Keeps daily partitions ready ahead and drops those past retention, every
-/// `WARREN_UPKEEP_INTERVAL_SECONDS`, and deletes old rows of `delayed_jobs` and `contact_fires`.
+/// `WARREN_UPKEEP_INTERVAL_SECONDS`, and deletes old rows of `api_batches`, `api_jobs`,
+/// `delayed_jobs` and `contact_fires`.
 final class UpkeepDuty: LeaderDuty {
     let pool: PostgresPool
     let settings: Settings
@@ -113,10 +148,21 @@ final class UpkeepDuty: LeaderDuty {
         }
     }
 
-    /// One upkeep round (also `scheduler --once`).
-    static func once(pool: PostgresPool, settings: Settings, logger: Logger) async throws {
+    /// One upkeep round (also `scheduler --once`). The retention horizon moves first (to the
+    /// partition cutoff), so from then on the jobs before it read 404 and their cancellation
+    /// requests are not open, and `api_batches` and `api_jobs` are pruned before the `job_runs`
+    /// partitions go: no job is ever left with a row that reads `queued` for want of its run.
+    static func once(pool: PostgresPool, settings: Settings, logger: Logger, now: Timestamp = .now()) async throws {
+        let horizon = try await Retention.advance(to: Retention.horizon(retentionDays: settings.retentionDays, now: now), pool: pool)
+        let batches = try await APIBatchStore(pool: pool).prune()
+        let jobs = try await APIJobStore(pool: pool).prune()
+        if batches + jobs > 0 {
+            logger.info("api_batches and api_jobs past retention deleted", metadata: [
+                "batches": "\(batches)", "jobs": "\(jobs)", "horizon": "\(horizon.iso8601)",
+            ])
+        }
         try await PartitionManager(logger: logger).upkeep(daysAhead: settings.partitionDaysAhead,
-                                                          retentionDays: settings.retentionDays, pool: pool)
+                                                          retentionDays: settings.retentionDays, pool: pool, now: now)
         let pruned = try await DelayedJobStore(pool: pool).prune(olderThanDays: settings.retentionDays)
             + (try await ContactStore(pool: pool).prune(olderThanDays: settings.retentionDays))
         if pruned > 0 { logger.info("old delayed_jobs and contact_fires rows deleted", metadata: ["count": "\(pruned)"]) }

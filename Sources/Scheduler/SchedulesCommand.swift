@@ -63,18 +63,27 @@ struct SchedulesCommand: AsyncParsableCommand {
     }
 
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List schedules (tab-separated).")
+        static let configuration = CommandConfiguration(
+            abstract: "List schedules (tab-separated); disabled_reason says why the scheduler disabled one, '-' if it did not.")
 
         @Option(help: "Only this tenant's.") var tenant: String?
 
+        /// Tabs and line breaks in a stored expression's error would break the columns.
+        static func oneLine(_ text: String) -> String {
+            String(text.map { $0 == "\t" || $0.isNewline ? " " : $0 })
+        }
+
         func run() async throws {
             let schedules = try await SchedulesCommand.withStore { try await $0.list(tenant: tenant) }
-            print(["tenant", "name", "cron", "time_zone", "type", "tier", "enabled", "catch_up_s", "next_fire"].joined(separator: "\t"))
+            print(["tenant", "name", "cron", "time_zone", "type", "tier", "enabled", "catch_up_s", "next_fire", "disabled_reason"]
+                .joined(separator: "\t"))
             for schedule in schedules {
                 let zone = (try? CronSchedule.zone(schedule.timeZone)) ?? TimeZone(identifier: "UTC")!
+                // A schedule that no longer evaluates has no next fire; its reason says why.
+                let next = schedule.disabledReason == nil ? WallClock.iso8601(schedule.nextFireAt.microseconds / 1_000_000, in: zone) : "-"
                 print([schedule.tenant, schedule.name, schedule.cron, schedule.timeZone, schedule.jobType, schedule.tier.rawValue,
-                       String(schedule.enabled), String(schedule.catchUpSeconds),
-                       WallClock.iso8601(schedule.nextFireAt.microseconds / 1_000_000, in: zone)].joined(separator: "\t"))
+                       String(schedule.enabled), String(schedule.catchUpSeconds), next,
+                       Self.oneLine(schedule.disabledReason ?? "-")].joined(separator: "\t"))
             }
         }
     }

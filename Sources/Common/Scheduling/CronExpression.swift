@@ -5,7 +5,9 @@ import Foundation
 /// Each field takes `*`, numbers, ranges (`1-5`), lists (`1,15,30`) and steps (`*/15`,
 /// `0-30/10`, `5/20` meaning from 5 to the end); months take `JAN`-`DEC` and days of the week
 /// `SUN`-`SAT` (0 and 7 are both Sunday). As in Vixie cron, when both day of month and day of
-/// week are restricted, a day matching either fires.
+/// week are restricted, a day matching either fires. Only real dates match: `0 9 29 2 *` fires
+/// on 29 February, so only in leap years, as in every cron (the 28 February stand-in is a rule
+/// of contact events, `ContactEvents`, not of cron).
 package struct CronExpression: Sendable, Equatable, CustomStringConvertible {
     package let minutes: Set<Int>
     package let hours: Set<Int>
@@ -128,15 +130,9 @@ package struct CronExpression: Sendable, Equatable, CustomStringConvertible {
         let dowMatch = daysOfWeek.contains(day.weekday)
         switch (anyDayOfMonth, anyDayOfWeek) {
         case (true, true): return true
-        case (false, true): return domMatch || isLeapDayStandIn(day)
+        case (false, true): return domMatch
         case (true, false): return dowMatch
         case (false, false): return domMatch || dowMatch
         }
-    }
-
-    /// The yearly-event rule: an expression for 29 February only (`0 9 29 2 *`) fires on
-    /// 28 February in years without a 29th.
-    private func isLeapDayStandIn(_ day: CivilDate) -> Bool {
-        daysOfMonth == [29] && months == [2] && day.month == 2 && day.day == 28 && !CivilDate.isLeap(day.year)
     }
 }

@@ -6,7 +6,7 @@ import Foundation
 /// - a time in a spring-forward gap (02:30 on the night clocks jump from 02:00 to 03:00) fires
 ///   once, at the first valid instant after the gap (03:00);
 /// - a time that occurs twice (01:30 when clocks fall back) fires once, on its first occurrence;
-/// - an expression for 29 February only fires on 28 February in other years.
+/// - only real dates match: an expression for 29 February fires in leap years only.
 ///
 /// The next fire is computed from the previous *scheduled* fire (never from "now"), as an
 /// instant in UTC; the search walks local calendar days with integer arithmetic and asks the

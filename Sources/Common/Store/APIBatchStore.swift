@@ -83,12 +83,13 @@ package struct APIBatchStore: Sendable {
     }
 
     /// Counts by status, the errors of failed and dead jobs grouped by message, and the
-    /// on_complete job; nil unless the batch is `tenant`'s.
+    /// on_complete job; nil unless the batch is `tenant`'s, and nil past the retention horizon
+    /// (its jobs' rows are gone: it would read all `queued`).
     package func summary(of id: UUID, tenant: String, errorGroups: Int = 20, sampleJobs: Int = 5) async throws -> Summary? {
         try await pool.withConnection { connection in
             let batches = try await connection.query("""
                 SELECT total, on_complete_type, on_complete_job_id, on_complete_published_at IS NOT NULL, created_at, completed_at
-                FROM api_batches WHERE batch_id = $1 AND tenant = $2
+                FROM api_batches b WHERE batch_id = $1 AND tenant = $2 AND NOT \(Self.expired)
                 """, [id, tenant]).rows
             guard let batch = batches.first else { return nil }
             var counts: [String: Int] = [:]
@@ -114,6 +115,30 @@ package struct APIBatchStore: Sendable {
             return Summary(id: id, total: try batch.int(0), counts: counts, errors: errors, onCompleteType: batch[1],
                            onCompleteJobID: batch[2].flatMap(UUID.init(uuidString:)), onCompletePublished: try batch.bool(3),
                            createdAt: try batch.timestamp(4), completedAt: batch[5].flatMap(Timestamp.init(iso8601:)))
+        }
+    }
+
+    // MARK: - Retention
+
+    /// A batch `b` past the retention horizon (``Retention``): created before it, and every job
+    /// of it past the horizon too (``APIJobStore/expired``). A batch that never completed goes
+    /// as well: its jobs' `job_runs` rows are gone, so it never would.
+    static let expired = """
+        (b.created_at < \(Retention.horizonSQL)
+         AND NOT EXISTS (SELECT 1 FROM api_jobs a WHERE a.batch_id = b.batch_id AND NOT \(APIJobStore.expired)))
+        """
+
+    /// Deletes the batches past the retention horizon, `batchSize` at a time (their jobs are
+    /// then pruned by ``APIJobStore/prune(batchSize:)``). Returns how many went.
+    @discardableResult
+    package func prune(batchSize: Int = 10_000) async throws -> Int {
+        var total = 0
+        while true {
+            let deleted = try await pool.query("""
+                DELETE FROM api_batches WHERE batch_id IN (SELECT b.batch_id FROM api_batches b WHERE \(Self.expired) LIMIT $1)
+                """, [batchSize]).affectedRows
+            total += deleted
+            if deleted < batchSize { return total }
         }
     }
 

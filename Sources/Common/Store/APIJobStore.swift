@@ -95,6 +95,35 @@ package struct APIJobStore: Sendable {
         try await pool.query("DELETE FROM api_jobs WHERE job_id = $1 AND state = 'pending'", [id])
     }
 
+    // MARK: - Retention
+
+    /// An `api_jobs` row `a` past the retention horizon: enqueued and recorded before it (its
+    /// `job_runs` row is in a dropped partition) and not a delayed job still held (that one is
+    /// published later, whatever its age).
+    static let expired = """
+        (a.enqueued_at < \(Retention.horizonSQL) AND a.created_at < \(Retention.horizonSQL)
+         AND NOT EXISTS (SELECT 1 FROM delayed_jobs held WHERE held.job_id = a.job_id AND held.state = 'pending'))
+        """
+
+    /// Deletes the rows past the retention horizon (``Retention``), `batchSize` at a time; a
+    /// batch's jobs stay while their batch does (``APIBatchStore/prune(batchSize:)`` goes
+    /// first), so a batch never looks complete for lack of jobs. Returns how many went.
+    @discardableResult
+    package func prune(batchSize: Int = 10_000) async throws -> Int {
+        var total = 0
+        while true {
+            let deleted = try await pool.query("""
+                DELETE FROM api_jobs WHERE job_id IN (
+                    SELECT a.job_id FROM api_jobs a
+                    WHERE \(Self.expired)
+                      AND (a.batch_id IS NULL OR NOT EXISTS (SELECT 1 FROM api_batches b WHERE b.batch_id = a.batch_id))
+                    LIMIT $1)
+                """, [batchSize]).affectedRows
+            total += deleted
+            if deleted < batchSize { return total }
+        }
+    }
+
     // MARK: - Cancellation
 
     package enum CancelRequest: Sendable, Equatable {
@@ -136,9 +165,10 @@ package struct APIJobStore: Sendable {
             let rows = try await connection.query("""
                 SELECT a.tier, a.type, a.enqueued_at, a.idempotency_key, coalesce(r.status, 'queued')
                 FROM api_jobs a LEFT JOIN job_runs r ON r.job_id = a.job_id AND r.enqueued_at = a.enqueued_at
-                WHERE a.job_id = $1 AND a.tenant = $2
+                WHERE a.job_id = $1 AND a.tenant = $2 AND NOT \(Self.expired)
                 FOR UPDATE OF a
                 """, [id, tenant]).rows
+            // A job past the retention horizon is gone, as for GET (404).
             guard let row = rows.first, let tier = Tier(rawValue: try row.string(0)) else { return .notFound }
             let before = try row.string(4)
             // Cancelling a cancelled job answers as the first time did (DELETE is idempotent).
@@ -194,6 +224,8 @@ package struct APIJobStore: Sendable {
             SELECT a.job_id FROM api_jobs a
             WHERE a.cancel_requested_at IS NOT NULL AND a.tier = $1
               AND ($2::int IS NULL OR a.cancel_requested_at > now() - make_interval(secs => $2::int))
+              -- past retention its job_runs row is gone: the request is not open, however it looks
+              AND a.enqueued_at >= \(Retention.horizonSQL)
               AND NOT EXISTS (SELECT 1 FROM job_runs r WHERE r.job_id = a.job_id AND r.enqueued_at = a.enqueued_at
                                 AND r.status IN ('succeeded', 'failed', 'dead', 'cancelled'))
             """, [tier.rawValue, withinSeconds]).rows.map { try $0.uuid(0) }
@@ -209,7 +241,9 @@ package struct APIJobStore: Sendable {
              THEN 'cancelled' ELSE coalesce(r.status, 'queued') END
         """
 
-    /// A delayed job not yet published is `scheduled`, and its `run_at` is set.
+    /// A delayed job not yet published is `scheduled`, and its `run_at` is set. A job enqueued
+    /// before the retention horizon is not found (nil), pruned or not yet: its `job_runs` row is
+    /// gone, and it would otherwise read `queued`.
     package func status(of id: UUID, tenant: String) async throws -> [String: String?]? {
         let rows = try await pool.query("""
             SELECT a.job_id, a.type, a.tier,
@@ -219,7 +253,7 @@ package struct APIJobStore: Sendable {
             FROM api_jobs a
             LEFT JOIN job_runs r ON r.job_id = a.job_id AND r.enqueued_at = a.enqueued_at
             LEFT JOIN delayed_jobs d ON d.job_id = a.job_id
-            WHERE a.job_id = $1 AND a.tenant = $2
+            WHERE a.job_id = $1 AND a.tenant = $2 AND NOT \(Self.expired)
             """, [id, tenant]).rows
         guard let row = rows.first else { return nil }
         return ["id": row[0], "type": row[1], "tier": row[2], "status": row[3], "attempts": row[4], "result": row[5],

@@ -227,7 +227,26 @@ package enum Schema {
             -- on only if no write came in while it was sending that date.
             ALTER TABLE contact_cursors ADD COLUMN version bigint NOT NULL DEFAULT 0;
             """),
-        // 10 and 11 are taken by the scheduling and retention changes.
+        Migration(version: 10, name: "schedules disabled because they no longer evaluate", sql: """
+            -- A due schedule whose expression or zone no longer evaluates (a zone removed by a
+            -- tzdata update, a bad stored expression, no next fire) is disabled by the leader
+            -- with the error, so it never holds up the others; writing the schedule again
+            -- clears both.
+            ALTER TABLE schedules ADD COLUMN disabled_reason text, ADD COLUMN disabled_at timestamptz;
+            CREATE INDEX schedules_disabled_idx ON schedules (disabled_at) WHERE disabled_reason IS NOT NULL;
+            """),
+        Migration(version: 11, name: "retention horizon; api_jobs and api_batches pruned with job_runs", sql: """
+            -- One row: the instant before which job history is gone (job_runs partitions dropped
+            -- after WARREN_RETENTION_DAYS, api_jobs and api_batches pruned with them). Moved
+            -- forward by the leader's upkeep before it prunes, never back; a job enqueued before
+            -- it reads 404 and its cancellation request is no longer loaded by consumers.
+            CREATE TABLE retention_horizon (
+                singleton  boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
+                horizon    timestamptz NOT NULL,
+                updated_at timestamptz NOT NULL DEFAULT now()
+            );
+            CREATE INDEX api_batches_created_idx ON api_batches (created_at);
+            """),
         Migration(version: 12, name: "job_runs.seq: one lineage per job", sql: """
             -- The place in its job's lineage of the message this row speaks for: 0 as published,
             -- +1 at every retry or deferral (the x-warren-seq header). A `retrying` row holds the

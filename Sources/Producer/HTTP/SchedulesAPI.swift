@@ -106,6 +106,8 @@ extension JobsAPI {
         return name
     }
 
+    /// A schedule the leader disabled because it no longer evaluates has `enabled: false`, no
+    /// `next_fires`, and its error in `disabled_reason` (null otherwise) until it is written again.
     static func scheduleJSON(_ schedule: ScheduleStore.Schedule) -> String {
         var next: [String] = []
         if let cron = try? CronSchedule(schedule.cron, zone: schedule.timeZone) {
@@ -116,6 +118,6 @@ extension JobsAPI {
                 instant = following
             }
         }
-        return #"{"id":"\#(schedule.id.lowercasedString)","name":\#(JSONText.quoted(schedule.name)),"cron":\#(JSONText.quoted(schedule.cron)),"time_zone":\#(JSONText.quoted(schedule.timeZone)),"type":\#(JSONText.quoted(schedule.jobType)),"tier":"\#(schedule.tier.rawValue)","payload":\#(schedule.payload),"enabled":\#(schedule.enabled),"catch_up_seconds":\#(schedule.catchUpSeconds),"next_fires":[\#(next.joined(separator: ","))]}"#
+        return #"{"id":"\#(schedule.id.lowercasedString)","name":\#(JSONText.quoted(schedule.name)),"cron":\#(JSONText.quoted(schedule.cron)),"time_zone":\#(JSONText.quoted(schedule.timeZone)),"type":\#(JSONText.quoted(schedule.jobType)),"tier":"\#(schedule.tier.rawValue)","payload":\#(schedule.payload),"enabled":\#(schedule.enabled),"catch_up_seconds":\#(schedule.catchUpSeconds),"next_fires":[\#(next.joined(separator: ","))],"disabled_reason":\#(schedule.disabledReason.map(JSONText.quoted) ?? "null"),"disabled_at":\#(schedule.disabledAt.map { "\"\($0.iso8601)\"" } ?? "null")}"#
     }
 }
