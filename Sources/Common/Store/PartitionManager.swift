@@ -152,8 +152,10 @@ extension PartitionManager {
     /// session advisory lock); returns false when it skipped for that reason.
     @discardableResult
     package func upkeep(daysAhead: Int, retentionDays: Int, pool: PostgresPool, now: Timestamp = .now()) async throws -> Bool {
-        try await pool.withConnection { connection in
-            let locked = try await connection.query("SELECT pg_try_advisory_lock($1)", [Self.upkeepLockKey]).rows.first?.bool(0) ?? false
+        // One round at a time per schema (another schema's tables have their own upkeep).
+        let lockKey = LeaderLock.key(Self.upkeepLockKey, schema: pool.configuration.searchPath)
+        return try await pool.withConnection { connection in
+            let locked = try await connection.query("SELECT pg_try_advisory_lock($1)", [lockKey]).rows.first?.bool(0) ?? false
             guard locked else {
                 logger.debug("partition upkeep skipped: another process holds the upkeep lock")
                 return false
@@ -165,10 +167,10 @@ extension PartitionManager {
                 logger.info("partition upkeep done", metadata: [
                     "days_ahead": "\(daysAhead)", "retention_days": "\(retentionDays)", "dropped": "\(dropped.count)",
                 ])
-                _ = try await connection.query("SELECT pg_advisory_unlock($1)", [Self.upkeepLockKey])
+                _ = try await connection.query("SELECT pg_advisory_unlock($1)", [lockKey])
                 return true
             } catch {
-                _ = try? await connection.query("SELECT pg_advisory_unlock($1)", [Self.upkeepLockKey])
+                _ = try? await connection.query("SELECT pg_advisory_unlock($1)", [lockKey])
                 throw error
             }
         }

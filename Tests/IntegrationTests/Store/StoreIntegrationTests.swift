@@ -50,10 +50,14 @@ struct StoreIntegrationTests {
             let manager = PartitionManager(logger: TestServices.logger)
             // Another scheduler in its round holds the lock.
             let other = PostgresPool(configuration: pool.configuration, logger: TestServices.logger)
+            let key = LeaderLock.key(PartitionManager.upkeepLockKey, schema: pool.configuration.searchPath)
+            // The same lock of another schema does not hold this one up.
+            let elsewhere = LeaderLock.key(PartitionManager.upkeepLockKey, schema: "another_schema")
+            #expect(elsewhere != key)
             let skipped = try await other.withConnection { connection in
-                _ = try await connection.query("SELECT pg_advisory_lock($1)", [PartitionManager.upkeepLockKey])
+                _ = try await connection.query("SELECT pg_advisory_lock($1)", [key])
                 let ran = try await manager.upkeep(daysAhead: 2, retentionDays: 30, pool: pool)
-                _ = try await connection.query("SELECT pg_advisory_unlock($1)", [PartitionManager.upkeepLockKey])
+                _ = try await connection.query("SELECT pg_advisory_unlock($1)", [key])
                 return !ran
             }
             await other.close()
