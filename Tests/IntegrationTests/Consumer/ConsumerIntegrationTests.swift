@@ -42,6 +42,24 @@ struct ConsumerIntegrationTests {
             Int(try await connection.withControl { control in try control.queueDepth(queue).messages })
         }
 
+        /// Publishes `job` again and hands it back unacked (the connection that took it drops),
+        /// so it comes back flagged redelivered, as after a crash between a write and its ack.
+        func redeliver(_ job: JobEnvelope) async throws {
+            try await publish([job])
+            try await TestServices.withConnection("test redeliver", url: amqpURL) { connection in
+                let deliveries = try await connection.consume(queue: job.tier.queueName, prefetch: 1)
+                var iterator = deliveries.makeAsyncIterator()
+                _ = try #require(try await iterator.next())
+            }
+        }
+
+        /// True once `count` `duplicate` events are logged and the free queue is empty.
+        func duplicatesAcked(_ count: Int) async throws -> Bool {
+            let duplicates = try await self.count("SELECT count(*) FROM message_logs WHERE event = 'duplicate'")
+            let left = try await depth(Tier.free.queueName)
+            return duplicates == count && left == 0
+        }
+
         /// Takes every message off `queue` (acked), to inspect what was dead-lettered.
         func drain(_ queue: String, expecting count: Int) async throws -> [AMQPDelivery] {
             let deliveries = try await connection.consume(queue: queue, prefetch: 100)
@@ -201,18 +219,9 @@ struct ConsumerIntegrationTests {
             #expect(counter.runs == 1)
             // The same message comes back flagged redelivered (as after a crash between the
             // write and the ack): take it without acking and drop the connection.
-            try await world.publish([first])
-            try await TestServices.withConnection("test redeliver", url: world.amqpURL) { connection in
-                let deliveries = try await connection.consume(queue: Tier.free.queueName, prefetch: 1)
-                var iterator = deliveries.makeAsyncIterator()
-                _ = try #require(try await iterator.next())
-            }
+            try await world.redeliver(first)
             try await withConsumer(world, handlers: handlers) { _ in
-                try await TestServices.waitUntil("the duplicate was recorded and acked") {
-                    let duplicates = try await world.count("SELECT count(*) FROM message_logs WHERE event = 'duplicate'")
-                    let left = try await world.depth(Tier.free.queueName)
-                    return duplicates == 1 && left == 0
-                }
+                try await TestServices.waitUntil("the duplicate was recorded and acked") { try await world.duplicatesAcked(1) }
             }
             #expect(counter.runs == 1, "the handler did not run again")
             #expect(try await world.count("SELECT count(*) FROM job_runs") == 1)

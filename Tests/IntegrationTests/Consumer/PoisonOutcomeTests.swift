@@ -191,17 +191,10 @@ extension ConsumerIntegrationTests {
             #expect(try await world.depth("warren.retry.30s") == 1)
 
             // Attempt 1's message again, flagged redelivered (taken unacked, connection dropped).
-            try await world.publish([first])
-            try await TestServices.withConnection("test redeliver", url: world.amqpURL) { connection in
-                let deliveries = try await connection.consume(queue: Tier.free.queueName, prefetch: 1)
-                var iterator = deliveries.makeAsyncIterator()
-                _ = try #require(try await iterator.next())
-            }
+            try await world.redeliver(first)
             try await withConsumer(world, handlers: handlers, configure: slowRetry) { _ in
                 try await TestServices.waitUntil("the stale delivery was recorded as superseded and acked") {
-                    let duplicates = try await world.count("SELECT count(*) FROM message_logs WHERE event = 'duplicate'")
-                    let left = try await world.depth(Tier.free.queueName)
-                    return duplicates == 1 && left == 0
+                    try await world.duplicatesAcked(1)
                 }
             }
             #expect(flaky.runs(of: first.id) == 1, "the superseded attempt did not run")
@@ -224,9 +217,7 @@ extension ConsumerIntegrationTests {
                 try await TestServices.waitUntil("the first copy runs") { gate.started == 1 }
                 try await world.publish([running])
                 try await TestServices.waitUntil("the second copy was recorded as a duplicate and acked") {
-                    let duplicates = try await world.count("SELECT count(*) FROM message_logs WHERE event = 'duplicate'")
-                    let left = try await world.depth(Tier.free.queueName)
-                    return duplicates == 1 && left == 0
+                    try await world.duplicatesAcked(1)
                 }
                 #expect(gate.started == 1)
                 gate.release()
