@@ -152,13 +152,16 @@ struct MessageSendTests {
                     try await TestServices.waitUntil(timeout: .seconds(20), "the retry succeeded") {
                         try await row(world, slow)?.status == "succeeded"
                     }
-                    #expect(try await row(world, slow)?.attempts == 2)
-                    // The slow first request still finishes at the stand-in: two requests, one message.
-                    try await TestServices.waitUntil(timeout: .seconds(10), "the stand-in answered both requests") {
-                        try await standIn.received().count == 2
+                    // Usually 2; 3 when a loaded machine let the retry start before the stand-in
+                    // was made fast (that call timed out too): what matters is one message.
+                    let attempts = try #require(try await row(world, slow)?.attempts)
+                    #expect((2...3).contains(attempts))
+                    // The slow requests still finish at the stand-in: one request per attempt, one message.
+                    try await TestServices.waitUntil(timeout: .seconds(10), "the stand-in answered every request") {
+                        try await standIn.received().count == attempts
                     }
                     let received = try await standIn.received()
-                    #expect(received.requests(key: "slow-1").count == 2)
+                    #expect(received.requests(key: "slow-1").count == attempts)
                     #expect(received.deliveries(key: "slow-1") == 1, "the Idempotency-Key made the second one a duplicate")
                     #expect(received.delivered == 1)
                 }
