@@ -29,7 +29,7 @@ struct MessageSendTests {
                                           environment: environment.merging(extra) { $1 })
         defer { consumer.signal(SIGKILL) }
         let port = try await consumer.listeningPort("admin_port")
-        try await TestServices.waitUntil(timeout: .seconds(20), "the consumer's admin port answers") {
+        try await TestServices.waitUntil(timeout: .seconds(60), "the consumer's admin port answers") {
             (try? await HTTP.request("GET", "http://127.0.0.1:\(port)/healthz").0) == 200
         }
         let value = try await body(port)
@@ -110,7 +110,7 @@ struct MessageSendTests {
                     try await standIn.configure(#"{"next": [422]}"#)
                     let refused = message("nobody@example.com")
                     try await world.publish([refused])
-                    try await TestServices.waitUntil(timeout: .seconds(20), "the refused job failed") {
+                    try await TestServices.waitUntil(timeout: .seconds(60), "the refused job failed") {
                         try await row(world, refused)?.status == "failed"
                     }
                     let error = try await row(world, refused)?.error ?? ""
@@ -144,12 +144,12 @@ struct MessageSendTests {
                 try await withConsumer(world, standIn, environment: ["WARREN_NOTIFY_TIMEOUT_SECONDS": "1"]) { _ in
                     let slow = message("ada@example.com", idempotencyKey: "slow-1")
                     try await world.publish([slow])
-                    try await TestServices.waitUntil(timeout: .seconds(20), "the first call timed out") {
+                    try await TestServices.waitUntil(timeout: .seconds(60), "the first call timed out") {
                         try await row(world, slow)?.status == "retrying"
                     }
                     #expect(try await row(world, slow)?.error?.contains("timed out") == true)
                     try await standIn.configure(#"{"delay_ms": 0}"#)
-                    try await TestServices.waitUntil(timeout: .seconds(20), "the retry succeeded") {
+                    try await TestServices.waitUntil(timeout: .seconds(60), "the retry succeeded") {
                         try await row(world, slow)?.status == "succeeded"
                     }
                     // Usually 2; 3 when a loaded machine let the retry start before the stand-in
@@ -181,7 +181,7 @@ struct MessageSendTests {
                     try await world.publish(jobs)
 
                     // Five 503s open it.
-                    try await TestServices.waitUntil(timeout: .seconds(20), "the breaker opened") {
+                    try await TestServices.waitUntil(timeout: .seconds(60), "the breaker opened") {
                         await breaker(port, standIn.destination).state == "open"
                     }
                     let (_, _, metrics) = try await HTTP.request("GET", "http://127.0.0.1:\(port)/metrics")
@@ -189,7 +189,7 @@ struct MessageSendTests {
 
                     // Their retries (Retry-After: 1 s) come back while it is open: each is deferred,
                     // with no call and at the attempt it had.
-                    try await TestServices.waitUntil(timeout: .seconds(20), "every job was deferred") {
+                    try await TestServices.waitUntil(timeout: .seconds(60), "every job was deferred") {
                         try await world.count("""
                             SELECT count(DISTINCT job_id) FROM message_logs WHERE event = 'retried' AND detail ? 'deferred'
                             """) == 5
@@ -202,7 +202,7 @@ struct MessageSendTests {
                             "one failed attempt each; deferrals spend none")
 
                     // After the open period one trial goes through; it fails, so it opens again.
-                    try await TestServices.waitUntil(timeout: .seconds(20), "a failed trial reopened it") {
+                    try await TestServices.waitUntil(timeout: .seconds(60), "a failed trial reopened it") {
                         await breaker(port, standIn.destination).timesOpened == 2
                     }
                     #expect(try await standIn.received().count == 6, "exactly one trial call")
@@ -233,7 +233,7 @@ struct MessageSendTests {
                 #expect(await notifyStatus(port)["configured"] as? Bool == false)
                 let job = message("ada@example.com")
                 try await world.publish([job])
-                try await TestServices.waitUntil(timeout: .seconds(20), "the job failed") {
+                try await TestServices.waitUntil(timeout: .seconds(60), "the job failed") {
                     try await row(world, job)?.status == "failed"
                 }
                 #expect(try await row(world, job)?.error?.contains("WARREN_NOTIFY_URL is not set") == true)
