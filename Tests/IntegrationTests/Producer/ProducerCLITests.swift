@@ -164,6 +164,9 @@ struct ProducerCLITests {
             }
             #expect(Set(printed.joined()).count == 80)
             try await TestServices.withConnection("test cli ids", url: url) { connection in
+                // Read back only what is there (an exact count), so a failed run cannot leave the loop waiting.
+                let counted = try await depths(connection)
+                try #require(counted[.free] == 80, "\(counted)")
                 let deliveries = try await connection.consume(queue: Tier.free.queueName, prefetch: 100)
                 var iterator = deliveries.makeAsyncIterator()
                 var payloads: [UUID: String] = [:]
