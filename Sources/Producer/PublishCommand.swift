@@ -277,7 +277,8 @@ struct PublishCommand: AsyncParsableCommand {
     private func runAt(now: Timestamp) throws -> Timestamp? {
         if let at {
             guard let instant = Timestamp(iso8601: at) else {
-                throw fail("--at: expected an ISO 8601 instant with its offset, like 2026-12-24T09:00:00+01:00, got '\(at)'", code: 2)
+                throw fail("--at: expected an ISO 8601 instant with its offset (Z, or ±HH:MM from -23:59 to +23:59), like 2026-12-24T09:00:00+01:00, got '\(at)'",
+                           code: 2)
             }
             guard instant.microseconds - now.microseconds <= DelayedJobStore.maxDelaySeconds * 1_000_000 else {
                 throw fail("--at: more than \(DelayedJobStore.maxDelaySeconds / 86_400) days ahead", code: 2)

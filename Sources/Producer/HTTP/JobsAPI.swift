@@ -167,7 +167,8 @@ struct JobsAPI: Sendable {
             guard member.kind == .string, let text = try? JSONScanner.string(body, at: member.value),
                   let instant = Timestamp(iso8601: text) else {
                 throw APIError(.unprocessableContent, "invalid_field",
-                               "'run_at' must be an ISO 8601 instant with its offset, like 2026-12-24T09:00:00+01:00", field: "run_at")
+                               "'run_at' must be an ISO 8601 instant with its offset (Z, or ±HH:MM from -23:59 to +23:59), like 2026-12-24T09:00:00+01:00",
+                               field: "run_at")
             }
             guard instant.microseconds - now.microseconds <= limit * 1_000_000 else {
                 throw APIError(.unprocessableContent, "invalid_field", "'run_at' is more than \(limit / 86_400) days ahead", field: "run_at")
