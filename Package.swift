@@ -118,8 +118,10 @@ let package = Package(
             name: "IntegrationTests",
             dependencies: [
                 "Common",
+                "Producer",
                 "CRabbitMQ",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
             ],
             swiftSettings: swiftSettings
         ),
