@@ -9,15 +9,17 @@ struct PublishCommand: AsyncParsableCommand {
         commandName: "publish",
         abstract: "Publish one job, or many from a JSON-lines file, and wait for the broker's confirms.",
         discussion: """
-            One job:   producer publish --type email.welcome --tier premium --payload '{"to":"a@b.c"}'
+            One job:   producer publish --type sleep --tier premium --payload '{"ms":500}'
             Many jobs: producer publish --jsonl jobs.jsonl   (one {"type","tier","payload",...} per line; - for stdin)
-            Later:     producer publish --type report.build --tier free --in 10m   (or --at 2026-12-24T09:00:00+01:00)
+            Later:     producer publish --type noop --tier free --in 10m   (or --at 2026-12-24T09:00:00+01:00)
 
-            Prints the job id (one job). Exit status: 0 when every job was confirmed, 1 when any
-            was not (each is listed with its line), 2 for bad input (nothing is published).
+            Prints the job id (one job; with --jsonl and --ids, every id in input order). Exit
+            status: 0 when every job was confirmed, 1 when any was not (each is listed with its
+            line), 2 for bad input (nothing is published). Logs (JSON on stderr) only warnings
+            and errors unless LOG_LEVEL asks for more.
             """)
 
-    @Option(help: "Job type, e.g. email.welcome.")
+    @Option(help: "Job type, e.g. noop, sleep, fail or message.send.")
     var type: String?
 
     @Option(help: "Tier: enterprise, premium or free. With --jsonl, the default for lines without one.")
@@ -56,18 +58,25 @@ struct PublishCommand: AsyncParsableCommand {
     @Option(help: "With --jsonl: publish at this steady rate (jobs per second), stamping each job as it is sent; for load tests.")
     var rate: Double?
 
+    @Flag(help: "With --jsonl: print each confirmed job's id on stdout, one per line in input order (an unconfirmed one prints an empty line, so line n is input job n).")
+    var ids = false
+
     func validate() throws {
         if jsonl == nil, type == nil { throw ValidationError("give --type (one job) or --jsonl FILE (many jobs)") }
         if jsonl != nil, type != nil { throw ValidationError("--type and --jsonl do not go together") }
-        if at != nil, delay != nil { throw ValidationError("--at and --in do not go together") }
-        if jsonl != nil, at != nil || delay != nil { throw ValidationError("--at and --in take one job (--type), not --jsonl") }
+        // Bad combinations of job flags are bad input, exit 2 as documented (a ValidationError is 64).
+        if at != nil, delay != nil { throw fail("--at and --in do not go together", code: 2) }
+        if jsonl != nil, at != nil || delay != nil { throw fail("--at and --in take one job (--type), not --jsonl", code: 2) }
+        if ids, jsonl == nil { throw fail("--ids goes with --jsonl (one job always prints its id)", code: 2) }
         guard (1...10_000).contains(batchSize) else { throw ValidationError("--batch-size must be in 1...10000") }
         if let rate, !(rate > 0 && rate <= 1_000_000) { throw ValidationError("--rate must be in (0, 1000000] jobs per second") }
         guard (1...100_000).contains(window) else { throw ValidationError("--window must be in 1...100000") }
     }
 
     func run() async throws {
-        let logger = Observability.bootstrap(service: "producer")
+        var logger = Observability.bootstrap(service: "producer")
+        // A script's stderr is for its errors: "AMQP connected" and the like only when asked.
+        if ProcessInfo.processInfo.environment["LOG_LEVEL"] == nil { logger.logLevel = .warning }
         let settings: Settings
         do {
             settings = try Settings()
@@ -171,16 +180,18 @@ struct PublishCommand: AsyncParsableCommand {
         let batches = stride(from: 0, to: jobs.count, by: batchSize).map { Array(jobs[$0..<min($0 + batchSize, jobs.count)]) }
         let publishStarted = ContinuousClock.now
         var failures: [(line: Int, error: AMQPError)] = []
+        // The id each input line was published under (paced publishing stamps new ones).
+        var publishedIDs: [Int: UUID] = [:]
         // Several batches in flight keep the confirm window full; the connection keeps order.
         let inFlight = max(2, (window + batchSize - 1) / batchSize + 1)
-        await withTaskGroup(of: [(Int, Result<Void, AMQPError>)].self) { group in
+        await withTaskGroup(of: [(Int, UUID, Result<Void, AMQPError>)].self) { group in
             var next = 0
             func submit() {
                 let batch = batches[next]
                 next += 1
                 group.addTask {
                     let results = await publisher.publish(batch.map(\.job))
-                    return zip(batch.map(\.line), results).map { ($0, $1) }
+                    return zip(batch, results).map { ($0.line, $0.job.id, $1) }
                 }
             }
             if let rate = self.rate {
@@ -197,15 +208,18 @@ struct PublishCommand: AsyncParsableCommand {
                             return job
                         }
                         let results = await publisher.publish(stamped)
-                        return zip(batch.map(\.line), results).map { ($0, $1) }
+                        return zip(zip(batch.map(\.line), stamped), results).map { ($0.0, $0.1.id, $1) }
                     }
                 }
                 next = batches.count
             }
             while next < batches.count && next < inFlight { submit() }
             for await results in group {
-                for (line, result) in results {
-                    if case .failure(let error) = result { failures.append((line, error)) }
+                for (line, id, result) in results {
+                    switch result {
+                    case .success: publishedIDs[line] = id
+                    case .failure(let error): failures.append((line, error))
+                    }
                 }
                 progress.advance(by: results.count, failed: failures.count)
                 if next < batches.count { submit() }
@@ -213,6 +227,16 @@ struct PublishCommand: AsyncParsableCommand {
         }
         await publisher.close()
         progress.finish()
+        if ids {
+            // Line n of stdout is input job n: an empty line for a job the broker did not confirm.
+            var text = ""
+            text.reserveCapacity(jobs.count * 37)
+            for job in jobs {
+                text += publishedIDs[job.line]?.lowercasedString ?? ""
+                text += "\n"
+            }
+            FileHandle.standardOutput.write(Data(text.utf8))
+        }
 
         let elapsed = ContinuousClock.now - started
         let publishElapsed = ContinuousClock.now - publishStarted
@@ -253,7 +277,8 @@ struct PublishCommand: AsyncParsableCommand {
     private func runAt(now: Timestamp) throws -> Timestamp? {
         if let at {
             guard let instant = Timestamp(iso8601: at) else {
-                throw fail("--at: expected an ISO 8601 instant with its offset, like 2026-12-24T09:00:00+01:00, got '\(at)'", code: 2)
+                throw fail("--at: expected an ISO 8601 instant with its offset (Z, or ±HH:MM from -23:59 to +23:59), like 2026-12-24T09:00:00+01:00, got '\(at)'",
+                           code: 2)
             }
             guard instant.microseconds - now.microseconds <= DelayedJobStore.maxDelaySeconds * 1_000_000 else {
                 throw fail("--at: more than \(DelayedJobStore.maxDelaySeconds / 86_400) days ahead", code: 2)

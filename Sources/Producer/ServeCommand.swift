@@ -2,6 +2,7 @@ import ArgumentParser
 import Common
 import Foundation
 import Hummingbird
+import HummingbirdCore
 import Logging
 import ServiceLifecycle
 import UnixSignals
@@ -10,7 +11,9 @@ import UnixSignals
 /// environment: `WARREN_HTTP_PORT` (8080; 0 picks a free one, logged at start as `http_port`), `WARREN_HTTP_HOST` (0.0.0.0), `WARREN_HTTP_MAX_BODY_BYTES`
 /// (1 MiB), `WARREN_JOB_TYPES` (extra accepted job types, comma-separated), `WARREN_BATCH_SWEEP_MS`
 /// (how often completed batches are looked for, 1000), `WARREN_TOKEN_CACHE_SECONDS` (how long a
-/// valid token is remembered, 2; a revoked one stops working within that).
+/// valid token is remembered, 2; a revoked one stops working within that),
+/// `WARREN_HTTP_IDLE_TIMEOUT_SECONDS` (30: a connection that sends nothing, or has not finished
+/// a request's headers, for that long is closed, so slow clients cannot hold descriptors).
 struct ServeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "serve", abstract: "Serve the HTTP API.")
 
@@ -30,11 +33,13 @@ struct ServeCommand: AsyncParsableCommand {
         let maxBody: Int
         let batchSweep: Int
         let tokenCacheSeconds: Int
+        let idleTimeout: Int
         do {
             listenPort = try port ?? reader.integer("WARREN_HTTP_PORT", 0...65_535) ?? 8080
             maxBody = try reader.integer("WARREN_HTTP_MAX_BODY_BYTES", 1...1_073_741_824) ?? 1_048_576
             batchSweep = try reader.integer("WARREN_BATCH_SWEEP_MS", 10...3_600_000) ?? 1_000
             tokenCacheSeconds = try reader.integer("WARREN_TOKEN_CACHE_SECONDS", 0...3_600) ?? 2
+            idleTimeout = try reader.integer("WARREN_HTTP_IDLE_TIMEOUT_SECONDS", 1...3_600) ?? 30
         } catch {
             throw ValidationError("\(error)")
         }
@@ -55,7 +60,13 @@ struct ServeCommand: AsyncParsableCommand {
                           rateLimiter: RateLimiter(limits: rateLimits),
                           knownTypes: Set(HandlerRegistry.standardTypes + extraTypes.filter { !$0.isEmpty }),
                           maxBodyBytes: maxBody, logger: logger)
-        let app = Application(router: api.router(),
+        // Hummingbird's idle timeout counts from the last request part read (or response
+        // written): a request whose head never completes (half a request line, headers sent a
+        // byte at a time) is closed after it too, which makes it the header timeout as well. A
+        // request being served is never cut by it. Unparsable requests get the JSON error body.
+        let server = HTTPServerBuilder.http1(configuration: .init(additionalChannelHandlers: [ProtocolErrorResponder()],
+                                                                  idleTimeout: .seconds(Int64(idleTimeout))))
+        let app = Application(router: api.router(), server: server,
                               configuration: .init(address: .hostname(host ?? reader.string("WARREN_HTTP_HOST") ?? "0.0.0.0", port: listenPort),
                                                    serverName: "warren"),
                               onServerRunning: { channel in

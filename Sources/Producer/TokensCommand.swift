@@ -25,9 +25,22 @@ struct TokensCommand: AsyncParsableCommand {
         @Option(help: "Comma-separated scopes: \(Scope.allCases.map(\.rawValue).joined(separator: ", ")).") var scopes: String
         @Option(help: "Days until it expires (default: never).") var expiresInDays: Int?
 
-        func run() async throws {
-            let parsedTier: Tier
-            do { parsedTier = try Tier.parse(tier) } catch { throw ValidationError("--tier: \(error.message)") }
+        /// Argument checks live here, before anything is opened: a `ValidationError` thrown
+        /// from `run()` is printed with the root command's usage, not this one's.
+        func validate() throws {
+            _ = try parsedTier()
+            _ = try parsedScopes()
+            guard !tenant.isEmpty, tenant.count <= 255 else { throw ValidationError("--tenant must be 1 to 255 characters") }
+            if let days = expiresInDays, !(1...36_500).contains(days) {
+                throw ValidationError("--expires-in-days must be from 1 to 36500")
+            }
+        }
+
+        private func parsedTier() throws -> Tier {
+            do { return try Tier.parse(tier) } catch { throw ValidationError("--tier: \(error.message)") }
+        }
+
+        private func parsedScopes() throws -> Set<Scope> {
             var parsed = Set<Scope>()
             for name in scopes.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) {
                 guard let scope = Scope(rawValue: name) else {
@@ -36,8 +49,12 @@ struct TokensCommand: AsyncParsableCommand {
                 parsed.insert(scope)
             }
             guard !parsed.isEmpty else { throw ValidationError("--scopes: give at least one scope") }
-            guard !tenant.isEmpty, tenant.count <= 255 else { throw ValidationError("--tenant must be 1 to 255 characters") }
-            if let days = expiresInDays, days < 1 { throw ValidationError("--expires-in-days must be at least 1") }
+            return parsed
+        }
+
+        func run() async throws {
+            let parsedTier = try parsedTier()
+            let parsed = try parsedScopes()
             let expiresAt = expiresInDays.map { Timestamp(microseconds: Timestamp.now().microseconds + Int64($0) * 86_400_000_000) }
             let (record, token) = try await TokensCommand.withStore { store in
                 try await store.create(tenant: tenant, tier: parsedTier, scopes: parsed, expiresAt: expiresAt)

@@ -60,7 +60,8 @@ package struct Timestamp: Sendable, Hashable, Comparable, CustomStringConvertibl
     }
 
     /// Parses ISO 8601 / RFC 3339 with an optional fraction (up to 6 digits kept) and a `Z`
-    /// or `±HH:MM` offset; also the form Postgres prints (`2026-11-23 09:00:00.5+00`).
+    /// or `±HH:MM` offset (hours 00-23, minutes 00-59); also the form Postgres prints
+    /// (`2026-11-23 09:00:00.5+00`).
     package init?(iso8601 text: String) {
         let bytes = Array(text.utf8)
         var index = 0
@@ -112,6 +113,8 @@ package struct Timestamp: Sendable, Hashable, Comparable, CustomStringConvertibl
                 guard let parsed = digits(2) else { return nil }
                 offsetMinutes = parsed
             }
+            // RFC 3339 offsets run from -23:59 to +23:59: `+99:99` is a typo, not a zone.
+            guard offsetHours < 24, offsetMinutes < 60 else { return nil }
             offsetSeconds = sign * (offsetHours * 3600 + offsetMinutes * 60)
         } else {
             return nil

@@ -63,7 +63,7 @@ extension JobsAPI {
                                      onComplete: onComplete)
         } catch {
             logger.warning("cannot record the batch", metadata: ["error": "\(error)", "request_id": "\(requestID)"])
-            throw APIError(.serviceUnavailable, "database_unavailable", "cannot record the batch right now; retry later", retryAfter: 2)
+            throw storeError(error, message: "cannot record the batch right now; retry later")
         }
         let results = await publisher.publish(jobs)
         var accepted: [String] = []

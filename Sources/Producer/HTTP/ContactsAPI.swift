@@ -100,8 +100,11 @@ extension JobsAPI {
             }
             after = id
         }
-        let page = try await database { try await contacts.list(tenant: token.tenant, after: after, limit: limit) }
-        let next = page.count == limit ? page.last.map { "\"\($0.id.lowercasedString)\"" } ?? "null" : "null"
+        // One row more than the page tells whether another page follows: a last page that
+        // happens to be full still answers `next_after: null`, as documented.
+        let rows = try await database { try await contacts.list(tenant: token.tenant, after: after, limit: limit + 1) }
+        let page = rows.prefix(limit)
+        let next = rows.count > limit ? page.last.map { "\"\($0.id.lowercasedString)\"" } ?? "null" : "null"
         return (json(.ok, #"{"contacts":[\#(page.map(Self.contactJSON).joined(separator: ","))],"next_after":\#(next)}"#), token.tenant)
     }
 

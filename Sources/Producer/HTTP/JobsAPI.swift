@@ -60,6 +60,8 @@ struct JobsAPI: Sendable {
                 try await createJob(request, requestID: id)
             }
         }
+        // Last, so that it wraps only the not-found answer (see UnmatchedRouteMiddleware).
+        router.add(middleware: UnmatchedRouteMiddleware(routes: router.routes))
         return router
     }
 
@@ -175,7 +177,8 @@ struct JobsAPI: Sendable {
             guard member.kind == .string, let text = try? JSONScanner.string(body, at: member.value),
                   let instant = Timestamp(iso8601: text) else {
                 throw APIError(.unprocessableContent, "invalid_field",
-                               "'run_at' must be an ISO 8601 instant with its offset, like 2026-12-24T09:00:00+01:00", field: "run_at")
+                               "'run_at' must be an ISO 8601 instant with its offset (Z, or ±HH:MM from -23:59 to +23:59), like 2026-12-24T09:00:00+01:00",
+                               field: "run_at")
             }
             guard instant.microseconds - now.microseconds <= limit * 1_000_000 else {
                 throw APIError(.unprocessableContent, "invalid_field", "'run_at' is more than \(limit / 86_400) days ahead", field: "run_at")
@@ -226,15 +229,28 @@ struct JobsAPI: Sendable {
         }
     }
 
-    /// Runs a database call; a failure is a 503 `database_unavailable` the client can retry.
+    /// Runs a database call; a failure is a 503 `database_unavailable` the client can retry,
+    /// unless Postgres refused the values themselves (see ``storeError(_:message:)``).
     func database<T>(message: String = "the database is unavailable right now; retry later",
                      _ body: () async throws -> T) async throws(APIError) -> T {
         do {
             return try await body()
         } catch {
-            logger.warning("database call failed", metadata: ["error": "\(error)"])
-            throw APIError(.serviceUnavailable, "database_unavailable", message, retryAfter: 2)
+            throw storeError(error, message: message)
         }
+    }
+
+    /// What a failed database call answers. Values Postgres can never store (a parameter
+    /// holding NUL, `PostgresError.invalidParameter`, or any other data error) are the
+    /// request's fault and fail the same way on every retry: 422, not a 503 inviting one.
+    /// Intake refuses such values first; this is the net under it.
+    func storeError(_ error: any Error, message: String) -> APIError {
+        if let error = error as? PostgresError, error.isDataError {
+            logger.info("database refused the request's values", metadata: ["error": "\(error)"])
+            return APIError(.unprocessableContent, "invalid_value", "a value in the request cannot be stored: \(error.message)")
+        }
+        logger.warning("database call failed", metadata: ["error": "\(error)"])
+        return APIError(.serviceUnavailable, "database_unavailable", message, retryAfter: 2)
     }
 
     private func publishError(_ error: any Error, job: JobEnvelope, requestID: String) -> APIError {
@@ -329,6 +345,7 @@ struct JobsAPI: Sendable {
             guard member.kind == .string, let value = try? JSONScanner.string(body, at: member.value) else {
                 throw APIError(.unprocessableContent, "invalid_field", "'\(prefix)\(key)' must be a string", field: prefix + key)
             }
+            try RequestFields.refuseNUL(value, prefix + key)
             return value
         }
         guard let type = try string("type") else {
@@ -451,10 +468,15 @@ struct APIError: Error {
         self.extra = extra
     }
 
-    var response: Response {
+    /// The body: `{"error":{"code","message","field"?}, ...extra}`.
+    var json: String {
         var fields = [#""code":\#(JSONText.quoted(code))"#, #""message":\#(JSONText.quoted(message))"#]
         if let field { fields.append(#""field":\#(JSONText.quoted(field))"#) }
-        var response = json(status, #"{"error":{\#(fields.joined(separator: ","))}\#(extra.map { "," + $0 } ?? "")}"#)
+        return #"{"error":{\#(fields.joined(separator: ","))}\#(extra.map { "," + $0 } ?? "")}"#
+    }
+
+    var response: Response {
+        var response = Producer.json(status, json)
         if status == .unauthorized { response.headers[.wwwAuthenticate] = #"Bearer realm="warren""# }
         if let retryAfter { response.headers[.retryAfter] = String(retryAfter) }
         return response

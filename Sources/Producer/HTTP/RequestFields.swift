@@ -33,7 +33,14 @@ struct RequestFields {
             throw Self.invalid(key, "'\(key)' must be a string")
         }
         guard value.count <= maxLength else { throw Self.invalid(key, "'\(key)' is longer than \(maxLength) characters") }
+        try Self.refuseNUL(value, key)
         return value
+    }
+
+    /// A `\u0000` escape decodes to a NUL, which Postgres text cannot hold (and which once cut
+    /// `Ada\u0000Evil` to `Ada` and made `\u0000` a blank name): refused, naming the member.
+    static func refuseNUL(_ value: String, _ key: String) throws(APIError) {
+        guard !value.utf8.contains(0) else { throw invalid(key, "'\(key)' must not contain a NUL character (\\u0000)") }
     }
 
     /// A string member that must be there and not blank.

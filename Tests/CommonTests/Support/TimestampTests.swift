@@ -28,6 +28,21 @@ import Testing
         #expect(Timestamp(iso8601: text) == nil)
     }
 
+    /// RFC 3339 offsets run from -23:59 to +23:59; `+99:99` once scheduled a job 4 days early.
+    @Test(arguments: ["2026-12-24T09:00:00+99:99", "2026-12-24T09:00:00+24:00", "2026-12-24T09:00:00-24:00",
+                      "2026-12-24T09:00:00+23:60", "2026-12-24T09:00:00-00:99", "2026-12-24 09:00:00+99"])
+    func rejectsOutOfRangeOffsets(_ text: String) {
+        #expect(Timestamp(iso8601: text) == nil)
+    }
+
+    @Test func acceptsTheWholeOffsetRange() {
+        #expect(Timestamp(iso8601: "2026-12-24T09:00:00+23:59")?.iso8601 == "2026-12-23T09:01:00.000000Z")
+        #expect(Timestamp(iso8601: "2026-12-24T09:00:00-23:59")?.iso8601 == "2026-12-25T08:59:00.000000Z")
+        #expect(Timestamp(iso8601: "2026-12-24T09:00:00Z")?.iso8601 == "2026-12-24T09:00:00.000000Z")
+        #expect(Timestamp(iso8601: "2026-12-24T09:00:00-00:00")?.iso8601 == "2026-12-24T09:00:00.000000Z")
+        #expect(Timestamp(iso8601: "2026-12-24 09:00:00+23")?.iso8601 == "2026-12-23T10:00:00.000000Z")
+    }
+
     @Test func leapDayIsValidInLeapYears() {
         #expect(Timestamp(iso8601: "2028-02-29T09:00:00Z") != nil)
         #expect(Timestamp(iso8601: "2000-02-29T09:00:00Z") != nil)

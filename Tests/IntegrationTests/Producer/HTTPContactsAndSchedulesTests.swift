@@ -55,6 +55,29 @@ struct HTTPContactsAndSchedulesTests {
         }
     }
 
+    /// A last page that happens to be full said `next_after: "<id>"`, sending clients for an
+    /// empty page; the documented answer is null.
+    @Test func theLastPageOfContactsHasANullNextAfterEvenWhenFull() async throws {
+        try await APIServer.with { server, _, _ in
+            let token = try await server.token(tier: "premium", scopes: "contacts:write")
+            for index in 0..<4 {
+                let (status, _, body) = try await server.request(
+                    "POST", "/v1/contacts", token: token,
+                    body: #"{"first_name":"P\#(index)","last_name":"Q","email":"p\#(index)@example.com","birthday":"2000-01-0\#(index + 1)","time_zone":"UTC"}"#)
+                #expect(status == 201, "\(body)")
+            }
+            let (_, _, first) = try await server.request("GET", "/v1/contacts?limit=2", token: token, contentType: nil)
+            #expect((HTTP.object(first)["contacts"] as? [Any])?.count == 2)
+            let after = try #require(HTTP.object(first)["next_after"] as? String, "\(first)")
+            let (_, _, last) = try await server.request("GET", "/v1/contacts?limit=2&after=\(after)", token: token, contentType: nil)
+            #expect((HTTP.object(last)["contacts"] as? [Any])?.count == 2)
+            #expect(HTTP.object(last)["next_after"] is NSNull, "\(last)")
+            let (_, _, all) = try await server.request("GET", "/v1/contacts?limit=4", token: token, contentType: nil)
+            #expect((HTTP.object(all)["contacts"] as? [Any])?.count == 4)
+            #expect(HTTP.object(all)["next_after"] is NSNull, "\(all)")
+        }
+    }
+
     @Test func badContactsAreRefusedNamingTheFieldAndChangeNothing() async throws {
         try await APIServer.with { server, _, _ in
             let token = try await server.token(tier: "free", scopes: "contacts:write")
