@@ -1,9 +1,6 @@
 import Common
 import Foundation
 import Testing
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 
 /// `producer serve` and `producer tokens` as users run them, over real HTTP, against the real
 /// broker (a vhost of its own) and Postgres (a schema of its own).

@@ -1,9 +1,9 @@
+import AsyncHTTPClient
 import Common
 import Foundation
+import NIOCore
+import NIOHTTP1
 import Testing
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 
 /// A `producer serve` started as a user starts it, in a vhost and a database schema of its
 /// own, with helpers to call it over real HTTP.
@@ -72,21 +72,39 @@ struct APIServer: Sendable {
     }
 }
 
-/// Plain HTTP calls through URLSession.
+/// Plain HTTP calls through AsyncHTTPClient's shared client. (Not URLSession: on Linux its
+/// libcurl socket teardown can crash the whole test process in libdispatch when a server
+/// closes a pooled connection, as servers here do at shutdown and on their idle timeout.)
 enum HTTP {
+    /// One client for the whole test run (never shut down: it lives as long as the process).
+    /// No decompression (so no `Accept-Encoding`): the shared client's ratio limit refused the
+    /// management API's gzipped JSON, which compresses better than that.
+    private static let client = HTTPClient(eventLoopGroupProvider: .singleton,
+                                           configuration: HTTPClient.Configuration(decompression: .disabled))
+
     static func request(_ method: String, _ url: String, token: String? = nil, contentType: String? = "application/json",
                         body: String? = nil, headers: [String: String] = [:]) async throws -> (Int, [String: String], String) {
-        var request = URLRequest(url: URL(string: url)!)
-        request.httpMethod = method
-        if let token { request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }
-        if let contentType { request.setValue(contentType, forHTTPHeaderField: "Content-Type") }
-        for (name, value) in headers { request.setValue(value, forHTTPHeaderField: name) }
-        request.httpBody = body.map { Data($0.utf8) }
-        let (data, response) = try await URLSession.shared.data(for: request)
-        let http = response as? HTTPURLResponse
+        var request = HTTPClientRequest(url: url)
+        request.method = .init(rawValue: method)
+        if let token { request.headers.replaceOrAdd(name: "Authorization", value: "Bearer \(token)") }
+        if let contentType { request.headers.replaceOrAdd(name: "Content-Type", value: contentType) }
+        for (name, value) in headers { request.headers.replaceOrAdd(name: name, value: value) }
+        if let body { request.body = .bytes(ByteBuffer(string: body)) }
+        let (status, fields, bytes) = try await send(request)
+        return (status, fields, String(decoding: bytes, as: UTF8.self))
+    }
+
+    /// Sends `request` (30 s deadline) and reads the whole answer: status, header fields with
+    /// lowercased names (repeated ones joined with ", "), body.
+    static func send(_ request: HTTPClientRequest) async throws -> (Int, [String: String], [UInt8]) {
+        let response = try await client.execute(request, timeout: .seconds(30))
         var fields: [String: String] = [:]
-        for (name, value) in http?.allHeaderFields ?? [:] { fields[String(describing: name).lowercased()] = String(describing: value) }
-        return (http?.statusCode ?? 0, fields, String(decoding: data, as: UTF8.self))
+        for (name, value) in response.headers {
+            let key = name.lowercased()
+            fields[key] = fields[key].map { $0 + ", " + value } ?? value
+        }
+        let buffer = try await response.body.collect(upTo: 64 << 20)
+        return (Int(response.status.code), fields, Array(buffer.readableBytesView))
     }
 
     /// A top-level string field of a JSON object body (`id`, `status`...).

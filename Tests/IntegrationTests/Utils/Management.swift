@@ -1,24 +1,23 @@
+import AsyncHTTPClient
 import Common
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
+import NIOCore
+import NIOHTTP1
 
 /// The bits of RabbitMQ's management HTTP API the tests use to act on the broker from
 /// outside (closing a connection as a network failure would).
 enum Management {
     static func request(_ method: String, _ path: String, json: String? = nil) async throws -> (Int, Data) {
-        let url = URL(string: TestServices.managementURL + path)!
-        var request = URLRequest(url: url)
-        request.httpMethod = method
+        var request = HTTPClientRequest(url: TestServices.managementURL + path)
+        request.method = .init(rawValue: method)
         if let json {
-            request.httpBody = Data(json.utf8)
-            request.setValue("application/json", forHTTPHeaderField: "Content-Type")
+            request.body = .bytes(ByteBuffer(string: json))
+            request.headers.replaceOrAdd(name: "Content-Type", value: "application/json")
         }
-        request.setValue("Basic " + Data("guest:guest".utf8).base64EncodedString(), forHTTPHeaderField: "Authorization")
-        request.setValue("warren-tests", forHTTPHeaderField: "X-Reason")
-        let (data, response) = try await URLSession.shared.data(for: request)
-        return ((response as? HTTPURLResponse)?.statusCode ?? 0, data)
+        request.headers.replaceOrAdd(name: "Authorization", value: "Basic " + Data("guest:guest".utf8).base64EncodedString())
+        request.headers.replaceOrAdd(name: "X-Reason", value: "warren-tests")
+        let (status, _, body) = try await HTTP.send(request)
+        return (status, Data(body))
     }
 
     /// Names of the broker's connections whose client-given name is `clientName`.
