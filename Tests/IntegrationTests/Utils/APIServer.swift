@@ -14,8 +14,8 @@ struct APIServer: Sendable {
     var vhost: String
 
     func request(_ method: String, _ path: String, token: String? = nil, contentType: String? = "application/json",
-                 body: String? = nil, headers: [String: String] = [:]) async throws -> (Int, [String: String], String) {
-        try await HTTP.request(method, base + path, token: token, contentType: contentType, body: body, headers: headers)
+                 body: String? = nil, headers: [String: String] = [:], timeout: Duration? = nil) async throws -> (Int, [String: String], String) {
+        try await HTTP.request(method, base + path, token: token, contentType: contentType, body: body, headers: headers, timeout: timeout)
     }
 
     /// A new token for `tenant` (acme by default), as `producer tokens create` prints it.
@@ -75,8 +75,9 @@ struct APIServer: Sendable {
 /// Plain HTTP calls through URLSession.
 enum HTTP {
     static func request(_ method: String, _ url: String, token: String? = nil, contentType: String? = "application/json",
-                        body: String? = nil, headers: [String: String] = [:]) async throws -> (Int, [String: String], String) {
+                        body: String? = nil, headers: [String: String] = [:], timeout: Duration? = nil) async throws -> (Int, [String: String], String) {
         var request = URLRequest(url: URL(string: url)!)
+        if let timeout { request.timeoutInterval = Double(timeout.components.seconds) }
         request.httpMethod = method
         if let token { request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }
         if let contentType { request.setValue(contentType, forHTTPHeaderField: "Content-Type") }
