@@ -5,7 +5,7 @@ import Testing
 /// The broker failing under a running fleet, for real: a node of the test's own SIGKILLed and
 /// booted again, its memory alarm raised, and a connection silently cut by a relay. Every
 /// outcome is counted in `job_runs` and on the queues.
-@Suite(.enabled(if: TestServices.enabled))
+@Suite(.enabled(if: TestServices.enabled), .serialized)
 struct BrokerFaultTests {
     /// A relay that stops forwarding (no FIN, no RST) is noticed by the heartbeat: within two
     /// heartbeat intervals librabbitmq reports the timeout, the consumer reconnects through the
@@ -78,11 +78,13 @@ struct BrokerFaultTests {
             let small = JobEnvelope(type: "noop", tier: .free, payload: Array("{}".utf8))
             try await connection.publish(small.outgoingMessage)
             proxy.stall()
-            let payload = Array(("\"" + String(repeating: "a", count: 512 * 1024) + "\"").utf8)
-            let big = (0..<100).map { _ in JobEnvelope(type: "noop", tier: .free, payload: payload).outgoingMessage }  // ~50 MB
+            // Each fits the socket buffers on its own (the first publish with none outstanding
+            // always goes), together they are far more.
+            let payload = Array(("\"" + String(repeating: "a", count: 256 * 1024) + "\"").utf8)
+            let big = (0..<100).map { _ in JobEnvelope(type: "noop", tier: .free, payload: payload).outgoingMessage }  // ~25 MB
             let settled = Task { await connection.publish(big) }
             let done = Task {
-                try await TestServices.holds(within: .seconds(45)) { proxy.admitted >= 2 && connection.isConnected }
+                try await TestServices.holds(within: .seconds(60)) { proxy.admitted >= 2 && connection.isConnected }
             }
             let reconnected = try await done.value
             // Unblocks a thread stuck in a write (the test must end either way).
@@ -116,7 +118,7 @@ struct BrokerFaultTests {
                 defer { consumer.signal(SIGKILL) }
                 let server = try RunningProduct("producer", ["serve"], environment: world.environment())
                 defer { server.signal(SIGKILL) }
-                let api = APIServer(base: "http://127.0.0.1:\(try await server.listeningPort("http_port"))",
+                let api = APIServer(base: "http://127.0.0.1:\(try await server.listeningPort("http_port", timeout: .seconds(90)))",
                                     environment: world.environment(), vhost: "/")
                 let token = try await api.token(tier: "premium", scopes: "jobs:write")
                 #expect(try await api.request("POST", "/v1/jobs", token: token, body: #"{"type":"noop","idempotency_key":"api-before"}"#).0 == 202)
@@ -178,7 +180,7 @@ struct BrokerFaultTests {
             try await FaultWorld.with(amqpURL: broker.url) { world in
                 let server = try RunningProduct("producer", ["serve"], environment: world.environment())
                 defer { server.signal(SIGKILL) }
-                let api = APIServer(base: "http://127.0.0.1:\(try await server.listeningPort("http_port"))",
+                let api = APIServer(base: "http://127.0.0.1:\(try await server.listeningPort("http_port", timeout: .seconds(90)))",
                                     environment: world.environment(), vhost: "/")
                 let token = try await api.token(tier: "premium", scopes: "jobs:write")
                 let (first, _, firstBody) = try await api.request("POST", "/v1/jobs", token: token, body: #"{"type":"noop"}"#)

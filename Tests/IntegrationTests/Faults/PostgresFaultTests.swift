@@ -5,7 +5,7 @@ import Testing
 /// Postgres stopped and started again under `producer serve` and under the scheduler (a
 /// cluster of the test's own, as the consumer's outage test does): both carry on without a
 /// restart, and what they accepted or published is counted on the queues and in the tables.
-@Suite(.enabled(if: TestServices.enabled))
+@Suite(.enabled(if: TestServices.enabled), .serialized)
 struct PostgresFaultTests {
     func depth(_ connection: AMQPConnection, _ tier: Tier = .premium) async throws -> Int {
         Int(try await connection.withControl { try $0.queueDepth(tier.queueName).messages })

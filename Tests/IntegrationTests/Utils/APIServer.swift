@@ -57,7 +57,9 @@ struct APIServer: Sendable {
                            "WARREN_HTTP_MAX_BODY_BYTES": "2000"].merging(database) { $1 }.merging(extra) { $1 }
         let process = try RunningProduct("producer", ["serve"], environment: environment)
         defer { process.signal(SIGKILL) }
-        let port = try await process.listeningPort("http_port")
+        // It migrates its schema first, under the migrator's lock, with every other server the
+        // suite starts at the same moment: on a loaded machine that can take a while.
+        let port = try await process.listeningPort("http_port", timeout: .seconds(90))
         let server = APIServer(base: "http://127.0.0.1:\(port)", environment: environment,
                                vhost: String(url[url.index(after: url.lastIndex(of: "/")!)...]))
         try await TestServices.waitUntil(timeout: .seconds(20), "the API answers /healthz") {
