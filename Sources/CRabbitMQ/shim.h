@@ -17,6 +17,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/time.h>
 
 // Method ids are casts in the header, which Swift does not import: re-export as constants.
@@ -98,6 +99,17 @@ static inline void warren_eventfd_drain(int fd) {
 // the loopback receive path and the broker's reader). Uncorking flushes what is pending.
 static inline void warren_set_cork(int socket_fd, int on) {
     setsockopt(socket_fd, IPPROTO_TCP, TCP_CORK, &on, sizeof on);
+}
+
+/// About how many more bytes `socket_fd` takes before a write blocks: half its send buffer
+/// (a conservative share of SO_SNDBUF, which also pays for the kernel's bookkeeping) less the
+/// bytes still queued in it (TIOCOUTQ: not yet acknowledged by the peer). -1 if unknown.
+static inline long warren_send_room(int socket_fd) {
+    int queued = 0, size = 0;
+    socklen_t length = sizeof size;
+    if (ioctl(socket_fd, TIOCOUTQ, &queued) != 0) return -1;
+    if (getsockopt(socket_fd, SOL_SOCKET, SO_SNDBUF, &size, &length) != 0) return -1;
+    return (long)size / 2 - queued;
 }
 
 static inline int warren_wait(int socket_fd, int event_fd, int timeout_ms) {

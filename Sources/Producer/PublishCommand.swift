@@ -61,6 +61,9 @@ struct PublishCommand: AsyncParsableCommand {
     @Flag(help: "With --jsonl: print each confirmed job's id on stdout, one per line in input order (an unconfirmed one prints an empty line, so line n is input job n).")
     var ids = false
 
+    @Option(help: "With --jsonl: write every line that was not confirmed to this file, as given (stderr lists the first 50), to publish them again later.")
+    var failed: String?
+
     func validate() throws {
         if jsonl == nil, type == nil { throw ValidationError("give --type (one job) or --jsonl FILE (many jobs)") }
         if jsonl != nil, type != nil { throw ValidationError("--type and --jsonl do not go together") }
@@ -68,6 +71,7 @@ struct PublishCommand: AsyncParsableCommand {
         if at != nil, delay != nil { throw fail("--at and --in do not go together", code: 2) }
         if jsonl != nil, at != nil || delay != nil { throw fail("--at and --in take one job (--type), not --jsonl", code: 2) }
         if ids, jsonl == nil { throw fail("--ids goes with --jsonl (one job always prints its id)", code: 2) }
+        if failed != nil, jsonl == nil { throw fail("--failed goes with --jsonl", code: 2) }
         guard (1...10_000).contains(batchSize) else { throw ValidationError("--batch-size must be in 1...10000") }
         if let rate, !(rate > 0 && rate <= 1_000_000) { throw ValidationError("--rate must be in (0, 1000000] jobs per second") }
         guard (1...100_000).contains(window) else { throw ValidationError("--window must be in 1...100000") }
@@ -145,6 +149,7 @@ struct PublishCommand: AsyncParsableCommand {
         }
         // Validate everything first: bad input changes nothing.
         var jobs: [(line: Int, job: JobEnvelope)] = []
+        var lineRanges: [Int: Range<Int>] = [:]
         var problems: [String] = []
         let bytes = [UInt8](data)
         var lineNumber = 0
@@ -157,6 +162,7 @@ struct PublishCommand: AsyncParsableCommand {
             do {
                 let request = try JobRequest(jsonLine: line, defaultTier: defaultTier)
                 jobs.append((lineNumber, request.envelope(correlationID: correlationID)))
+                if failed != nil { lineRanges[lineNumber] = line.startIndex..<line.endIndex }
             } catch {
                 problems.append("line \(lineNumber): \(error.message)")
             }
@@ -167,6 +173,10 @@ struct PublishCommand: AsyncParsableCommand {
             throw fail("\(problems.count) invalid line(s); nothing was published", code: 2)
         }
         if jobs.isEmpty { throw fail("no jobs in \(path)", code: 2) }
+        // Created (empty) before anything is published, so a script finds it even when all went well.
+        if let failed, !FileManager.default.createFile(atPath: failed, contents: nil) {
+            throw fail("--failed: cannot create \(failed)", code: 2)
+        }
 
         let publisher = JobPublisher(configuration: configuration, logger: logger)
         do {
@@ -247,7 +257,20 @@ struct PublishCommand: AsyncParsableCommand {
                              confirmed, failures.count, seconds, Double(publishElapsed.nanoseconds) / 1e9, rate)
         printError(summary)
         if !failures.isEmpty {
-            for failure in failures.sorted(by: { $0.line < $1.line }).prefix(50) {
+            let sorted = failures.sorted(by: { $0.line < $1.line })
+            if let failed {
+                var out = [UInt8]()
+                for failure in sorted {
+                    if let range = lineRanges[failure.line] { out += bytes[range]; out.append(UInt8(ascii: "\n")) }
+                }
+                do {
+                    try Data(out).write(to: URL(fileURLWithPath: failed))
+                    printError("\(failures.count) unconfirmed line(s) written to \(failed)")
+                } catch {
+                    printError("producer: --failed: cannot write \(failed): \(error.localizedDescription)")
+                }
+            }
+            for failure in sorted.prefix(50) {
                 printError("line \(failure.line): not confirmed: \(failure.error)")
             }
             if failures.count > 50 { printError("... and \(failures.count - 50) more") }

@@ -151,10 +151,14 @@ _warren_rabbitmq_env() {
         "RABBITMQ_DIST_PORT=$((amqp + 20000))"
         # A private epmd per instance: we can stop it with our node instead of
         # leaving a shared daemon behind or killing one another node relies on.
-        "ERL_EPMD_PORT=$((amqp + 21000))"
+        # The nodes of one cluster share theirs (WARREN_RABBITMQ_EPMD_PORT): a node
+        # finds its peers through the epmd on the port it uses itself.
+        "ERL_EPMD_PORT=$(_warren_epmd_port "$amqp")"
         "ERL_EPMD_ADDRESS=127.0.0.1"
     )
 }
+
+_warren_epmd_port() { echo "${WARREN_RABBITMQ_EPMD_PORT:-$(($1 + 21000))}"; }
 
 _warren_write_rabbitmq_wrappers() {
     local state=$1 tool line
@@ -194,7 +198,8 @@ _warren_stop_rabbitmq_node() {
     # The sh wrapper of a node that never got as far as writing its pid file.
     _warren_pid_alive "${WARREN_RABBITMQ_LAUNCHER_PID:-}" && _warren_kill_wait "$WARREN_RABBITMQ_LAUNCHER_PID"
     WARREN_RABBITMQ_LAUNCHER_PID=""
-    local epmd_port=$((WARREN_RABBITMQ_AMQP_PORT + 21000))
+    local epmd_port
+    epmd_port=$(_warren_epmd_port "$WARREN_RABBITMQ_AMQP_PORT")
     if command -v epmd >/dev/null 2>&1 && _warren_port_listening "$epmd_port" &&
         ! ERL_EPMD_PORT=$epmd_port epmd -names 2>/dev/null | grep -q '^name '; then
         ERL_EPMD_PORT=$epmd_port epmd -kill >/dev/null 2>&1 || true
@@ -214,6 +219,50 @@ _warren_kill_wait() {
     kill -KILL "$pid" 2>/dev/null || true
 }
 
+# warren_select_rabbitmq STATE_DIR NODE_NAME AMQP_PORT MGMT_PORT
+# Points the functions below (stop, kill) and STATE_DIR/bin's wrappers at one node,
+# without starting it: a script handling several nodes selects each in turn.
+warren_select_rabbitmq() {
+    local state=$1 node=$2 amqp=$3 mgmt=$4
+    # The launcher pid belongs to the node selected before (stopping this one must not
+    # take it down).
+    [[ ${WARREN_RABBITMQ_NODE:-} == "$node" ]] || WARREN_RABBITMQ_LAUNCHER_PID=""
+    WARREN_RABBITMQ_STATE=$state
+    WARREN_RABBITMQ_DIR="$state/rabbitmq"
+    WARREN_RABBITMQ_NODE=$node
+    WARREN_RABBITMQ_AMQP_PORT=$amqp
+    WARREN_RABBITMQ_MGMT_PORT=$mgmt
+    mkdir -p "$WARREN_RABBITMQ_DIR"/{home,mnesia,log,conf.d}
+    _warren_rabbitmq_env "$WARREN_RABBITMQ_DIR" "$node" "$amqp"
+    _warren_write_rabbitmq_wrappers "$state"
+}
+
+# The pid of the selected node's VM, if it runs (empty otherwise).
+warren_rabbitmq_pid() {
+    local pid
+    pid=$(_warren_read_pid "$WARREN_RABBITMQ_DIR/rabbitmq.pid" || true)
+    if _warren_pid_alive "$pid"; then echo "$pid"; fi
+}
+
+# Stops the selected node gracefully (rabbitmqctl stop, then TERM/KILL).
+warren_stop_rabbitmq() { _warren_stop_rabbitmq_node; }
+
+# SIGKILLs the selected node's VM, as a crash or a power cut would (fault tests): no
+# goodbye to clients or peers. Its data stays; warren_start_rabbitmq boots it again.
+warren_kill_rabbitmq() {
+    local pid i
+    pid=$(warren_rabbitmq_pid)
+    [[ -n $pid ]] || _warren_die "RabbitMQ node $WARREN_RABBITMQ_NODE is not running"
+    _warren_log "killing RabbitMQ node $WARREN_RABBITMQ_NODE (pid $pid) with SIGKILL"
+    kill -KILL "$pid"
+    for ((i = 0; i < 300; i++)); do
+        _warren_pid_alive "$pid" || break
+        sleep 0.1
+    done
+    # Its AMQP port must be closed before anyone counts on it being down.
+    until ! _warren_port_listening "$WARREN_RABBITMQ_AMQP_PORT"; do sleep 0.1; done
+}
+
 # warren_start_rabbitmq STATE_DIR NODE_NAME AMQP_PORT MGMT_PORT
 warren_start_rabbitmq() {
     local state=$1 node=$2 amqp=$3 mgmt=$4
@@ -222,14 +271,7 @@ warren_start_rabbitmq() {
         _warren_die "$WARREN_RABBITMQ_SBIN/rabbitmq-server not found (run warren_install_deps)"
     [[ -f $WARREN_DEFINITIONS ]] || _warren_die "missing $WARREN_DEFINITIONS"
 
-    WARREN_RABBITMQ_STATE=$state
-    WARREN_RABBITMQ_DIR=$dir
-    WARREN_RABBITMQ_NODE=$node
-    WARREN_RABBITMQ_AMQP_PORT=$amqp
-    WARREN_RABBITMQ_MGMT_PORT=$mgmt
-    mkdir -p "$dir"/{home,mnesia,log,conf.d}
-    _warren_rabbitmq_env "$dir" "$node" "$amqp"
-    _warren_write_rabbitmq_wrappers "$state"
+    warren_select_rabbitmq "$state" "$node" "$amqp" "$mgmt"
 
     # Restart rather than reuse a node left behind by a run that died: the
     # state lock says nobody owns it any more, and a fresh boot re-applies the
@@ -239,13 +281,20 @@ warren_start_rabbitmq() {
     _warren_require_free_port "$amqp" "RabbitMQ AMQP"
     _warren_require_free_port "$mgmt" "RabbitMQ management"
     _warren_require_free_port "$((amqp + 20000))" "RabbitMQ Erlang distribution"
-    # An epmd left on our port is harmless and gets reused, anything else is not.
-    if _warren_port_listening "$((amqp + 21000))" &&
-        ! ERL_EPMD_PORT=$((amqp + 21000)) epmd -names >/dev/null 2>&1; then
-        _warren_require_free_port "$((amqp + 21000))" "Erlang port mapper (epmd)"
+    # An epmd left on our port is harmless and gets reused (the cluster's nodes
+    # share one), anything else is not.
+    local epmd_port
+    epmd_port=$(_warren_epmd_port "$amqp")
+    if _warren_port_listening "$epmd_port" &&
+        ! ERL_EPMD_PORT=$epmd_port epmd -names >/dev/null 2>&1; then
+        _warren_require_free_port "$epmd_port" "Erlang port mapper (epmd)"
     fi
 
-    if [[ ! -s $dir/home/.erlang.cookie ]]; then
+    # The nodes of a cluster must share a cookie (WARREN_RABBITMQ_COOKIE).
+    if [[ -n ${WARREN_RABBITMQ_COOKIE:-} ]]; then
+        rm -f "$dir/home/.erlang.cookie"
+        (umask 077 && printf '%s' "$WARREN_RABBITMQ_COOKIE" >"$dir/home/.erlang.cookie")
+    elif [[ ! -s $dir/home/.erlang.cookie ]]; then
         (umask 077 && od -An -N20 -tx1 /dev/urandom | tr -d ' \n' >"$dir/home/.erlang.cookie")
     fi
     chmod 400 "$dir/home/.erlang.cookie"

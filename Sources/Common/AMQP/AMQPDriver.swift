@@ -83,6 +83,8 @@ final class AMQPDriver: @unchecked Sendable {
     var closing = false
     var everConnected = false
     var blocked = false
+    /// The next publish waits for the socket to take it without blocking (see `sendRoom`).
+    var waitingForRoom = false
 
     init(connection: AMQPConnection) {
         self.connection = connection
@@ -160,6 +162,7 @@ final class AMQPDriver: @unchecked Sendable {
                 frames += 1
             }
             if lostError != nil { return }
+            if waitingForRoom { flushWaiting() }
             if let state { amqp_maybe_release_buffers(state) }
             if frames == 0 && mailboxIsEmpty {
                 let mask = warren_wait(socketFD, connection.wakeFD, pollInterval)
@@ -232,6 +235,7 @@ final class AMQPDriver: @unchecked Sendable {
         returned.removeAll()
         nextConsumerChannel = 3
         blocked = false
+        waitingForRoom = false
         ok = true
         do {
             if let setup = connection.setup { try setup(AMQPControl(driver: self)) }
@@ -453,8 +457,19 @@ final class AMQPDriver: @unchecked Sendable {
         // A burst goes out in full TCP segments; the uncork sends the tail at once.
         let corked = burst > 1 && socketFD >= 0
         if corked { warren_set_cork(socketFD, 1) }
+        waitingForRoom = false
+        var room = 0  // bytes the socket surely takes, asked again only when it runs short
         while waitingHead < waiting.count, confirms.outstanding < window, lostError == nil, !blocked {
             let item = waiting[waitingHead]
+            let need = item.message.body.count + Self.publishOverhead
+            if confirms.outstanding > 0, room < need + Self.roomMargin {
+                room = sendRoom()
+                if room < need + Self.roomMargin {
+                    waitingForRoom = true  // the confirms (or the serve loop) bring us back
+                    break
+                }
+            }
+            room -= need
             waitingHead += 1
             publishNow(item)
         }
@@ -463,6 +478,23 @@ final class AMQPDriver: @unchecked Sendable {
             waiting.removeAll(keepingCapacity: true)
             waitingHead = 0
         }
+    }
+
+    /// Frame headers and properties of one publish, at most (beside its body).
+    static let publishOverhead = 4_096
+    /// Left free in the socket so heartbeats and acks can always be written.
+    static let roomMargin = 65_536
+
+    /// Bytes the socket takes without blocking. librabbitmq waits for a full socket with no
+    /// timeout and services heartbeats only between calls: a write into a link that went
+    /// silent would hold this thread for good, and the loss would never be noticed. So a
+    /// publish waits in `flushWaiting` for room while earlier ones are unconfirmed (their
+    /// confirms, or the heartbeat timeout, come through the serve loop); with none
+    /// outstanding it always goes.
+    private func sendRoom() -> Int {
+        guard socketFD >= 0 else { return Int.max }
+        let room = warren_send_room(socketFD)
+        return room < 0 ? Int.max : room
     }
 
     private func publishNow(_ item: QueuedPublish) {

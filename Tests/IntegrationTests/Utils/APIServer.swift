@@ -14,8 +14,8 @@ struct APIServer: Sendable {
     var vhost: String
 
     func request(_ method: String, _ path: String, token: String? = nil, contentType: String? = "application/json",
-                 body: String? = nil, headers: [String: String] = [:]) async throws -> (Int, [String: String], String) {
-        try await HTTP.request(method, base + path, token: token, contentType: contentType, body: body, headers: headers)
+                 body: String? = nil, headers: [String: String] = [:], timeout: Duration? = nil) async throws -> (Int, [String: String], String) {
+        try await HTTP.request(method, base + path, token: token, contentType: contentType, body: body, headers: headers, timeout: timeout)
     }
 
     /// A new token for `tenant` (acme by default), as `producer tokens create` prints it.
@@ -57,7 +57,9 @@ struct APIServer: Sendable {
                            "WARREN_HTTP_MAX_BODY_BYTES": "2000"].merging(database) { $1 }.merging(extra) { $1 }
         let process = try RunningProduct("producer", ["serve"], environment: environment)
         defer { process.signal(SIGKILL) }
-        let port = try await process.listeningPort("http_port")
+        // It migrates its schema first, under the migrator's lock, with every other server the
+        // suite starts at the same moment: on a loaded machine that can take a while.
+        let port = try await process.listeningPort("http_port", timeout: .seconds(90))
         let server = APIServer(base: "http://127.0.0.1:\(port)", environment: environment,
                                vhost: String(url[url.index(after: url.lastIndex(of: "/")!)...]))
         try await TestServices.waitUntil(timeout: .seconds(20), "the API answers /healthz") {
@@ -83,21 +85,21 @@ enum HTTP {
                                            configuration: HTTPClient.Configuration(decompression: .disabled))
 
     static func request(_ method: String, _ url: String, token: String? = nil, contentType: String? = "application/json",
-                        body: String? = nil, headers: [String: String] = [:]) async throws -> (Int, [String: String], String) {
+                        body: String? = nil, headers: [String: String] = [:], timeout: Duration? = nil) async throws -> (Int, [String: String], String) {
         var request = HTTPClientRequest(url: url)
         request.method = .init(rawValue: method)
         if let token { request.headers.replaceOrAdd(name: "Authorization", value: "Bearer \(token)") }
         if let contentType { request.headers.replaceOrAdd(name: "Content-Type", value: contentType) }
         for (name, value) in headers { request.headers.replaceOrAdd(name: name, value: value) }
         if let body { request.body = .bytes(ByteBuffer(string: body)) }
-        let (status, fields, bytes) = try await send(request)
+        let (status, fields, bytes) = try await send(request, timeout: timeout ?? .seconds(30))
         return (status, fields, String(decoding: bytes, as: UTF8.self))
     }
 
-    /// Sends `request` (30 s deadline) and reads the whole answer: status, header fields with
+    /// Sends `request` and reads the whole answer within `timeout`: status, header fields with
     /// lowercased names (repeated ones joined with ", "), body.
-    static func send(_ request: HTTPClientRequest) async throws -> (Int, [String: String], [UInt8]) {
-        let response = try await client.execute(request, timeout: .seconds(30))
+    static func send(_ request: HTTPClientRequest, timeout: Duration = .seconds(30)) async throws -> (Int, [String: String], [UInt8]) {
+        let response = try await client.execute(request, timeout: .seconds(timeout.components.seconds))
         var fields: [String: String] = [:]
         for (name, value) in response.headers {
             let key = name.lowercased()

@@ -7,8 +7,10 @@ import NIOHTTP1
 /// The bits of RabbitMQ's management HTTP API the tests use to act on the broker from
 /// outside (closing a connection as a network failure would).
 enum Management {
-    static func request(_ method: String, _ path: String, json: String? = nil) async throws -> (Int, Data) {
-        var request = HTTPClientRequest(url: TestServices.managementURL + path)
+    /// `base` is the shared test broker's management URL unless a test runs a node of its own.
+    static func request(_ method: String, _ path: String, json: String? = nil,
+                        base: String = TestServices.managementURL) async throws -> (Int, Data) {
+        var request = HTTPClientRequest(url: base + path)
         request.method = .init(rawValue: method)
         if let json {
             request.body = .bytes(ByteBuffer(string: json))

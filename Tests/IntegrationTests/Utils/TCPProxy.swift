@@ -3,12 +3,19 @@ import Synchronization
 
 /// A loopback TCP relay to `upstreamPort`, which a test can cut: every relayed connection is
 /// shut down and new ones are refused, as when a host loses its network path to the database.
+/// Or stall: bytes stop flowing both ways while every socket stays open (no FIN, no RST), as
+/// when a network path silently drops everything; only heartbeats can tell.
 /// Blocking sockets on threads of its own (never Swift's cooperative pool).
 final class TCPProxy: Sendable {
     let port: Int
     private let listener: Int32
     private let upstreamPort: Int
     private let sockets = Mutex<(open: Set<Int32>, cut: Bool)>(([], false))
+    /// Relayed connections whose bytes are held (neither read nor forwarded) while stalled.
+    private let stalled = Mutex<Set<Int32>>([])
+    /// How many connections the relay has admitted so far (a reconnect adds one).
+    var admitted: Int { admittedCount.withLock { $0 } }
+    private let admittedCount = Mutex(0)
 
     init(upstreamPort: Int) throws {
         self.upstreamPort = upstreamPort
@@ -42,6 +49,14 @@ final class TCPProxy: Sendable {
         shutdown(listener, Int32(SHUT_RDWR))
     }
 
+    /// Stops forwarding on every connection relayed so far, keeping their sockets open: the
+    /// peers see silence, not a close. Connections made afterwards are relayed normally (a
+    /// client that notices and reconnects gets through).
+    func stall() {
+        let open = sockets.withLock { $0.open }
+        stalled.withLock { $0.formUnion(open) }
+    }
+
     private static func loopback(port: Int) -> sockaddr_in {
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
@@ -71,16 +86,28 @@ final class TCPProxy: Sendable {
                 close(upstream)
                 continue
             }
+            admittedCount.withLock { $0 += 1 }
             Thread { [self] in relay(from: client, to: upstream) }.start()
             Thread { [self] in relay(from: upstream, to: client) }.start()
+        }
+    }
+
+    /// Stalled: hold everything, read nothing (the kernel buffers fill, then the peer's writes
+    /// block), close nothing; until ``cut()`` ends the relay.
+    private func holdWhileStalled(_ source: Int32, _ destination: Int32) {
+        while stalled.withLock({ $0.contains(source) || $0.contains(destination) }), !sockets.withLock({ $0.cut }) {
+            usleep(50_000)
         }
     }
 
     private func relay(from source: Int32, to destination: Int32) {
         var buffer = [UInt8](repeating: 0, count: 16_384)
         while true {
+            holdWhileStalled(source, destination)
             let count = buffer.withUnsafeMutableBytes { read(source, $0.baseAddress, $0.count) }
             guard count > 0 else { break }
+            // A read that was waiting when the stall began forwards nothing either.
+            holdWhileStalled(source, destination)
             var sent = 0
             while sent < count {
                 // MSG_NOSIGNAL: after `cut()` the peer is gone, and a plain write would raise
