@@ -242,3 +242,25 @@ final class FailingOnceHandler: JobHandler {
         return runs == 1 ? .retry("first run fails") : .success
     }
 }
+
+/// The admin port comes first: a consumer whose port is taken stops before it holds any work.
+extension ConsumerIntegrationTests {
+    /// On main the consumer subscribed while its admin server was still binding, so it had
+    /// taken (and could run) jobs when it died of `bind(...): Address already in use`, a
+    /// message that named neither the port nor how to pick another.
+    @Test func aConsumerWhoseAdminPortIsTakenExitsNamingItAndTakesNoJob() async throws {
+        try await withWorld { world in
+            let squatter = try TCPProxy(upstreamPort: 9)  // only its listening socket matters
+            defer { squatter.cut() }
+            let waiting = job("noop")
+            try await world.publish([waiting])
+            let run = try await Products.run("consumer", ["--tier", "free", "--admin-port", "\(squatter.port)"],
+                                             environment: world.environment.merging(["WARREN_ADMIN_HOST": "127.0.0.1"]) { $1 })
+            #expect(run.status != 0)
+            #expect(run.stderr.contains("admin port \(squatter.port)"), "\(run.stderr.suffix(800))")
+            #expect(run.stderr.contains("--admin-port") && run.stderr.contains("WARREN_ADMIN_PORT"), "\(run.stderr.suffix(800))")
+            #expect(try await world.count("SELECT count(*) FROM job_runs") == 0, "no job was run or recorded")
+            #expect(try await world.depth(Tier.free.queueName) == 1, "the job is still waiting, never taken")
+        }
+    }
+}
