@@ -154,24 +154,16 @@ package struct JobEnvelope: Sendable, Equatable {
         guard let enqueuedText = headers[Header.enqueuedAt]?.stringValue, let enqueuedAt = Timestamp(iso8601: enqueuedText) else {
             throw JobError(field: Header.enqueuedAt, message: "\(Header.enqueuedAt) header is missing or not ISO 8601")
         }
-        let attempt: Int
-        if let value = headers[Header.attempt] {
-            guard let number = value.intValue, number >= 1, number <= 10_000 else {
-                throw JobError(field: Header.attempt, message: "\(Header.attempt) header must be a positive integer")
+        /// An integer header within `range`, `absent` when it is missing.
+        func integer(_ name: String, _ range: ClosedRange<Int64>, absent: Int, _ what: String) throws(JobError) -> Int {
+            guard let value = headers[name] else { return absent }
+            guard let number = value.intValue, range.contains(number) else {
+                throw JobError(field: name, message: "\(name) header must be \(what)")
             }
-            attempt = Int(number)
-        } else {
-            attempt = 1
+            return Int(number)
         }
-        let seq: Int
-        if let value = headers[Header.seq] {
-            guard let number = value.intValue, number >= 0, number <= 1_000_000 else {
-                throw JobError(field: Header.seq, message: "\(Header.seq) header must be an integer 0...1000000")
-            }
-            seq = Int(number)
-        } else {
-            seq = 0
-        }
+        let attempt = try integer(Header.attempt, 1...10_000, absent: 1, "a positive integer")
+        let seq = try integer(Header.seq, 0...1_000_000, absent: 0, "an integer 0...1000000")
         if let contentType = properties.contentType, !contentType.lowercased().hasPrefix(Self.contentType) {
             throw JobError(field: "content_type", message: "content_type must be application/json, not '\(contentType)'")
         }
