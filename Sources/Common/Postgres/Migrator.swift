@@ -15,8 +15,14 @@ package struct Migration: Sendable {
 
 /// Applies migrations under a session advisory lock and records them in `schema_migrations`,
 /// so running it twice, or from several replicas at once, applies each migration exactly once.
+///
+/// The lock is the schema's own (``PostgresConfiguration/lockKey(_:)``): deployments in other
+/// schemas migrate beside it. Waiting for it, and the migrations themselves, run without the
+/// service `statement_timeout`: a replica that starts while another applies a long migration
+/// waits for it rather than failing its start (with fifty starting at once, waits of more than
+/// 30 s ended them with SQLSTATE 57014).
 package struct Migrator: Sendable {
-    /// Advisory lock key shared by every Warren process ("warren.migrations").
+    /// Advisory lock key every Warren process of one schema shares ("warren.migrations").
     package static let lockKey: Int64 = 0x5741_5252_454E_0001
 
     package var migrations: [Migration]
@@ -30,16 +36,26 @@ package struct Migrator: Sendable {
     /// Applies what is missing; returns the versions applied by this call.
     @discardableResult
     package func migrate(_ pool: PostgresPool) async throws -> [Int] {
-        try await pool.withConnection { connection in
-            try await connection.query("SELECT pg_advisory_lock($1)", [Self.lockKey])
+        let key = pool.configuration.lockKey(Self.lockKey)
+        return try await pool.withConnection { connection in
+            try await connection.execute("SET statement_timeout = 0")
+            let applied: [Int]
             do {
-                let applied = try await migrate(connection)
-                try await connection.query("SELECT pg_advisory_unlock($1)", [Self.lockKey])
-                return applied
+                try await connection.query("SELECT pg_advisory_lock($1)", [key])
+                do {
+                    applied = try await migrate(connection)
+                } catch {
+                    _ = try? await connection.query("SELECT pg_advisory_unlock($1)", [key])
+                    throw error
+                }
+                try await connection.query("SELECT pg_advisory_unlock($1)", [key])
             } catch {
-                _ = try? await connection.query("SELECT pg_advisory_unlock($1)", [Self.lockKey])
+                try? await connection.execute("RESET statement_timeout")
                 throw error
             }
+            // Back to the service timeout before the connection returns to the pool.
+            try await connection.execute("RESET statement_timeout")
+            return applied
         }
     }
 

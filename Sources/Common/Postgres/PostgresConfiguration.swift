@@ -18,6 +18,19 @@ package struct PostgresConfiguration: Sendable {
         self.applicationName = applicationName
     }
 
+    /// Advisory lock key `base` made particular to `schema` (itself for `public` or none), for
+    /// every lock that guards one deployment's tables: deployments in other schemas of the
+    /// same database never wait for each other.
+    package static func lockKey(_ base: Int64, schema: String?) -> Int64 {
+        guard let schema, schema != "public" else { return base }
+        var hash: UInt32 = 2_166_136_261  // FNV-1a: stable across processes, unlike Hasher
+        for byte in schema.utf8 { hash = (hash ^ UInt32(byte)) &* 16_777_619 }
+        return base ^ (Int64(hash) << 8)
+    }
+
+    /// ``lockKey(_:schema:)`` for this configuration's schema.
+    package func lockKey(_ base: Int64) -> Int64 { Self.lockKey(base, schema: searchPath) }
+
     private var options: String {
         var options = "-c TimeZone=UTC -c statement_timeout=\(statementTimeout.milliseconds)"
         options += " -c idle_in_transaction_session_timeout=\(idleInTransactionTimeout.milliseconds)"

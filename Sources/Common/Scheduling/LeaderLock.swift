@@ -24,16 +24,7 @@ package final class LeaderLock: Sendable {
 
     /// The key for the schedulers of one schema: Warren's tables in another schema (a test's,
     /// a second deployment's in the same database) have a leader of their own.
-    package static func schedulerKey(schema: String?) -> Int64 { key(schedulerKey, schema: schema) }
-
-    /// `base` made particular to `schema` (itself for `public` or none), for every lock that
-    /// guards one deployment's tables.
-    package static func key(_ base: Int64, schema: String?) -> Int64 {
-        guard let schema, schema != "public" else { return base }
-        var hash: UInt32 = 2_166_136_261  // FNV-1a: stable across processes, unlike Hasher
-        for byte in schema.utf8 { hash = (hash ^ UInt32(byte)) &* 16_777_619 }
-        return base ^ (Int64(hash) << 8)
-    }
+    package static func schedulerKey(schema: String?) -> Int64 { PostgresConfiguration.lockKey(schedulerKey, schema: schema) }
 
     package init(configuration: PostgresConfiguration, key: Int64? = nil, attemptInterval: Duration = .seconds(1), logger: Logger) {
         self.attemptInterval = attemptInterval

@@ -153,7 +153,7 @@ extension PartitionManager {
     @discardableResult
     package func upkeep(daysAhead: Int, retentionDays: Int, pool: PostgresPool, now: Timestamp = .now()) async throws -> Bool {
         // One round at a time per schema (another schema's tables have their own upkeep).
-        let lockKey = LeaderLock.key(Self.upkeepLockKey, schema: pool.configuration.searchPath)
+        let lockKey = pool.configuration.lockKey(Self.upkeepLockKey)
         return try await pool.withConnection { connection in
             let locked = try await connection.query("SELECT pg_try_advisory_lock($1)", [lockKey]).rows.first?.bool(0) ?? false
             guard locked else {

@@ -174,7 +174,9 @@ struct MessageSendTests {
     @Test func theBreakerOpensAfterFiveFailuresDefersWithoutCallsOrSpentAttemptsThenCloses() async throws {
         try await withWorld { world in
             try await StandIn.with(["--failure-rate", "1"]) { standIn in
-                let environment = ["WARREN_NOTIFY_BREAKER_OPEN_SECONDS": "4", "WARREN_RETRY_MAX_ATTEMPTS": "10"]
+                // Open for 12 s: the five deferrals must all be seen while it is still open, and
+                // on a loaded machine that took longer than 4 s (the trial had begun).
+                let environment = ["WARREN_NOTIFY_BREAKER_OPEN_SECONDS": "12", "WARREN_RETRY_MAX_ATTEMPTS": "10"]
                 try await withConsumer(world, standIn, environment: environment) { port in
                     #expect(await breaker(port, standIn.destination).state == "closed")
                     let jobs = (1...5).map { message("friend\($0)@example.com") }

@@ -21,6 +21,56 @@ struct PostgresIntegrationTests {
         }
     }
 
+    /// A replica that starts while another holds the migration lock for longer than the
+    /// statement timeout waits for it (the old code failed its start with SQLSTATE 57014), and
+    /// its pooled connection is back on the service timeout afterwards.
+    @Test func aMigrationWaitsForTheLockLongerThanTheStatementTimeout() async throws {
+        try await TestServices.withSchema { pool in
+            var short = pool.configuration
+            short.statementTimeout = .seconds(1)
+            short.applicationName = "warren-tests-short-\(UUID().uuidString.prefix(8))"
+            short.maxConnections = 1
+            let starting = PostgresPool(configuration: short, logger: TestServices.logger)
+            let applied = try await pool.withConnection { holder in
+                try await holder.query("SELECT pg_advisory_lock($1)", [pool.configuration.lockKey(Migrator.lockKey)])
+                let migration = Task { try await Migrator(migrations: Schema.migrations, logger: TestServices.logger).migrate(starting) }
+                try await TestServices.waitUntil(timeout: .seconds(30), "the starting replica waits for the lock") {
+                    try await pool.query("""
+                        SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'
+                        """, [short.applicationName]).rows.first?.int(0) == 1
+                }
+                // The fault itself: the lock stays held past the 1 s statement timeout.
+                try await Task.sleep(for: .seconds(2))
+                try await holder.query("SELECT pg_advisory_unlock($1)", [pool.configuration.lockKey(Migrator.lockKey)])
+                return try await migration.value
+            }
+            #expect(applied == Schema.migrations.map(\.version))
+            let timeout = try await starting.query("SHOW statement_timeout").rows.first?.string(0)
+            #expect(timeout == "1s", "the pooled connection is back on the service timeout")
+            await starting.close()
+        }
+    }
+
+    /// Another schema's migrations (another deployment in the same database, or another test)
+    /// do not hold this one's up: the old code shared one lock across every schema.
+    @Test func schemasMigrateWithoutWaitingForEachOther() async throws {
+        try await TestServices.withSchema { pool in
+            try await TestServices.withSchema { other in
+                try await other.withConnection { holder in
+                    try await holder.query("SELECT pg_advisory_lock($1)", [PostgresConfiguration.lockKey(Migrator.lockKey, schema: nil)])
+                    try await holder.query("SELECT pg_advisory_lock($1)", [other.configuration.lockKey(Migrator.lockKey)])
+                    var short = pool.configuration
+                    short.statementTimeout = .seconds(5)
+                    let starting = PostgresPool(configuration: short, logger: TestServices.logger)
+                    let applied = try await Migrator(migrations: Schema.migrations, logger: TestServices.logger).migrate(starting)
+                    await starting.close()
+                    #expect(applied == Schema.migrations.map(\.version))
+                    try await holder.query("SELECT pg_advisory_unlock_all()")
+                }
+            }
+        }
+    }
+
     @Test func partitionsAreCreatedAheadAndDroppedAfterRetention() async throws {
         try await TestServices.withSchema { pool in
             try await Migrator(migrations: Schema.migrations, logger: TestServices.logger).migrate(pool)

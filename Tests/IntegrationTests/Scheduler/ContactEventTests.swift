@@ -32,7 +32,9 @@ struct ContactEventTests {
 
     func waitForRound(_ port: Int, at instant: String) async throws {
         let expected = try #require(Timestamp(iso8601: instant)).iso8601
-        try await TestServices.waitUntil(timeout: .seconds(20), "the leader ran a round at \(instant)") {
+        // The scheduler starts, migrates and takes the lead first: 20 s was too short when the
+        // whole suite starts its processes at once.
+        try await TestServices.waitUntil(timeout: .seconds(60), "the leader ran a round at \(instant)") {
             guard let (_, _, body) = try? await HTTP.request("GET", "http://127.0.0.1:\(port)/status") else { return false }
             let status = HTTP.object(body)
             return status["leader"] as? Bool == true && status["last_tick"] as? String == expected

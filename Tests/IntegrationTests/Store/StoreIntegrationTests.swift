@@ -50,9 +50,9 @@ struct StoreIntegrationTests {
             let manager = PartitionManager(logger: TestServices.logger)
             // Another scheduler in its round holds the lock.
             let other = PostgresPool(configuration: pool.configuration, logger: TestServices.logger)
-            let key = LeaderLock.key(PartitionManager.upkeepLockKey, schema: pool.configuration.searchPath)
+            let key = pool.configuration.lockKey(PartitionManager.upkeepLockKey)
             // The same lock of another schema does not hold this one up.
-            let elsewhere = LeaderLock.key(PartitionManager.upkeepLockKey, schema: "another_schema")
+            let elsewhere = PostgresConfiguration.lockKey(PartitionManager.upkeepLockKey, schema: "another_schema")
             #expect(elsewhere != key)
             let skipped = try await other.withConnection { connection in
                 _ = try await connection.query("SELECT pg_advisory_lock($1)", [key])

@@ -81,8 +81,16 @@ enum HTTP {
     /// One client for the whole test run (never shut down: it lives as long as the process).
     /// No decompression (so no `Accept-Encoding`): the shared client's ratio limit refused the
     /// management API's gzipped JSON, which compresses better than that.
-    private static let client = HTTPClient(eventLoopGroupProvider: .singleton,
-                                           configuration: HTTPClient.Configuration(decompression: .disabled))
+    /// Every test creates its vhost through the management API as the run starts: with the
+    /// default 8 connections per host and 10 s to get one, fifty tests queued behind slow vhost
+    /// creations on a loaded machine failed with `getConnectionFromPoolTimeout`. So: more
+    /// connections per host, and as long to wait for one as a request may take.
+    private static let client = HTTPClient(
+        eventLoopGroupProvider: .singleton,
+        configuration: HTTPClient.Configuration(
+            timeout: .init(connect: .seconds(60)),
+            connectionPool: .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 64),
+            decompression: .disabled))
 
     static func request(_ method: String, _ url: String, token: String? = nil, contentType: String? = "application/json",
                         body: String? = nil, headers: [String: String] = [:], timeout: Duration? = nil) async throws -> (Int, [String: String], String) {
