@@ -79,10 +79,9 @@ final class AMQPDriver: @unchecked Sendable {
     var returned: [String: (code: UInt16, text: String)] = [:]
     var consumers: [String: Consumer] = [:]
     var nextConsumerChannel: amqp_channel_t = 3
-    var lostError: AMQPError?
-    var closing = false
-    var everConnected = false
-    var blocked = false
+    /// Connecting, open, blocked, lost, backing off, closing, closed: every decision about the
+    /// connection's life is the machine's; this thread carries out its actions.
+    var machine: AMQPConnectionStateMachine
     /// The next publish waits for the socket to take it without blocking (see `sendRoom`).
     var waitingForRoom = false
 
@@ -91,49 +90,51 @@ final class AMQPDriver: @unchecked Sendable {
         var logger = connection.logger
         logger[metadataKey: "amqp.connection"] = "\(connection.configuration.connectionName)"
         self.logger = logger
+        self.machine = AMQPConnectionStateMachine(reconnect: connection.configuration.reconnect)
     }
 
     // MARK: - Thread main
 
     func run() {
-        var attempt = 0
-        while !closing {
-            do {
-                try connectAny()
-                attempt = 0
-                serve()
-            } catch {
-                let failure = error
-                if !everConnected || !configuration.reconnect {
-                    finish(failing: failure)
-                    return
+        var action = machine.start()
+        while true {
+            switch action {
+            case .connect:
+                do {
+                    try connectAny()
+                    action = machine.setupDone()
+                    if machine.isOpen { announceOpen() }
+                } catch {
+                    action = machine.connectFailed(error)
+                    if case .backOff(let attempt) = action {
+                        logger.warning("AMQP reconnect failed; retrying", metadata: [
+                            "error": "\(error)", "amqp.attempt": "\(attempt + 1)",
+                        ])
+                    }
                 }
-                let delay = configuration.reconnectBackoff.delay(attempt: attempt)
-                attempt += 1
-                logger.warning("AMQP reconnect failed; retrying", metadata: [
-                    "error": "\(failure)", "amqp.retry_in_ms": "\(delay.milliseconds)",
-                ])
-                idle(for: delay)
-            }
-            if !closing, everConnected, !configuration.reconnect {
-                finish(failing: lostError ?? AMQPError(.connectionLost, function: "serve", message: "connection lost"))
+            case .serve:
+                serve()
+                action = machine.servingEnded()
+            case .backOff(let attempt):
+                idle(for: configuration.reconnectBackoff.delay(attempt: attempt))
+                action = machine.backoffElapsed()
+            case .closeGracefully:
+                closeGracefully()
+                action = machine.closedGracefully()
+            case .finish(let error):
+                finish(failing: error)
                 return
             }
-            if !closing, lostError != nil {
-                // Lost after being up: wait a little before the first reconnect attempt.
-                idle(for: configuration.reconnectBackoff.delay(attempt: 0))
-            }
         }
-        finish(failing: AMQPError(.closed, function: "close", message: "connection closed"))
     }
 
     /// Waits for `duration` while disconnected, failing commands that need a connection.
     private func idle(for duration: Duration) {
         let deadline = ContinuousClock.now + duration
-        while !closing {
+        while case .backingOff = machine.state {
             drainMailbox()
             let remaining = ContinuousClock.now.duration(to: deadline)
-            if remaining <= .zero || closing { return }
+            guard remaining > .zero, case .backingOff = machine.state else { return }
             let mask = warren_wait(-1, connection.wakeFD, Int32(clamping: max(1, remaining.milliseconds)))
             if mask & 2 != 0 { warren_eventfd_drain(connection.wakeFD) }
         }
@@ -142,15 +143,11 @@ final class AMQPDriver: @unchecked Sendable {
     /// The connected loop: run commands, read frames, sleep in poll(2) when there is nothing.
     private func serve() {
         let pollInterval = Int32(clamping: min(500, max(50, configuration.heartbeat.milliseconds / 4)))
-        while true {
+        while machine.isOpen {
             drainMailbox()
-            if closing {
-                closeGracefully()
-                return
-            }
-            if lostError != nil { return }
+            guard machine.isOpen else { return }
             var frames = 0
-            while frames < 256, let state, lostError == nil {
+            while frames < 256, let state, machine.isOpen {
                 var frame = amqp_frame_t()
                 let status = warren_poll_frame(state, &frame)
                 if status == AMQP_STATUS_TIMEOUT.rawValue { break }
@@ -161,7 +158,7 @@ final class AMQPDriver: @unchecked Sendable {
                 dispatch(frame)
                 frames += 1
             }
-            if lostError != nil { return }
+            guard machine.isOpen else { return }
             if waitingForRoom { flushWaiting() }
             if let state { amqp_maybe_release_buffers(state) }
             if frames == 0 && mailboxIsEmpty {
@@ -230,11 +227,10 @@ final class AMQPDriver: @unchecked Sendable {
         state = newState
         socketFD = amqp_get_sockfd(newState)
         generation += 1
-        lostError = nil
+        machine.socketOpened()
         confirms = ConfirmWindow()
         returned.removeAll()
         nextConsumerChannel = 3
-        blocked = false
         waitingForRoom = false
         ok = true
         do {
@@ -245,7 +241,10 @@ final class AMQPDriver: @unchecked Sendable {
             destroy()
             throw failure
         }
-        everConnected = true
+    }
+
+    /// The machine says open: tell the callers waiting in `connect()`.
+    private func announceOpen() {
         let waiters = connection.shared.withLock { shared in
             shared.connected = true
             shared.blocked = false
@@ -287,12 +286,9 @@ final class AMQPDriver: @unchecked Sendable {
 
     /// The connection broke: fail what depended on it and let `run` reconnect.
     func lose(_ error: AMQPError) {
-        guard lostError == nil else { return }
-        lostError = error
+        guard case .failInFlight(let lost) = machine.lost(error) else { return }
         logger.error("AMQP connection lost", metadata: ["error": "\(error)"])
         destroy()
-        let lost = AMQPError(.connectionLost, function: error.function,
-                             message: "connection lost before the broker confirmed (\(error.message)); the message may or may not have been routed")
         for pending in confirms.reset() { pending.complete(.failure(lost)) }
         failWaiting(lost)
     }
@@ -318,7 +314,7 @@ final class AMQPDriver: @unchecked Sendable {
         for pending in confirms.reset() { pending.complete(.failure(error)) }
         failWaiting(error)
         for consumer in consumers.values {
-            if closing { consumer.continuation.finish() } else { consumer.continuation.finish(throwing: error) }
+            if machine.closeWasRequested { consumer.continuation.finish() } else { consumer.continuation.finish(throwing: error) }
         }
         consumers.removeAll()
         let (commands, connectWaiters, closeWaiters) = connection.shared.withLock { shared in
@@ -335,16 +331,13 @@ final class AMQPDriver: @unchecked Sendable {
         for waiter in connectWaiters { waiter.resume(throwing: error) }
         close(connection.wakeFD)
         for waiter in closeWaiters { waiter.resume() }
-        if !everConnected { logger.debug("AMQP connection ended", metadata: ["error": "\(error)"]) }
+        if !machine.everConnected { logger.debug("AMQP connection ended", metadata: ["error": "\(error)"]) }
     }
 
-    func requestClose() { closing = true }
+    func requestClose() { machine.closeRequested() }
 
     func requireConnected(_ operation: String) throws(AMQPError) {
-        if closing { throw AMQPError(.closed, function: operation, message: "connection is closing") }
-        if let lostError {
-            throw AMQPError(.notConnected, function: operation, message: "not connected (\(lostError.message)); reconnecting")
-        }
+        if let refusal = machine.refusal(for: operation) { throw refusal }
         if state == nil { throw AMQPError(.notConnected, function: operation, message: "not connected") }
     }
 
@@ -419,11 +412,11 @@ final class AMQPDriver: @unchecked Sendable {
                            replyCode: close.reply_code, replyText: String(amqpBytes: close.reply_text)))
         case WARREN_CONNECTION_BLOCKED:
             let blocked = method.decoded.assumingMemoryBound(to: amqp_connection_blocked_t.self).pointee
-            self.blocked = true
+            machine.blocked()
             connection.shared.withLock { $0.blocked = true }
             logger.warning("AMQP publishing blocked by the broker", metadata: ["reason": "\(String(amqpBytes: blocked.reason))"])
         case WARREN_CONNECTION_UNBLOCKED:
-            self.blocked = false
+            guard machine.unblocked() else { break }
             connection.shared.withLock { $0.blocked = false }
             logger.info("AMQP publishing unblocked")
             flushWaiting()
@@ -437,10 +430,7 @@ final class AMQPDriver: @unchecked Sendable {
     func enqueuePublishes(_ messages: [AMQPOutgoingMessage], completion: @escaping ([Result<Void, AMQPError>]) -> Void) {
         let collector = BatchCollector(count: messages.count, completion: completion)
         do throws(AMQPError) {
-            try requireConnected("amqp_basic_publish")
-            if blocked {
-                throw AMQPError(.blocked, function: "amqp_basic_publish", message: "the broker is blocking publishers (resource alarm)")
-            }
+            if let refusal = machine.publishRefusal() { throw refusal }
         } catch {
             for index in messages.indices { collector.set(index, .failure(error)) }
             return
@@ -459,7 +449,7 @@ final class AMQPDriver: @unchecked Sendable {
         if corked { warren_set_cork(socketFD, 1) }
         waitingForRoom = false
         var room = 0  // bytes the socket surely takes, asked again only when it runs short
-        while waitingHead < waiting.count, confirms.outstanding < window, lostError == nil, !blocked {
+        while waitingHead < waiting.count, confirms.outstanding < window, machine.state == .open(blocked: false) {
             let item = waiting[waitingHead]
             let need = item.message.body.count + Self.publishOverhead
             if confirms.outstanding > 0, room < need + Self.roomMargin {
@@ -575,7 +565,7 @@ final class AMQPDriver: @unchecked Sendable {
     }
 
     func settle(_ delivery: AMQPDelivery, kind: Settlement) throws {
-        guard delivery.generation == generation, lostError == nil, let state else {
+        guard delivery.generation == generation, machine.hasLiveSocket, let state else {
             throw AMQPError(.connectionLost, function: "settle", message: "delivery \(delivery.deliveryTag) came on an earlier connection; the broker has requeued it")
         }
         // Never settle a tag twice (the broker would close the channel): the tracker knows
@@ -615,7 +605,7 @@ final class AMQPDriver: @unchecked Sendable {
     /// Acks a batch, with `multiple` where the tags allow. Returns the deliveries that came on
     /// an earlier connection (the broker requeued those; they were not acked).
     func ackBatch(_ deliveries: [AMQPDelivery]) throws -> [AMQPDelivery] {
-        guard lostError == nil, let state else { return deliveries }
+        guard machine.hasLiveSocket, let state else { return deliveries }
         var stale: [AMQPDelivery] = []
         var byConsumer: [String: [UInt64]] = [:]
         for delivery in deliveries {
