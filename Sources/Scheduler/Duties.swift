@@ -156,9 +156,11 @@ final class UpkeepDuty: LeaderDuty {
         let horizon = try await Retention.advance(to: Retention.horizon(retentionDays: settings.retentionDays, now: now), pool: pool)
         let batches = try await APIBatchStore(pool: pool).prune()
         let jobs = try await APIJobStore(pool: pool).prune()
-        if batches + jobs > 0 {
-            logger.info("api_batches and api_jobs past retention deleted", metadata: [
-                "batches": "\(batches)", "jobs": "\(jobs)", "horizon": "\(horizon.iso8601)",
+        let cancellations = try await APIJobStore(pool: pool).pruneCancellations()
+        if batches + jobs + cancellations > 0 {
+            logger.info("api_batches, api_jobs and job_cancellations past retention deleted", metadata: [
+                "batches": "\(batches)", "jobs": "\(jobs)", "cancellations": "\(cancellations)",
+                "horizon": "\(horizon.iso8601)",
             ])
         }
         try await PartitionManager(logger: logger).upkeep(daysAhead: settings.partitionDaysAhead,

@@ -52,7 +52,7 @@ package struct APIJobStore: Sendable {
             ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL
             DO UPDATE SET job_id = EXCLUDED.job_id, type = EXCLUDED.type, tier = EXCLUDED.tier,
                           enqueued_at = EXCLUDED.enqueued_at, request_id = EXCLUDED.request_id,
-                          state = EXCLUDED.state, created_at = now(), cancel_requested_at = NULL, batch_id = NULL
+                          state = EXCLUDED.state, created_at = now(), batch_id = NULL
                 WHERE api_jobs.created_at < now() - make_interval(hours => $8::int)
                   -- a delayed job still held keeps its key until it is published
                   AND NOT EXISTS (SELECT 1 FROM delayed_jobs d WHERE d.job_id = api_jobs.job_id AND d.state = 'pending')
@@ -124,6 +124,21 @@ package struct APIJobStore: Sendable {
         }
     }
 
+    /// Deletes the cancellation requests of jobs enqueued before the retention horizon (they
+    /// go with their job's history, whatever published the job). Returns how many went.
+    @discardableResult
+    package func pruneCancellations(batchSize: Int = 10_000) async throws -> Int {
+        var total = 0
+        while true {
+            let deleted = try await pool.query("""
+                DELETE FROM job_cancellations WHERE job_id IN (
+                    SELECT job_id FROM job_cancellations WHERE enqueued_at < \(Retention.horizonSQL) LIMIT $1)
+                """, [batchSize]).affectedRows
+            total += deleted
+            if deleted < batchSize { return total }
+        }
+    }
+
     // MARK: - Cancellation
 
     package enum CancelRequest: Sendable, Equatable {
@@ -174,8 +189,10 @@ package struct APIJobStore: Sendable {
             // Cancelling a cancelled job answers as the first time did (DELETE is idempotent).
             if before == JobStatus.cancelled.rawValue { return .requested(status: "queued", tier: tier) }
             if JobStatus(rawValue: before)?.isTerminal ?? false { return .finished(status: before) }
-            try await connection.query(
-                "UPDATE api_jobs SET cancel_requested_at = coalesce(cancel_requested_at, now()) WHERE job_id = $1", [id])
+            try await connection.query("""
+                INSERT INTO job_cancellations (job_id, enqueued_at, tier, tenant) VALUES ($1, $2, $3, $4)
+                ON CONFLICT (job_id) DO NOTHING
+                """, [id, row[2], tier.rawValue, tenant])
             // A delayed job still held is simply never published.
             let held = try await DelayedJobStore.cancel(id, on: connection)
             let cancelled = try await connection.query(Self.cancelWaiting, [id, row[2], row[1], tier.rawValue, tenant, row[3]]).rows
@@ -221,12 +238,12 @@ package struct APIJobStore: Sendable {
     /// `withinSeconds` nil: every open request. A value, never SQL text: it is a parameter.
     private func cancellations(tier: Tier, withinSeconds: Int?) async throws -> [UUID] {
         try await pool.query("""
-            SELECT a.job_id FROM api_jobs a
-            WHERE a.cancel_requested_at IS NOT NULL AND a.tier = $1
-              AND ($2::int IS NULL OR a.cancel_requested_at > now() - make_interval(secs => $2::int))
+            SELECT c.job_id FROM job_cancellations c
+            WHERE c.tier = $1
+              AND ($2::int IS NULL OR c.requested_at > now() - make_interval(secs => $2::int))
               -- past retention its job_runs row is gone: the request is not open, however it looks
-              AND a.enqueued_at >= \(Retention.horizonSQL)
-              AND NOT EXISTS (SELECT 1 FROM job_runs r WHERE r.job_id = a.job_id AND r.enqueued_at = a.enqueued_at
+              AND c.enqueued_at >= \(Retention.horizonSQL)
+              AND NOT EXISTS (SELECT 1 FROM job_runs r WHERE r.job_id = c.job_id AND r.enqueued_at = c.enqueued_at
                                 AND r.status IN ('succeeded', 'failed', 'dead', 'cancelled'))
             """, [tier.rawValue, withinSeconds]).rows.map { try $0.uuid(0) }
     }
@@ -237,7 +254,8 @@ package struct APIJobStore: Sendable {
     /// at once for a job asked to cancel while waiting (queued or between retries), since it
     /// will never run again.
     static let reportedStatus = """
-        CASE WHEN a.cancel_requested_at IS NOT NULL AND coalesce(r.status, 'queued') IN ('queued', 'retrying')
+        CASE WHEN coalesce(r.status, 'queued') IN ('queued', 'retrying')
+                  AND EXISTS (SELECT 1 FROM job_cancellations c WHERE c.job_id = a.job_id)
              THEN 'cancelled' ELSE coalesce(r.status, 'queued') END
         """
 

@@ -254,5 +254,25 @@ package enum Schema {
             -- (its ack lost with a connection) finds itself superseded and does not run.
             ALTER TABLE job_runs ADD COLUMN seq integer NOT NULL DEFAULT 0;
             """),
+        Migration(version: 13, name: "job_cancellations: cancellation requests in a table of their own", sql: """
+            -- One row per job asked to cancel (DELETE /v1/jobs/{id}), written in the transaction
+            -- that writes the job's `cancelled` row when it has not started. Consumers load the
+            -- open ones of their tier at start (tier, requested_at) and poll for new ones. Pruned
+            -- by the leader's upkeep with the job's history (enqueued_at before the horizon).
+            CREATE TABLE job_cancellations (
+                job_id       uuid        PRIMARY KEY,
+                enqueued_at  timestamptz NOT NULL,
+                tier         text        NOT NULL,
+                tenant       text,
+                requested_at timestamptz NOT NULL DEFAULT now()
+            );
+            CREATE INDEX job_cancellations_tier_idx ON job_cancellations (tier, requested_at);
+            CREATE INDEX job_cancellations_enqueued_idx ON job_cancellations (enqueued_at);
+            INSERT INTO job_cancellations (job_id, enqueued_at, tier, tenant, requested_at)
+                SELECT job_id, enqueued_at, tier, tenant, cancel_requested_at FROM api_jobs
+                WHERE cancel_requested_at IS NOT NULL;
+            DROP INDEX api_jobs_cancel_idx;
+            ALTER TABLE api_jobs DROP COLUMN cancel_requested_at;
+            """),
     ]
 }

@@ -25,11 +25,16 @@ struct RetentionTests {
             let id = JobID.make()
             let created = at(daysAgo: daysAgo)
             let enqueued = enqueuedAt ?? created
-            let cancelAt: Timestamp? = cancelRequested ? created : nil
             try await pool.query("""
-                INSERT INTO api_jobs (job_id, tenant, type, tier, enqueued_at, state, created_at, cancel_requested_at, batch_id)
-                VALUES ($1, 'acme', 'noop', 'premium', $2, 'published', $3, $4, $5)
-                """, [id, enqueued, created, cancelAt, batch])
+                INSERT INTO api_jobs (job_id, tenant, type, tier, enqueued_at, state, created_at, batch_id)
+                VALUES ($1, 'acme', 'noop', 'premium', $2, 'published', $3, $4)
+                """, [id, enqueued, created, batch])
+            if cancelRequested {
+                try await pool.query("""
+                    INSERT INTO job_cancellations (job_id, enqueued_at, tier, tenant, requested_at)
+                    VALUES ($1, $2, 'premium', 'acme', $3)
+                    """, [id, enqueued, created])
+            }
             if let run {
                 try await PartitionManager(logger: TestServices.logger).ensure(table: .jobRuns, day: .init(enqueued), pool: pool)
                 try await pool.query("""
@@ -94,6 +99,8 @@ struct RetentionTests {
 
                 #expect(try await writer.ids("api_jobs", "job_id") == [scheduledAhead, recentFinished, recentCancelOpen, recentBatchJob])
                 #expect(try await writer.ids("api_batches", "batch_id") == [recentBatch])
+                #expect(try await writer.ids("job_cancellations", "job_id") == [recentCancelOpen],
+                        "the old cancellation went with its job's history")
                 // The partition upkeep skips a round while any other process holds its lock (one
                 // key for the whole database: other tests' schedulers take it too), the pruning
                 // above does not; run rounds until one got the lock.
@@ -123,6 +130,8 @@ struct RetentionTests {
                 #expect(again.status == 0, "\(again.stderr)")
                 #expect(try await writer.ids("api_jobs", "job_id").count == 4)
                 #expect(try await writer.ids("api_batches", "batch_id") == [recentBatch])
+                #expect(try await writer.ids("job_cancellations", "job_id") == [recentCancelOpen],
+                        "the old cancellation went with its job's history")
             }
         }
     }
