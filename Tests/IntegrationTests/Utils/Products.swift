@@ -99,8 +99,20 @@ final class RunningProduct: Sendable {
         process.standardInput = FileHandle.nullDevice
         let collected = OutputCollector()
         self.collected = collected
-        out.fileHandleForReading.readabilityHandler = { handle in collected.append(handle.availableData, error: false) }
-        err.fileHandleForReading.readabilityHandler = { handle in collected.append(handle.availableData, error: true) }
+        // Each pipe is read on a thread of its own until its end, never with a readability
+        // handler: Foundation's Dispatch source on the pipe kept firing at end of file and,
+        // when the handle went away with its source still registered, crashed the whole test
+        // process in `_dispatch_event_loop_drain`.
+        for (pipe, isError) in [(out, false), (err, true)] {
+            let handle = pipe.fileHandleForReading
+            Thread {
+                while true {
+                    let data = handle.availableData
+                    if data.isEmpty { break }
+                    collected.append(data, error: isError)
+                }
+            }.start()
+        }
         let (stream, continuation) = AsyncStream<Int32>.makeStream(bufferingPolicy: .bufferingNewest(1))
         exit = stream
         process.terminationHandler = { process in
