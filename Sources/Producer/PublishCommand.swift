@@ -116,7 +116,7 @@ struct PublishCommand: AsyncParsableCommand {
         if let runAt = try runAt(now: job.enqueuedAt), runAt > job.enqueuedAt {
             job.enqueuedAt = runAt
             do {
-                try await PostgresPool.withMigrated(applicationName: "warren-publish") { try await DelayedJobStore(pool: $0).hold(job) }
+                try await PostgresPool.withMigrated(applicationName: "warren-publish") { try await Outbox(pool: $0).hold(job) }
             } catch {
                 throw fail("job not stored: \(error)", code: 1)
             }
@@ -303,14 +303,14 @@ struct PublishCommand: AsyncParsableCommand {
                 throw fail("--at: expected an ISO 8601 instant with its offset (Z, or ±HH:MM from -23:59 to +23:59), like 2026-12-24T09:00:00+01:00, got '\(at)'",
                            code: 2)
             }
-            guard instant.microseconds - now.microseconds <= DelayedJobStore.maxDelaySeconds * 1_000_000 else {
-                throw fail("--at: more than \(DelayedJobStore.maxDelaySeconds / 86_400) days ahead", code: 2)
+            guard instant.microseconds - now.microseconds <= Outbox.maxDelaySeconds * 1_000_000 else {
+                throw fail("--at: more than \(Outbox.maxDelaySeconds / 86_400) days ahead", code: 2)
             }
             return instant
         }
         if let delay {
-            guard let duration = parseDuration(delay), duration <= .seconds(DelayedJobStore.maxDelaySeconds) else {
-                throw fail("--in: expected a delay like 90s, 5m or 2h (at most \(DelayedJobStore.maxDelaySeconds / 86_400) days), got '\(delay)'",
+            guard let duration = parseDuration(delay), duration <= .seconds(Outbox.maxDelaySeconds) else {
+                throw fail("--in: expected a delay like 90s, 5m or 2h (at most \(Outbox.maxDelaySeconds / 86_400) days), got '\(delay)'",
                            code: 2)
             }
             return Timestamp(microseconds: now.microseconds + duration.nanoseconds / 1_000)

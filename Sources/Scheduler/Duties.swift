@@ -4,9 +4,10 @@ import Logging
 import Metrics
 import Synchronization
 
-/// Fires the cron schedules: claims the due fires (each under its fire key, in one
-/// transaction) and publishes them with confirms; fires claimed but left unconfirmed by a
-/// scheduler that died are published again with the same job id. A due schedule that no
+/// Fires the cron schedules: claims the due fires (each under its fire key, with its outbox
+/// entry, in one transaction) and publishes them with confirms; a fire left unconfirmed (the
+/// connection dropped, a scheduler died) is published again by the outbox's dispatcher, same
+/// job id, once its lease ends. A due schedule that no
 /// longer evaluates is disabled with its error (logged, counted in
 /// `warren_schedules_disabled_total`, and on `/status` with the latest few).
 final class CronDuty: LeaderDuty {
@@ -39,16 +40,16 @@ final class CronDuty: LeaderDuty {
             ])
         }
         if !claim.disabled.isEmpty { disabledCounter.increment(by: claim.disabled.count) }
-        let fires = claimed + (try await store.unconfirmedFires(olderThanSeconds: 30))
+        let fires = claimed
         if skipped > 0 { logger.warning("fires missed beyond their catch-up window were skipped", metadata: ["count": "\(skipped)"]) }
-        let confirmed = await publishConfirmed(fires.map(\.job), with: publisher, logger: logger).map { fires[$0] }
+        let confirmed = await publishConfirmed(fires.map(\.job), through: Outbox(pool: store.pool), with: publisher,
+                                               logger: logger).map { fires[$0] }
         for fire in confirmed {
             logger.info("schedule fired", metadata: [
                 "schedule_id": "\(fire.scheduleID.lowercasedString)", "fire_at": "\(fire.fireAt.iso8601)",
                 "job_id": "\(fire.job.id.lowercasedString)", "idempotency_key": "\(fire.job.idempotencyKey ?? "-")",
             ])
         }
-        try await store.markPublished(confirmed)
         counts.withLock { $0 = ($0.published + confirmed.count, $0.skipped + skipped) }
         await refreshDisabled(force: !claim.disabled.isEmpty)
     }
@@ -79,13 +80,13 @@ final class CronDuty: LeaderDuty {
 /// Publishes delayed jobs when due: claimed `FOR UPDATE SKIP LOCKED` and marked published in
 /// the same transaction, after the broker's confirm.
 final class DelayedJobDuty: LeaderDuty {
-    let store: DelayedJobStore
+    let store: Outbox
     let publisher: JobPublisher
     let logger: Logger
     private let published = Mutex(0)
     private let lateness = Metrics.Timer(label: "warren_delayed_job_lateness_seconds", preferredDisplayUnit: .seconds)
 
-    init(store: DelayedJobStore, publisher: JobPublisher, logger: Logger) {
+    init(store: Outbox, publisher: JobPublisher, logger: Logger) {
         self.store = store
         self.publisher = publisher
         self.logger = logger
@@ -165,7 +166,7 @@ final class UpkeepDuty: LeaderDuty {
         }
         try await PartitionManager(logger: logger).upkeep(daysAhead: settings.partitionDaysAhead,
                                                           retentionDays: settings.retentionDays, pool: pool, now: now)
-        let pruned = try await DelayedJobStore(pool: pool).prune(olderThanDays: settings.retentionDays)
+        let pruned = try await Outbox(pool: pool).prune(olderThanDays: settings.retentionDays)
             + (try await ContactStore(pool: pool).prune(olderThanDays: settings.retentionDays))
         if pruned > 0 { logger.info("old delayed_jobs and contact_fires rows deleted", metadata: ["count": "\(pruned)"]) }
     }
@@ -212,8 +213,6 @@ final class ContactEventDuty: LeaderDuty {
                 failure = error
             }
         }
-        let retried = try await store.unconfirmedFires(olderThanSeconds: 30)
-        if !retried.isEmpty { try await publish(retried) }
         if let failure { throw failure }
     }
 
@@ -261,11 +260,12 @@ final class ContactEventDuty: LeaderDuty {
         }
     }
 
-    /// Publishes with confirms and marks the confirmed ones; returns how many.
+    /// Publishes with confirms through the outbox (which marks the confirmed ones and
+    /// publishes the others again after their lease); returns how many were confirmed.
     @discardableResult
     private func publish(_ fires: [ContactStore.Fire]) async throws -> Int {
-        let confirmed = await publishConfirmed(fires.map(\.job), with: publisher, logger: logger).map { fires[$0] }
-        try await store.markPublished(confirmed)
+        let confirmed = await publishConfirmed(fires.map(\.job), through: Outbox(pool: store.pool), with: publisher,
+                                               logger: logger).map { fires[$0] }
         state.withLock { $0.published += confirmed.count }
         return confirmed.count
     }

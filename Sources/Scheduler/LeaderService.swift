@@ -104,11 +104,13 @@ final class LeaderService: Service {
     }
 }
 
-/// Publishes `jobs` with confirms; returns the indexes of those the broker confirmed (the
-/// others are logged, and their owners publish them again later under the same id).
-func publishConfirmed(_ jobs: [JobEnvelope], with publisher: JobPublisher, logger: Logger) async -> [Int] {
+/// Publishes `jobs` with confirms (through `outbox`, which marks the confirmed entries, when
+/// they are its entries); returns the indexes of those the broker confirmed (the others are
+/// logged, and the outbox publishes them again later under the same id).
+func publishConfirmed(_ jobs: [JobEnvelope], through outbox: Outbox? = nil, with publisher: JobPublisher,
+                      logger: Logger) async -> [Int] {
     guard !jobs.isEmpty else { return [] }
-    let results = await publisher.publish(jobs)
+    let results = if let outbox { await outbox.publish(jobs, with: publisher) } else { await publisher.publish(jobs) }
     var confirmed: [Int] = []
     for (index, result) in results.enumerated() {
         switch result {

@@ -65,7 +65,7 @@ struct RunCommand: AsyncParsableCommand {
             let publisher = JobPublisher(configuration: amqp, logger: logger)
             let duties: [any LeaderDuty] = [
                 CronDuty(store: ScheduleStore(pool: pool), publisher: publisher, logger: logger),
-                DelayedJobDuty(store: DelayedJobStore(pool: pool), publisher: publisher, logger: logger),
+                DelayedJobDuty(store: Outbox(pool: pool), publisher: publisher, logger: logger),
                 ContactEventDuty(store: ContactStore(pool: pool), publisher: publisher, catchUpSeconds: contactCatchUp, logger: logger),
                 UpkeepDuty(pool: pool, settings: settings, logger: logger),
             ]

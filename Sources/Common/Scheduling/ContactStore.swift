@@ -145,8 +145,8 @@ package struct ContactStore: Sendable {
 
     /// Claims up to `limit` messages of `kind` due in `zone` on the local date `day` that have
     /// no fire row yet: one index range of `contact_events` (the date, and 29 February on 28
-    /// February of other years), each written under its fire key before it is returned (a key
-    /// already there means it was sent). `selected` below `limit` means the day is done.
+    /// February of other years), each written under its fire key, with its outbox entry, before it is returned
+    /// (a key already there means it was sent). `selected` below `limit` means the day is done.
     /// (The contacts are key-share locked, so one deleted meanwhile waits for the commit.)
     package func claim(_ kind: any ContactEventKind, zone: String, on day: CivilDate,
                        limit: Int = 5_000) async throws -> (fires: [Fire], selected: Int) {
@@ -173,43 +173,17 @@ package struct ContactStore: Sendable {
             let values = Array(fires.values)
             let inserted = try await connection.query("""
                 INSERT INTO contact_fires (contact_id, kind, local_date, job_id, tenant, tier, payload, state, created_at)
-                SELECT contact_id, $1, $2, job_id, tenant, tier, payload, 'pending', $8
+                SELECT contact_id, $1, $2, job_id, tenant, tier, payload, 'fired', $8
                 FROM unnest($3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[]) AS f(contact_id, job_id, tenant, tier, payload)
                 ON CONFLICT DO NOTHING
                 RETURNING contact_id
                 """, [kind.kind, day, PostgresArray(values.map(\.contactID)), PostgresArray(values.map(\.job.id)),
                       PostgresArray(values.map { $0.job.tenant ?? "" }), PostgresArray(values.map(\.job.tier.rawValue)),
                       PostgresArray(values.map { String(decoding: $0.job.payload, as: UTF8.self) }), enqueuedAt]).rows
-            return (try inserted.compactMap { fires[try $0.uuid(0)] }, due.count)
+            let claimed = try inserted.compactMap { fires[try $0.uuid(0)] }
+            try await Outbox.add(claimed.map(\.job), on: connection)
+            return (claimed, due.count)
         }
-    }
-
-    /// Messages claimed but not confirmed for `olderThanSeconds` (a scheduler died between
-    /// claim and confirm): published again with the same job id and key.
-    package func unconfirmedFires(olderThanSeconds: Int) async throws -> [Fire] {
-        try await pool.query("""
-            SELECT contact_id, kind, local_date, job_id, tenant, tier, payload, created_at FROM contact_fires
-            WHERE state = 'pending' AND created_at < now() - make_interval(secs => $1)
-            ORDER BY created_at LIMIT 1000
-            """, [olderThanSeconds]).rows.compactMap { row in
-            guard let tier = Tier(rawValue: try row.string(5)) else { return nil }
-            let contactID = try row.uuid(0)
-            let kind = try row.string(1)
-            let day = try row.date(2)
-            let job = JobEnvelope(type: MessageSendHandler.jobType, tier: tier, payload: Array(try row.string(6).utf8), tenant: try row.string(4),
-                                  idempotencyKey: Self.key(contact: contactID, kind: kind, on: day), enqueuedAt: try row.timestamp(7),
-                                  id: try row.uuid(3))
-            return Fire(contactID: contactID, kind: kind, localDate: day, job: job)
-        }
-    }
-
-    package func markPublished(_ fires: [Fire]) async throws {
-        guard !fires.isEmpty else { return }
-        try await pool.query("""
-            UPDATE contact_fires f SET state = 'published'
-            FROM unnest($1::uuid[], $2::text[], $3::date[]) AS u(contact_id, kind, local_date)
-            WHERE f.contact_id = u.contact_id AND f.kind = u.kind AND f.local_date = u.local_date
-            """, [PostgresArray(fires.map(\.contactID)), PostgresArray(fires.map(\.kind)), PostgresArray(fires.map(\.localDate))])
     }
 
     /// Deletes fire rows older than `days` plus two (a contact moved across the date line can
@@ -217,7 +191,7 @@ package struct ContactStore: Sendable {
     @discardableResult
     package func prune(olderThanDays days: Int) async throws -> Int {
         try await pool.query("""
-            DELETE FROM contact_fires WHERE state = 'published' AND created_at < now() - make_interval(days => $1 + 2)
+            DELETE FROM contact_fires WHERE state IN ('published', 'fired') AND created_at < now() - make_interval(days => $1 + 2)
             """, [days]).affectedRows
     }
 }

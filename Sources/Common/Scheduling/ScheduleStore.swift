@@ -128,7 +128,8 @@ package struct ScheduleStore: Sendable {
 
     /// Claims every fire due at `now`: for each due schedule (locked, `SKIP LOCKED`), the fires
     /// from its `next_fire_at` up to `now`, oldest first; a fire later than its catch-up window
-    /// is recorded `skipped`, the others `pending` with a job id, each under its fire key (an
+    /// is recorded `skipped`, the others `fired` with a job id and an outbox entry (leased to the
+    /// caller, who publishes it: ``Outbox/publish(_:with:)``), each under its fire key (an
     /// existing key means another scheduler already has it). `next_fire_at` moves past `now`.
     ///
     /// A due schedule that no longer evaluates (its zone left the time-zone data, its stored
@@ -178,7 +179,7 @@ package struct ScheduleStore: Sendable {
                         // created_at is the job's enqueued-at, so a republished job keeps its job_runs row.
                         let inserted = try await connection.query("""
                             INSERT INTO schedule_fires (schedule_id, fire_at, local_time, job_id, state, created_at)
-                            VALUES ($1, $2, $3, $4, 'pending', $5)
+                            VALUES ($1, $2, $3, $4, 'fired', $5)
                             ON CONFLICT DO NOTHING RETURNING fire_at
                             """, [schedule.id, at, local, job.id, job.enqueuedAt]).rows
                         if !inserted.isEmpty { claimed.fires.append(Fire(scheduleID: schedule.id, fireAt: at, job: job)) }
@@ -195,6 +196,7 @@ package struct ScheduleStore: Sendable {
                                                [schedule.id, Timestamp(microseconds: fireAt * 1_000_000)])
                 }
             }
+            try await Outbox.add(claimed.fires.map(\.job), on: connection)
             return claimed
         }
     }
@@ -205,33 +207,6 @@ package struct ScheduleStore: Sendable {
             UPDATE schedules SET enabled = false, disabled_reason = $2, disabled_at = now(), updated_at = now() WHERE id = $1
             """, [schedule.id, reason])
         return Disabled(id: schedule.id, tenant: schedule.tenant, name: schedule.name, reason: reason)
-    }
-
-    /// Fires claimed but not confirmed for `olderThanSeconds` (a scheduler died between claim
-    /// and confirm): published again with the same job id and key.
-    package func unconfirmedFires(olderThanSeconds: Int) async throws -> [Fire] {
-        try await pool.query("""
-            SELECT f.schedule_id, f.fire_at, f.local_time, f.job_id, s.job_type, s.tier, s.payload, s.tenant, f.created_at
-            FROM schedule_fires f JOIN schedules s ON s.id = f.schedule_id
-            WHERE f.state = 'pending' AND f.created_at < now() - make_interval(secs => $1)
-            ORDER BY f.created_at LIMIT 100
-            """, [olderThanSeconds]).rows.compactMap { row in
-            guard let tier = Tier(rawValue: try row.string(5)) else { return nil }
-            let scheduleID = try row.uuid(0)
-            let job = JobEnvelope(type: try row.string(4), tier: tier, payload: Array(try row.string(6).utf8), tenant: try row.string(7),
-                                  idempotencyKey: "schedule:\(scheduleID.lowercasedString):\(try row.string(2))",
-                                  enqueuedAt: try row.timestamp(8), id: try row.uuid(3))
-            return Fire(scheduleID: scheduleID, fireAt: try row.timestamp(1), job: job)
-        }
-    }
-
-    package func markPublished(_ fires: [Fire]) async throws {
-        guard !fires.isEmpty else { return }
-        try await pool.query("""
-            UPDATE schedule_fires f SET state = 'published'
-            FROM unnest($1::uuid[], $2::timestamptz[]) AS u(schedule_id, fire_at)
-            WHERE f.schedule_id = u.schedule_id AND f.fire_at = u.fire_at
-            """, [PostgresArray(fires.map(\.scheduleID)), PostgresArray(fires.map(\.fireAt))])
     }
 }
 

@@ -19,7 +19,9 @@ package struct APIBatchStore: Sendable {
         }
     }
 
-    /// Records a batch and its jobs (state `pending` until confirmed), in one transaction.
+    /// Records a batch, its jobs (state `pending` until confirmed) and their outbox entries
+    /// (leased to the request, which publishes them at once), in one transaction: a job of a
+    /// recorded batch reaches the broker even if the request dies right after.
     package func create(id: UUID, tenant: String, tier: Tier, requestID: String, jobs: [JobEnvelope],
                         onComplete: OnComplete?) async throws {
         try await pool.withTransaction { connection in
@@ -34,24 +36,21 @@ package struct APIBatchStore: Sendable {
                 FROM unnest($1::uuid[], $6::text[], $7::timestamptz[]) AS u(job_id, type, enqueued_at)
                 """, [PostgresArray(jobs.map(\.id)), tenant, tier.rawValue, requestID, id,
                       PostgresArray(jobs.map(\.type)), PostgresArray(jobs.map(\.enqueuedAt))])
+            try await Outbox.add(jobs, on: connection)
         }
     }
 
-    /// After publishing: confirmed jobs become `published`; refused ones are removed and the
-    /// batch's total shrinks to what was accepted (a batch with none accepted is deleted).
-    package func settle(batch id: UUID, published: [UUID], refused: [UUID]) async throws {
+    /// Takes back the jobs the broker surely did not take (their outbox entries and rows): the
+    /// batch's total shrinks to what was accepted, and a batch with none accepted is deleted.
+    /// If this fails, the outbox publishes them after their lease: they count as accepted.
+    package func release(batch id: UUID, refused: [UUID], accepted: Int) async throws {
+        guard !refused.isEmpty else { return }
         try await pool.withTransaction { connection in
-            if !published.isEmpty {
-                try await connection.query("UPDATE api_jobs SET state = 'published' WHERE job_id = ANY($1::uuid[])",
-                                           [PostgresArray(published)])
-            }
-            if !refused.isEmpty {
-                try await connection.query("DELETE FROM api_jobs WHERE job_id = ANY($1::uuid[])", [PostgresArray(refused)])
-                if published.isEmpty {
-                    try await connection.query("DELETE FROM api_batches WHERE batch_id = $1", [id])
-                } else {
-                    try await connection.query("UPDATE api_batches SET total = $2 WHERE batch_id = $1", [id, published.count])
-                }
+            try await Outbox.release(refused, on: connection)
+            if accepted == 0 {
+                try await connection.query("DELETE FROM api_batches WHERE batch_id = $1", [id])
+            } else {
+                try await connection.query("UPDATE api_batches SET total = $2 WHERE batch_id = $1", [id, accepted])
             }
         }
     }
@@ -88,7 +87,10 @@ package struct APIBatchStore: Sendable {
     package func summary(of id: UUID, tenant: String, errorGroups: Int = 20, sampleJobs: Int = 5) async throws -> Summary? {
         try await pool.withConnection { connection in
             let batches = try await connection.query("""
-                SELECT total, on_complete_type, on_complete_job_id, on_complete_published_at IS NOT NULL, created_at, completed_at
+                SELECT total, on_complete_type, on_complete_job_id,
+                       on_complete_published_at IS NOT NULL
+                         OR EXISTS (SELECT 1 FROM delayed_jobs d WHERE d.job_id = b.on_complete_job_id AND d.state = 'published'),
+                       created_at, completed_at
                 FROM api_batches b WHERE batch_id = $1 AND tenant = $2 AND NOT \(Self.expired)
                 """, [id, tenant]).rows
             guard let batch = batches.first else { return nil }
@@ -151,9 +153,10 @@ package struct APIBatchStore: Sendable {
     }
 
     /// Marks complete the batches whose jobs are all terminal (up to `limit`), and claims each
-    /// one's on_complete job: given an id and an `api_jobs` row in the same transaction, so
-    /// however many producers sweep, each batch completes once. Returns the jobs to publish;
-    /// ``markPublished(_:)`` after the confirm.
+    /// one's on_complete job: given an id, an `api_jobs` row and an outbox entry (leased to the
+    /// caller) in the same transaction, so however many producers sweep, each batch completes
+    /// once, and its job is published even if the caller never sees a confirm. Returns the
+    /// jobs to publish (``Outbox/publish(_:with:)``).
     package func claimCompleted(limit: Int = 100) async throws -> [Completion] {
         try await pool.withTransaction { connection in
             let rows = try await connection.query("""
@@ -184,35 +187,10 @@ package struct APIBatchStore: Sendable {
                     INSERT INTO api_jobs (job_id, tenant, type, tier, enqueued_at, idempotency_key, request_id)
                     VALUES ($1, $2, $3, $4, $5, $6, $7)
                     """, [job.id, job.tenant, job.type, tier.rawValue, job.enqueuedAt, job.idempotencyKey, row[5]])
+                try await Outbox.add([job], on: connection)
                 completions.append(Completion(batchID: batchID, job: job))
             }
             return completions
-        }
-    }
-
-    /// Claimed on_complete jobs whose publish was never confirmed (the producer died between
-    /// claim and confirm) for `olderThanSeconds`: published again with the same id.
-    package func unpublishedCompletions(olderThanSeconds: Int) async throws -> [Completion] {
-        try await pool.query("""
-            SELECT b.batch_id, b.tenant, b.tier, b.on_complete_type, b.on_complete_payload, b.request_id,
-                   b.on_complete_job_id, a.enqueued_at
-            FROM api_batches b JOIN api_jobs a ON a.job_id = b.on_complete_job_id
-            WHERE b.on_complete_type IS NOT NULL AND b.on_complete_published_at IS NULL
-              AND b.completed_at < now() - make_interval(secs => $1)
-            ORDER BY b.completed_at LIMIT 100
-            """, [olderThanSeconds]).rows.compactMap { row in
-            guard let type = row[3], let tier = Tier(rawValue: try row.string(2)) else { return nil }
-            return Completion(batchID: try row.uuid(0), job: Self.onCompleteJob(
-                batch: try row.uuid(0), id: try row.uuid(6), type: type, tier: tier, tenant: try row.string(1),
-                payload: row[4] ?? "{}", requestID: row[5], enqueuedAt: try row.timestamp(7)))
-        }
-    }
-
-    package func markPublished(_ completion: Completion) async throws {
-        try await pool.withTransaction { connection in
-            try await connection.query("UPDATE api_batches SET on_complete_published_at = now() WHERE batch_id = $1",
-                                       [completion.batchID])
-            try await connection.query("UPDATE api_jobs SET state = 'published' WHERE job_id = $1", [completion.job.id])
         }
     }
 

@@ -19,27 +19,23 @@ package struct APIJobStore: Sendable {
 
     /// Records `job` for `tenant`; with an idempotency key used in the last 24 h, returns the
     /// first job instead (one statement, so concurrent requests agree). A claimed job is also
-    /// an outbox entry (``DelayedJobStore/hold(_:leaseSeconds:on:)`` with a lease, same commit):
-    /// the caller publishes it, then ``DelayedJobStore/markPublished(_:)``; if the confirm never
+    /// an outbox entry (``Outbox/hold(_:leaseSeconds:on:)`` with a lease, same commit):
+    /// the caller publishes it, then ``Outbox/markPublished(_:)``; if the confirm never
     /// comes, the scheduler's leader publishes it again under the same id once the lease ends.
     package func claim(_ job: JobEnvelope, tenant: String, requestID: String) async throws -> Claim {
         try await pool.withTransaction { connection in
             let claim = try await Self.claim(job, tenant: tenant, requestID: requestID, state: "pending", on: connection)
-            if claim == .claimed { try await DelayedJobStore.hold(job, leaseSeconds: Self.publishLeaseSeconds, on: connection) }
+            if claim == .claimed { try await Outbox.hold(job, leaseSeconds: Outbox.publishLeaseSeconds, on: connection) }
             return claim
         }
     }
-
-    /// How long the request that claimed a keyed job has to publish it before the scheduler's
-    /// leader does.
-    package static let publishLeaseSeconds = 30
 
     /// A delayed job (run_at / delay_seconds): its row, recorded `published` (accepted for
     /// good), and its `delayed_jobs` row, in one transaction; or the first job of its key.
     package func hold(_ job: JobEnvelope, tenant: String, requestID: String) async throws -> Claim {
         try await pool.withTransaction { connection in
             let claim = try await Self.claim(job, tenant: tenant, requestID: requestID, state: "published", on: connection)
-            if claim == .claimed { try await DelayedJobStore.hold(job, on: connection) }
+            if claim == .claimed { try await Outbox.hold(job, on: connection) }
             return claim
         }
     }
@@ -77,12 +73,12 @@ package struct APIJobStore: Sendable {
 
     /// A keyed job's outbox entry, once its confirm came: see ``claim(_:tenant:requestID:)``.
     package func markKeyedPublished(_ id: UUID) async throws {
-        try await DelayedJobStore(pool: pool).markPublished([id])
+        try await Outbox(pool: pool).markPublished([id])
     }
 
     /// A keyed job the broker definitely did not take: its claim and outbox entry dropped.
     package func releaseKeyed(_ id: UUID) async throws {
-        try await DelayedJobStore(pool: pool).release(id)
+        try await Outbox(pool: pool).release(id)
     }
 
     /// Drops the row of a job the broker refused (recorded by ``APIJobRecorder``).
@@ -194,7 +190,7 @@ package struct APIJobStore: Sendable {
                 ON CONFLICT (job_id) DO NOTHING
                 """, [id, row[2], tier.rawValue, tenant])
             // A delayed job still held is simply never published.
-            let held = try await DelayedJobStore.cancel(id, on: connection)
+            let held = try await Outbox.cancel(id, on: connection)
             let cancelled = try await connection.query(Self.cancelWaiting, [id, row[2], row[1], tier.rawValue, tenant, row[3]]).rows
             if !cancelled.isEmpty {
                 return .requested(status: held ? "scheduled" : before == JobStatus.running.rawValue ? "queued" : before, tier: tier)
@@ -265,7 +261,7 @@ package struct APIJobStore: Sendable {
     package func status(of id: UUID, tenant: String) async throws -> [String: String?]? {
         let rows = try await pool.query("""
             SELECT a.job_id, a.type, a.tier,
-                   CASE WHEN d.state = 'pending' AND r.status IS NULL THEN 'scheduled' ELSE \(Self.reportedStatus) END,
+                   CASE WHEN d.state = 'pending' AND d.run_at > a.created_at AND r.status IS NULL THEN 'scheduled' ELSE \(Self.reportedStatus) END,
                    coalesce(r.attempts, 0), r.result::text, r.error,
                    a.enqueued_at, r.started_at, r.finished_at, a.idempotency_key, d.run_at
             FROM api_jobs a

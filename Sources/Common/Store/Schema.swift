@@ -274,5 +274,37 @@ package enum Schema {
             DROP INDEX api_jobs_cancel_idx;
             ALTER TABLE api_jobs DROP COLUMN cancel_requested_at;
             """),
+        Migration(version: 14, name: "one outbox: cron fires, contact fires and on_complete jobs go through delayed_jobs", sql: """
+            -- Every job Warren publishes on someone's behalf is entered in delayed_jobs (the
+            -- outbox) in the transaction that decided it; its writer publishes it and marks it,
+            -- and the leader's dispatcher publishes what was left unconfirmed once its lease ends.
+            -- A fire row is now `fired` (its job is in the outbox); the fires and on_complete
+            -- jobs still waiting for a confirm move into the outbox, due at once.
+            ALTER TABLE schedule_fires DROP CONSTRAINT schedule_fires_state_check,
+                ADD CONSTRAINT schedule_fires_state_check CHECK (state IN ('pending', 'published', 'skipped', 'fired'));
+            ALTER TABLE contact_fires DROP CONSTRAINT contact_fires_state_check,
+                ADD CONSTRAINT contact_fires_state_check CHECK (state IN ('pending', 'published', 'fired'));
+            INSERT INTO delayed_jobs (job_id, tenant, type, tier, payload, idempotency_key, run_at)
+                SELECT f.job_id, s.tenant, s.job_type, s.tier, s.payload,
+                       'schedule:' || f.schedule_id::text || ':' || f.local_time, f.created_at
+                FROM schedule_fires f JOIN schedules s ON s.id = f.schedule_id
+                WHERE f.state = 'pending' AND f.job_id IS NOT NULL
+                ON CONFLICT (job_id) DO NOTHING;
+            UPDATE schedule_fires SET state = 'fired' WHERE state = 'pending';
+            INSERT INTO delayed_jobs (job_id, tenant, type, tier, payload, idempotency_key, run_at)
+                SELECT job_id, tenant, 'message.send', tier, payload,
+                       'contact:' || contact_id::text || ':' || kind || ':' || to_char(local_date, 'YYYY-MM-DD'), created_at
+                FROM contact_fires WHERE state = 'pending'
+                ON CONFLICT (job_id) DO NOTHING;
+            UPDATE contact_fires SET state = 'fired' WHERE state = 'pending';
+            INSERT INTO delayed_jobs (job_id, tenant, type, tier, payload, idempotency_key, correlation_id, run_at)
+                SELECT a.job_id, a.tenant, a.type, a.tier, coalesce(b.on_complete_payload, '{}'), a.idempotency_key,
+                       a.request_id, a.enqueued_at
+                FROM api_batches b JOIN api_jobs a ON a.job_id = b.on_complete_job_id
+                WHERE b.on_complete_published_at IS NULL
+                ON CONFLICT (job_id) DO NOTHING;
+            DROP INDEX schedule_fires_pending_idx;
+            DROP INDEX contact_fires_pending_idx;
+            """),
     ]
 }

@@ -3,9 +3,9 @@ import Logging
 import ServiceLifecycle
 
 /// Runs beside the HTTP server: every `interval`, marks complete the batches whose jobs are
-/// all terminal and publishes each one's on_complete job (claimed in Postgres first, so with
-/// several producers each batch's job is published once; a claim never confirmed is published
-/// again, with the same id, after 30 s).
+/// all terminal and publishes each one's on_complete job (claimed in Postgres with its outbox
+/// entry first, so with several producers each batch's job is published once; one never
+/// confirmed is published again by the scheduler's leader, same id, once its lease ends).
 struct BatchCompleter: Service {
     let store: APIBatchStore
     let publisher: JobPublisher
@@ -24,21 +24,22 @@ struct BatchCompleter: Service {
     func sweep() async {
         let due: [APIBatchStore.Completion]
         do {
-            due = try await store.claimCompleted() + store.unpublishedCompletions(olderThanSeconds: 30)
+            due = try await store.claimCompleted()
         } catch {
             logger.debug("cannot look for completed batches", metadata: ["error": "\(error)"])
             return
         }
-        for completion in due {
-            do {
-                try await publisher.publish(completion.job)
-                try await store.markPublished(completion)
+        guard !due.isEmpty else { return }
+        let results = await Outbox(pool: store.pool).publish(due.map(\.job), with: publisher)
+        for (completion, result) in zip(due, results) {
+            switch result {
+            case .success:
                 logger.info("batch complete; on_complete job published", metadata: [
                     "batch_id": "\(completion.batchID.lowercasedString)", "job_id": "\(completion.job.id.lowercasedString)",
                     "job_type": "\(completion.job.type)",
                 ])
-            } catch {
-                logger.warning("on_complete job not confirmed; publishing it again later",
+            case .failure(let error):
+                logger.warning("on_complete job not confirmed; the outbox publishes it again under its id",
                                metadata: ["batch_id": "\(completion.batchID.lowercasedString)", "error": "\(error)"])
             }
         }

@@ -65,35 +65,52 @@ extension JobsAPI {
             logger.warning("cannot record the batch", metadata: ["error": "\(error)", "request_id": "\(requestID)"])
             throw storeError(error, message: "cannot record the batch right now; retry later")
         }
-        let results = await publisher.publish(jobs)
+        // Published at once. A job the broker confirmed is accepted; one it surely did not
+        // take is taken back and rejected (resend it); one whose confirm never came (the link
+        // dropped mid-publish) stays in the batch and the outbox, and the scheduler's leader
+        // publishes it again under its id once its lease ends: unconfirmed, do not resend.
+        let results = await Outbox(pool: batches.pool).publish(jobs, with: publisher)
         var accepted: [String] = []
+        var unconfirmed: [String] = []
         var rejected: [String] = []
-        var published: [UUID] = []
         var refused: [UUID] = []
         var queueFull = false
         for (index, (job, result)) in zip(jobs, results).enumerated() {
+            let item = #"{"index":\#(index),"id":"\#(job.id.lowercasedString)"}"#
             switch result {
             case .success:
-                published.append(job.id)
-                accepted.append(#"{"index":\#(index),"id":"\#(job.id.lowercasedString)"}"#)
-            case .failure(let error):
+                accepted.append(item)
+            case .failure(let error) where error.definitelyNotPublished:
                 refused.append(job.id)
                 let full = error.code == .nacked
                 queueFull = queueFull || full
-                rejected.append(#"{"index":\#(index),"code":"\#(full ? "queue_full" : "broker_unavailable")","message":\#(JSONText.quoted(full ? "the \(job.tier.rawValue) queue is full" : "not confirmed by the broker"))}"#)
+                rejected.append(#"{"index":\#(index),"code":"\#(full ? "queue_full" : "broker_unavailable")","message":\#(JSONText.quoted(full ? "the \(job.tier.rawValue) queue is full" : "not taken by the broker"))}"#)
+            case .failure:
+                unconfirmed.append(item)
             }
         }
         do {
-            try await batches.settle(batch: batchID, published: published, refused: refused)
+            try await batches.release(batch: batchID, refused: refused, accepted: jobs.count - refused.count)
         } catch {
-            logger.error("cannot record which batch jobs were published", metadata: ["error": "\(error)", "batch_id": "\(batchID.lowercasedString)"])
+            // Their entries stay in the outbox and are published after the lease.
+            logger.error("cannot take back the batch jobs the broker refused; the outbox publishes them later",
+                         metadata: ["error": "\(error)", "batch_id": "\(batchID.lowercasedString)", "count": "\(refused.count)"])
+            unconfirmed = jobs.indices.filter { (try? results[$0].get()) == nil }
+                .map { #"{"index":\#($0),"id":"\#(jobs[$0].id.lowercasedString)"}"# }
+            rejected = []
+            refused = []
         }
-        guard refused.isEmpty else {
-            let message = published.isEmpty
+        guard accepted.count == jobs.count else {
+            let kept = jobs.count - refused.count
+            var message = kept == 0
                 ? "no job of the batch was accepted; retry later"
-                : "\(published.count) of \(jobs.count) jobs were accepted into batch \(batchID.lowercasedString); resend the rejected ones"
+                : "\(accepted.count) of \(jobs.count) jobs were accepted into batch \(batchID.lowercasedString)"
+            if !unconfirmed.isEmpty {
+                message += "; \(unconfirmed.count) not confirmed yet stay in it and are published again under their ids (do not resend them)"
+            }
+            if kept > 0 && !rejected.isEmpty { message += "; resend the rejected ones" }
             throw APIError(.serviceUnavailable, queueFull ? "queue_full" : "broker_unavailable", message, retryAfter: queueFull ? 5 : 2,
-                           extra: #""batch_id":\#(published.isEmpty ? "null" : "\"\(batchID.lowercasedString)\""),"accepted":[\#(accepted.joined(separator: ","))],"rejected":[\#(rejected.joined(separator: ","))]"#)
+                           extra: #""batch_id":\#(kept == 0 ? "null" : "\"\(batchID.lowercasedString)\""),"accepted":[\#(accepted.joined(separator: ","))],"unconfirmed":[\#(unconfirmed.joined(separator: ","))],"rejected":[\#(rejected.joined(separator: ","))]"#)
         }
         let ids = jobs.map { #""\#($0.id.lowercasedString)""# }.joined(separator: ",")
         return (json(.accepted, #"{"id":"\#(batchID.lowercasedString)","status":"running","total":\#(jobs.count),"jobs":[\#(ids)]}"#),

@@ -167,7 +167,7 @@ struct JobsAPI: Sendable {
         guard let members = try? JSONScanner.objectMembers(body) else { return nil }
         let runAt = members.first { $0.key == "run_at" && $0.kind != .null }
         let delay = members.first { $0.key == "delay_seconds" && $0.kind != .null }
-        let limit = DelayedJobStore.maxDelaySeconds
+        let limit = Outbox.maxDelaySeconds
         switch (runAt, delay) {
         case (nil, nil):
             return nil

@@ -71,6 +71,61 @@ struct PostgresIntegrationTests {
         }
     }
 
+    /// Migration 14 moves the fires and on_complete jobs still waiting for a confirm into the
+    /// outbox, under their job ids and idempotency keys, so an upgrade mid-publish loses none.
+    @Test func theOutboxMigrationTakesOverUnconfirmedFiresAndOnCompleteJobs() async throws {
+        try await TestServices.withSchema { pool in
+            let before = Migrator(migrations: Schema.migrations.filter { $0.version < 14 }, logger: TestServices.logger)
+            try await before.migrate(pool)
+            let schedule = JobID.make(), cronJob = JobID.make(), contact = JobID.make(), contactJob = JobID.make()
+            let batch = JobID.make(), onComplete = JobID.make(), publishedFireJob = JobID.make()
+            try await pool.query("""
+                INSERT INTO schedules (id, tenant, name, cron, time_zone, job_type, tier, payload, next_fire_at)
+                VALUES ($1, 'acme', 'nightly', '0 3 * * *', 'Europe/Paris', 'report.build', 'premium', '{"n":1}', now())
+                """, [schedule])
+            try await pool.query("""
+                INSERT INTO schedule_fires (schedule_id, fire_at, local_time, job_id, state) VALUES
+                    ($1, '2026-12-01T02:00:00Z', '2026-12-01T03:00:00+01:00', $2, 'pending'),
+                    ($1, '2026-11-30T02:00:00Z', '2026-11-30T03:00:00+01:00', $3, 'published')
+                """, [schedule, cronJob, publishedFireJob])
+            try await pool.query("""
+                INSERT INTO contacts (id, tenant, tier, first_name, last_name, email, birthday, time_zone)
+                VALUES ($1, 'acme', 'free', 'Ada', 'L', 'ada@example.com', '1990-12-01', 'Europe/London')
+                """, [contact])
+            try await pool.query("""
+                INSERT INTO contact_fires (contact_id, kind, local_date, job_id, tenant, tier, payload, state)
+                VALUES ($1, 'birthday', '2026-12-01', $2, 'acme', 'free', '{"to":"ada@example.com"}', 'pending')
+                """, [contact, contactJob])
+            try await pool.query("""
+                INSERT INTO api_batches (batch_id, tenant, tier, total, on_complete_type, on_complete_payload, on_complete_job_id, completed_at)
+                VALUES ($1, 'acme', 'premium', 1, 'noop', '{"done":true}', $2, now())
+                """, [batch, onComplete])
+            try await pool.query("""
+                INSERT INTO api_jobs (job_id, tenant, type, tier, enqueued_at, idempotency_key, request_id)
+                VALUES ($1, 'acme', 'noop', 'premium', now(), $2, 'req-1')
+                """, [onComplete, "batch:\(batch.lowercasedString):on_complete"])
+
+            #expect(try await Migrator(migrations: Schema.migrations, logger: TestServices.logger).migrate(pool) == [14])
+            let entries = try await pool.query("""
+                SELECT job_id, type, tier, tenant, payload, idempotency_key, state FROM delayed_jobs ORDER BY type
+                """).rows.map { row in
+                [try row.uuid(0).lowercasedString, try row.string(1), try row.string(2), try row.string(3), try row.string(4),
+                 try row.string(5), try row.string(6)]
+            }
+            #expect(entries == [
+                [contactJob.lowercasedString, "message.send", "free", "acme", #"{"to":"ada@example.com"}"#,
+                 "contact:\(contact.lowercasedString):birthday:2026-12-01", "pending"],
+                [onComplete.lowercasedString, "noop", "premium", "acme", #"{"done":true}"#,
+                 "batch:\(batch.lowercasedString):on_complete", "pending"],
+                [cronJob.lowercasedString, "report.build", "premium", "acme", #"{"n":1}"#,
+                 "schedule:\(schedule.lowercasedString):2026-12-01T03:00:00+01:00", "pending"],
+            ], "the confirmed fire stays out; the others are due at once")
+            let states = try await pool.query("SELECT state FROM schedule_fires ORDER BY fire_at").rows.map { try $0.string(0) }
+            #expect(states == ["published", "fired"])
+            #expect(try await pool.query("SELECT state FROM contact_fires").rows.map { try $0.string(0) } == ["fired"])
+        }
+    }
+
     @Test func partitionsAreCreatedAheadAndDroppedAfterRetention() async throws {
         try await TestServices.withSchema { pool in
             try await Migrator(migrations: Schema.migrations, logger: TestServices.logger).migrate(pool)

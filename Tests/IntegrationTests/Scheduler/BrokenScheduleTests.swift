@@ -61,7 +61,8 @@ struct BrokenScheduleTests {
             try await TestServices.waitUntil(timeout: .seconds(10), "the good schedule's fire is marked published") {
                 try await server.withDatabase { pool in
                     try await pool.query("""
-                        SELECT s.name, f.state FROM schedule_fires f JOIN schedules s ON s.id = f.schedule_id
+                        SELECT s.name, coalesce(d.state, 'not in the outbox')
+                        FROM schedule_fires f JOIN schedules s ON s.id = f.schedule_id LEFT JOIN delayed_jobs d ON d.job_id = f.job_id
                         """).rows.map { "\(try $0.string(0)) \(try $0.string(1))" }
                 } == ["good published"]
             }
@@ -150,8 +151,9 @@ struct BrokenScheduleTests {
             try await TestServices.waitUntil(timeout: .seconds(30), "the re-enabled schedules fired") {
                 try await server.withDatabase { pool in
                     try await pool.query("""
-                        SELECT count(DISTINCT s.name) FROM schedule_fires f JOIN schedules s ON s.id = f.schedule_id
-                        WHERE f.state = 'published' AND s.name IN ('broken-3', 'broken-60')
+                        SELECT count(DISTINCT s.name)
+                        FROM schedule_fires f JOIN schedules s ON s.id = f.schedule_id JOIN delayed_jobs d ON d.job_id = f.job_id
+                        WHERE d.state = 'published' AND s.name IN ('broken-3', 'broken-60')
                         """).rows.first?.int(0)
                 } == 2
             }
