@@ -134,14 +134,9 @@ package struct APIBatchStore: Sendable {
     /// then pruned by ``APIJobStore/prune(batchSize:)``). Returns how many went.
     @discardableResult
     package func prune(batchSize: Int = 10_000) async throws -> Int {
-        var total = 0
-        while true {
-            let deleted = try await pool.query("""
-                DELETE FROM api_batches WHERE batch_id IN (SELECT b.batch_id FROM api_batches b WHERE \(Self.expired) LIMIT $1)
-                """, [batchSize]).affectedRows
-            total += deleted
-            if deleted < batchSize { return total }
-        }
+        try await Retention.deleteInPages("""
+            DELETE FROM api_batches WHERE batch_id IN (SELECT b.batch_id FROM api_batches b WHERE \(Self.expired) LIMIT $1)
+            """, pageSize: batchSize, pool: pool)
     }
 
     // MARK: - Completion

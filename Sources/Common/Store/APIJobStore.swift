@@ -106,33 +106,23 @@ package struct APIJobStore: Sendable {
     /// first), so a batch never looks complete for lack of jobs. Returns how many went.
     @discardableResult
     package func prune(batchSize: Int = 10_000) async throws -> Int {
-        var total = 0
-        while true {
-            let deleted = try await pool.query("""
-                DELETE FROM api_jobs WHERE job_id IN (
-                    SELECT a.job_id FROM api_jobs a
-                    WHERE \(Self.expired)
-                      AND (a.batch_id IS NULL OR NOT EXISTS (SELECT 1 FROM api_batches b WHERE b.batch_id = a.batch_id))
-                    LIMIT $1)
-                """, [batchSize]).affectedRows
-            total += deleted
-            if deleted < batchSize { return total }
-        }
+        try await Retention.deleteInPages("""
+            DELETE FROM api_jobs WHERE job_id IN (
+                SELECT a.job_id FROM api_jobs a
+                WHERE \(Self.expired)
+                  AND (a.batch_id IS NULL OR NOT EXISTS (SELECT 1 FROM api_batches b WHERE b.batch_id = a.batch_id))
+                LIMIT $1)
+            """, pageSize: batchSize, pool: pool)
     }
 
     /// Deletes the cancellation requests of jobs enqueued before the retention horizon (they
     /// go with their job's history, whatever published the job). Returns how many went.
     @discardableResult
     package func pruneCancellations(batchSize: Int = 10_000) async throws -> Int {
-        var total = 0
-        while true {
-            let deleted = try await pool.query("""
-                DELETE FROM job_cancellations WHERE job_id IN (
-                    SELECT job_id FROM job_cancellations WHERE enqueued_at < \(Retention.horizonSQL) LIMIT $1)
-                """, [batchSize]).affectedRows
-            total += deleted
-            if deleted < batchSize { return total }
-        }
+        try await Retention.deleteInPages("""
+            DELETE FROM job_cancellations WHERE job_id IN (
+                SELECT job_id FROM job_cancellations WHERE enqueued_at < \(Retention.horizonSQL) LIMIT $1)
+            """, pageSize: batchSize, pool: pool)
     }
 
     // MARK: - Cancellation

@@ -27,6 +27,17 @@ package enum Retention {
             """, [horizon]).rows.first.unwrap().timestamp(0)
     }
 
+    /// Runs `deleteSQL` (a DELETE taking its page size as `$1`) until a page comes back short;
+    /// returns how many rows went in all. Pages keep each transaction and its locks short.
+    package static func deleteInPages(_ deleteSQL: String, pageSize: Int, pool: PostgresPool) async throws -> Int {
+        var total = 0
+        while true {
+            let deleted = try await pool.query(deleteSQL, [pageSize]).affectedRows
+            total += deleted
+            if deleted < pageSize { return total }
+        }
+    }
+
     /// The horizon in force, nil before the first upkeep.
     package static func current(pool: PostgresPool) async throws -> Timestamp? {
         try await pool.query("SELECT horizon FROM retention_horizon").rows.first?.timestamp(0)

@@ -18,6 +18,16 @@ import Testing
         return machine
     }
 
+    /// Open, lost, backed off once, and reconnected up to `settingUp(attempt: 1)`.
+    func settingUpAgain() -> Machine {
+        var machine = open()
+        _ = machine.lost(reset)
+        _ = machine.servingEnded()
+        _ = machine.backoffElapsed()
+        machine.socketOpened()
+        return machine
+    }
+
     // MARK: - Connecting
 
     @Test func aFirstConnectThatSucceedsServes() {
@@ -118,22 +128,14 @@ import Testing
     }
 
     @Test func aReconnectWhoseSetupFailsBacksOffKeepingTheConnectionAlive() {
-        var machine = open()
-        _ = machine.lost(reset)
-        _ = machine.servingEnded()
-        _ = machine.backoffElapsed()
-        machine.socketOpened()
+        var machine = settingUpAgain()
         let denied = AMQPError(.serverClosed, function: "amqp_basic_consume", message: "access refused", replyCode: 403)
         let step19 = machine.connectFailed(denied)
         #expect(step19 == .backOff(attempt: 1))
     }
 
     @Test func aLossDuringSetupFailsInFlightAndLeavesTheFailureToTheSetupStep() {
-        var machine = open()
-        _ = machine.lost(reset)
-        _ = machine.servingEnded()
-        _ = machine.backoffElapsed()
-        machine.socketOpened()
+        var machine = settingUpAgain()
         let step20 = machine.lost(reset)
         #expect(step20 == .failInFlight(Machine.connectionLostError(reset)))
         #expect(machine.state == .settingUp(attempt: 1))

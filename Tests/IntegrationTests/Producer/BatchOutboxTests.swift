@@ -11,65 +11,45 @@ import Testing
 @Suite(.enabled(if: TestServices.enabled))
 struct BatchOutboxTests {
     @Test func anUnconfirmedBatchStaysWholeIsPublishedByTheOutboxAndCompletesOnce() async throws {
-        let brokerPort = URLComponents(string: TestServices.amqpURL)?.port ?? 5682
-        let relay = try TCPProxy(upstreamPort: brokerPort)
-        defer { relay.cut() }
-        try await TestServices.withVhost { vhostURL in
-            var relayed = URLComponents(string: vhostURL)!
-            relayed.port = relay.port
-            relayed.query = "heartbeat=2"
-            try await TestServices.withSchema { pool in
-                _ = try await Migrator(migrations: Schema.migrations, logger: TestServices.logger).migrate(pool)
-                let schema = pool.configuration.searchPath ?? "public"
-                let database = ["WARREN_DATABASE_URL": TestServices.databaseURL, "WARREN_DATABASE_SCHEMA": schema]
-                let serve = try RunningProduct("producer", ["serve"], environment: [
-                    "WARREN_AMQP_URL": relayed.string!, "WARREN_HTTP_PORT": "0", "WARREN_HTTP_HOST": "127.0.0.1",
-                    "WARREN_BATCH_SWEEP_MS": "200",
-                ].merging(database) { $1 })
-                defer { serve.signal(SIGKILL) }
-                let port = try await serve.listeningPort("http_port")
-                let server = APIServer(base: "http://127.0.0.1:\(port)", environment: ["WARREN_AMQP_URL": vhostURL].merging(database) { $1 },
-                                       vhost: String(vhostURL[vhostURL.index(after: vhostURL.lastIndex(of: "/")!)...]))
-                try await TestServices.waitUntil("the API answers /healthz") { (try? await server.request("GET", "/healthz").0) == 200 }
-                let token = try await server.token(tier: "premium", scopes: "jobs:write,jobs:read")
-                let body = #"{"jobs":[{"type":"noop"},{"type":"noop"},{"type":"noop"}],"on_complete":{"type":"noop"}}"#
+        try await RelayedServer.with(extra: ["WARREN_BATCH_SWEEP_MS": "200"]) { server, relay, serve, pool, vhostURL in
+            let token = try await server.token(tier: "premium", scopes: "jobs:write,jobs:read")
+            let body = #"{"jobs":[{"type":"noop"},{"type":"noop"},{"type":"noop"}],"on_complete":{"type":"noop"}}"#
 
-                // The link goes silent: no confirm comes; heartbeats end the connection.
-                relay.stall()
-                let (status, _, text) = try await server.request("POST", "/v1/batches", token: token, body: body)
-                #expect(status == 503, "\(text)")
-                let answer = HTTP.object(text)
-                let unconfirmed = (answer["unconfirmed"] as? [[String: Any]] ?? []).compactMap { $0["id"] as? String }
-                #expect(unconfirmed.count == 3, "every job is unconfirmed, none rejected: \(text)")
-                #expect((answer["rejected"] as? [Any])?.isEmpty == true, "\(text)")
-                let batchID = try #require(answer["batch_id"] as? String, "the batch is kept: \(text)")
+            // The link goes silent: no confirm comes; heartbeats end the connection.
+            relay.stall()
+            let (status, _, text) = try await server.request("POST", "/v1/batches", token: token, body: body)
+            #expect(status == 503, "\(text)")
+            let answer = HTTP.object(text)
+            let unconfirmed = (answer["unconfirmed"] as? [[String: Any]] ?? []).compactMap { $0["id"] as? String }
+            #expect(unconfirmed.count == 3, "every job is unconfirmed, none rejected: \(text)")
+            #expect((answer["rejected"] as? [Any])?.isEmpty == true, "\(text)")
+            let batchID = try #require(answer["batch_id"] as? String, "the batch is kept: \(text)")
 
-                let scheduler = try RunningProduct("scheduler", ["--admin-port", "0"], environment: server.environment)
-                defer { scheduler.signal(SIGKILL) }
-                let consumer = try RunningProduct("consumer", ["--tier", "premium"], environment: server.environment)
-                defer { consumer.signal(SIGKILL) }
-                try await TestServices.waitUntil(timeout: .seconds(120), "the batch completed and its on_complete job ran") {
-                    let (_, _, now) = try await server.request("GET", "/v1/batches/\(batchID)", token: token, contentType: nil)
-                    let batch = HTTP.object(now)
-                    guard batch["status"] as? String == "complete", let onComplete = batch["on_complete"] as? [String: Any],
-                          let job = onComplete["job_id"] as? String else { return false }
-                    let run = HTTP.object(try await server.request("GET", "/v1/jobs/\(job)", token: token, contentType: nil).2)
-                    return run["status"] as? String == "succeeded"
-                }
-                // Each job ran once, under the id the 503 gave, and nothing is left on the queue.
-                let runs = try await pool.query("""
-                    SELECT job_id, count(*) FROM message_logs WHERE event = 'succeeded' GROUP BY job_id
-                    """).rows.map { (try $0.uuid(0).lowercasedString, try $0.int(1)) }
-                #expect(runs.count == 4, "three jobs and the on_complete job: \(runs)")
-                #expect(runs.allSatisfy { $0.1 == 1 }, "each once: \(runs)")
-                #expect(Set(unconfirmed).isSubset(of: Set(runs.map(\.0))))
-                let left = try await TestServices.withConnection("test batch outbox", url: vhostURL) { connection in
-                    try await connection.withControl { try $0.queueDepth(Tier.premium.queueName).messages }
-                }
-                #expect(left == 0)
-                for product in [consumer, scheduler, serve] { product.signal(SIGTERM) }
-                for product in [consumer, scheduler, serve] { #expect(try await product.wait() == 0) }
+            let scheduler = try RunningProduct("scheduler", ["--admin-port", "0"], environment: server.environment)
+            defer { scheduler.signal(SIGKILL) }
+            let consumer = try RunningProduct("consumer", ["--tier", "premium"], environment: server.environment)
+            defer { consumer.signal(SIGKILL) }
+            try await TestServices.waitUntil(timeout: .seconds(120), "the batch completed and its on_complete job ran") {
+                let (_, _, now) = try await server.request("GET", "/v1/batches/\(batchID)", token: token, contentType: nil)
+                let batch = HTTP.object(now)
+                guard batch["status"] as? String == "complete", let onComplete = batch["on_complete"] as? [String: Any],
+                      let job = onComplete["job_id"] as? String else { return false }
+                let run = HTTP.object(try await server.request("GET", "/v1/jobs/\(job)", token: token, contentType: nil).2)
+                return run["status"] as? String == "succeeded"
             }
+            // Each job ran once, under the id the 503 gave, and nothing is left on the queue.
+            let runs = try await pool.query("""
+                SELECT job_id, count(*) FROM message_logs WHERE event = 'succeeded' GROUP BY job_id
+                """).rows.map { (try $0.uuid(0).lowercasedString, try $0.int(1)) }
+            #expect(runs.count == 4, "three jobs and the on_complete job: \(runs)")
+            #expect(runs.allSatisfy { $0.1 == 1 }, "each once: \(runs)")
+            #expect(Set(unconfirmed).isSubset(of: Set(runs.map(\.0))))
+            let left = try await TestServices.withConnection("test batch outbox", url: vhostURL) { connection in
+                try await connection.withControl { try $0.queueDepth(Tier.premium.queueName).messages }
+            }
+            #expect(left == 0)
+            for product in [consumer, scheduler, serve] { product.signal(SIGTERM) }
+            for product in [consumer, scheduler, serve] { #expect(try await product.wait() == 0) }
         }
     }
 }
