@@ -41,32 +41,7 @@ struct OwnPostgres: Sendable {
     }
 
     private func script(_ body: String) async throws {
-        let lib = Products.repositoryRoot.appendingPathComponent("infra/local/lib.sh").path
-        // Output goes to a file, never a pipe: the server the script starts inherits the
-        // script's standard output and error, so a pipe would never reach end of file.
-        let log = state.appendingPathComponent("script.log")
-        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
-        let output = try FileHandle(forWritingTo: log)
-        defer { try? output.close() }
-        try output.seekToEnd()
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/bash")
-        // Foundation notices a child's exit when a socket the child inherits closes; the server
-        // would inherit it too and keep it open, so the script closes every descriptor above 2.
-        let closeInherited = #"for fd in /proc/$$/fd/*; do n=${fd##*/}; if ((n > 2)); then eval "exec $n>&-" 2>/dev/null || true; fi; done"#
-        process.arguments = ["-c", "\(closeInherited); set -euo pipefail; source '\(lib)'; \(body)", "own-postgres", state.path, String(port)]
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = output
-        process.standardError = output
-        let status: Int32 = try await withCheckedThrowingContinuation { continuation in
-            process.terminationHandler = { continuation.resume(returning: $0.terminationStatus) }
-            do { try process.run() } catch { continuation.resume(throwing: error) }
-        }
-        guard status == 0 else {
-            let text = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
-            Issue.record("infra/local/lib.sh failed (\(status)): \(text.suffix(2_000))")
-            throw CancellationError()
-        }
+        try await LocalScript.run(body, [state.path, String(port)], log: state.appendingPathComponent("script.log"))
     }
 
     static func freePort() throws -> Int {
