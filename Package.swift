@@ -39,11 +39,14 @@ let package = Package(
             pkgConfig: "libpq",
             providers: [.apt(["libpq-dev"]), .brew(["libpq"])]
         ),
+        // glibc's malloc.h (mallopt): part of libc, nothing to link.
+        .systemLibrary(name: "CMalloc"),
         .target(
             name: "Common",
             dependencies: [
                 "CRabbitMQ",
                 "CLibPQ",
+                .target(name: "CMalloc", condition: .when(platforms: [.linux])),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

@@ -42,6 +42,7 @@ struct ConsumerCommand: AsyncParsableCommand {
     var databaseURL: String?
 
     func run() async throws {
+        MallocArenas.limit()
         let logger = Observability.bootstrap(service: "consumer")
         let environment = ProcessInfo.processInfo.environment
         let consumerConfiguration: ConsumerConfiguration

@@ -24,6 +24,7 @@ struct ServeCommand: AsyncParsableCommand {
     var host: String?
 
     func run() async throws {
+        MallocArenas.limit()
         let logger = Observability.bootstrap(service: "producer")
         let environment = ProcessInfo.processInfo.environment
         let settings: Settings

@@ -36,6 +36,7 @@ struct RunCommand: AsyncParsableCommand {
     var clockFile: String?
 
     func run() async throws {
+        MallocArenas.limit()
         let logger = Observability.bootstrap(service: "scheduler")
         let settings: Settings
         let admin: (host: String, port: Int)
