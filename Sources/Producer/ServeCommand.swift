@@ -56,9 +56,18 @@ struct ServeCommand: AsyncParsableCommand {
         _ = try await Migrator(migrations: Schema.migrations, logger: logger).migrate(pool)
 
         let rateLimits: [Tier: RateLimiter.Limit]
-        do { rateLimits = try RateLimiter.limits(environment: environment) } catch { throw ValidationError("\(error)") }
+        let shedPolicy: ShedPolicy
+        let shedPoll: Int
+        do {
+            rateLimits = try RateLimiter.limits(environment: environment)
+            shedPolicy = try ShedPolicy(environment: environment)
+            shedPoll = try reader.integer("WARREN_SHED_POLL_MS", 50...60_000) ?? 500
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        let pressure = TierPressure(policy: shedPolicy, amqp: amqp, interval: .milliseconds(shedPoll), logger: logger)
         let api = JobsAPI(publisher: publisher, pool: pool, tokenCacheTTL: .seconds(tokenCacheSeconds),
-                          rateLimiter: RateLimiter(limits: rateLimits),
+                          rateLimiter: RateLimiter(limits: rateLimits), pressure: pressure,
                           knownTypes: Set(HandlerRegistry.standardTypes + extraTypes.filter { !$0.isEmpty }),
                           maxBodyBytes: maxBody, logger: logger)
         // Hummingbird's idle timeout counts from the last request part read (or response
@@ -76,7 +85,7 @@ struct ServeCommand: AsyncParsableCommand {
                               logger: logger)
         let completer = BatchCompleter(store: APIBatchStore(pool: pool), publisher: publisher, interval: .milliseconds(batchSweep),
                                        logger: logger)
-        let group = ServiceGroup.warren([.init(service: app), .init(service: completer)], shutdownWithin: .seconds(30), logger: logger)
+        let group = ServiceGroup.warren([.init(service: app), .init(service: completer), .init(service: pressure)], shutdownWithin: .seconds(30), logger: logger)
         try await group.run()
         await publisher.close()
         await pool.close()

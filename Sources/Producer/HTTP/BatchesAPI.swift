@@ -55,6 +55,7 @@ extension JobsAPI {
                            "\(invalid.count) item(s) of the batch are invalid; nothing was accepted",
                            extra: #""errors":[\#(invalid.joined(separator: ","))]"#)
         }
+        try admit(token.tier)
 
         let batchID = JobID.make()
         let jobs = requests.map { $0.envelope(correlationID: requestID) }

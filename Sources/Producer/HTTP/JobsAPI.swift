@@ -17,6 +17,8 @@ struct JobsAPI: Sendable {
     let contacts: ContactStore
     let schedules: ScheduleStore
     let rateLimiter: RateLimiter
+    /// Which tiers' new work is shed (503 `shed`); nil sheds nothing.
+    let pressure: TierPressure?
     let knownTypes: Set<String>
     let maxBodyBytes: Int
     /// Most jobs in one `POST /v1/batches`.
@@ -115,6 +117,7 @@ struct JobsAPI: Sendable {
             job.enqueuedAt = runAt  // it enters its queue then (and job_runs' partition of that day)
             return try await acceptDelayed(job, token: token, requestID: requestID)
         }
+        try admit(job.tier)
         guard job.idempotencyKey != nil else { return try await acceptUnkeyed(job, token: token, requestID: requestID) }
         let claim = try await database(message: "cannot record the job right now; retry later") { try await jobs.claim(job, tenant: token.tenant, requestID: requestID) }
         if case .existing(let id, let pending) = claim { return try await duplicate(of: id, pending: pending, token: token) }
@@ -137,6 +140,20 @@ struct JobsAPI: Sendable {
         // lease ends (same id: consumers run it once).
         try? await jobs.markKeyedPublished(job.id)
         return (accepted(job), token.tenant)
+    }
+
+    /// How long a shed client is asked to wait.
+    static let shedRetryAfter = 5
+
+    /// Refuses new work of `tier` with 503 `shed` while the tier pressure sheds it (see
+    /// ``ShedPolicy``); counted in `warren_http_shed_total{tier}`. Jobs for later are not
+    /// shed: they add nothing to a queue now.
+    func admit(_ tier: Tier) throws(APIError) {
+        guard let pressure, pressure.isShedding(tier) else { return }
+        Counter(label: "warren_http_shed_total", dimensions: [("tier", tier.rawValue)]).increment()
+        throw APIError(.serviceUnavailable, "shed",
+                       "the queues are backed up and new \(tier.rawValue) work is being shed; retry after \(Self.shedRetryAfter) s",
+                       retryAfter: Self.shedRetryAfter)
     }
 
     /// A job to run later: held in Postgres (`delayed_jobs`, with its `api_jobs` row in the
@@ -435,12 +452,12 @@ struct JobsAPI: Sendable {
 
 extension JobsAPI {
     /// The API over one pool: every store is made from it.
-    init(publisher: JobPublisher, pool: PostgresPool, tokenCacheTTL: Duration, rateLimiter: RateLimiter, knownTypes: Set<String>,
-         maxBodyBytes: Int, logger: Logger) {
+    init(publisher: JobPublisher, pool: PostgresPool, tokenCacheTTL: Duration, rateLimiter: RateLimiter, pressure: TierPressure? = nil,
+         knownTypes: Set<String>, maxBodyBytes: Int, logger: Logger) {
         self.init(publisher: publisher, pool: pool, tokens: TokenCache(store: APITokenStore(pool: pool), ttl: tokenCacheTTL),
                   recorder: APIJobRecorder(pool: pool), jobs: APIJobStore(pool: pool), batches: APIBatchStore(pool: pool),
                   contacts: ContactStore(pool: pool), schedules: ScheduleStore(pool: pool), rateLimiter: rateLimiter,
-                  knownTypes: knownTypes, maxBodyBytes: maxBodyBytes, logger: logger)
+                  pressure: pressure, knownTypes: knownTypes, maxBodyBytes: maxBodyBytes, logger: logger)
     }
 }
 
