@@ -15,7 +15,7 @@ struct RoutesCommand: AsyncParsableCommand {
         let pool = PostgresPool(configuration: PostgresConfiguration(url: "postgresql://127.0.0.1/warren", applicationName: "routes"),
                                 logger: logger)
         let api = JobsAPI(publisher: JobPublisher(configuration: amqp, logger: logger), pool: pool, tokenCacheTTL: .zero,
-                          rateLimiter: RateLimiter(limits: RateLimiter.defaults), knownTypes: [], maxBodyBytes: 1, logger: logger)
+                          rateLimiter: SharedRateLimiter(store: RateBucketStore(pool: pool), logger: logger), knownTypes: [], maxBodyBytes: 1, logger: logger)
         let lines = api.router().routes.map { "\($0.method.rawValue) \($0.path.description)" }
         for line in lines.sorted() { print(line) }
     }

@@ -67,7 +67,8 @@ struct ServeCommand: AsyncParsableCommand {
         }
         let pressure = TierPressure(policy: shedPolicy, amqp: amqp, interval: .milliseconds(shedPoll), logger: logger)
         let api = JobsAPI(publisher: publisher, pool: pool, tokenCacheTTL: .seconds(tokenCacheSeconds),
-                          rateLimiter: RateLimiter(limits: rateLimits), pressure: pressure,
+                          rateLimiter: SharedRateLimiter(limits: rateLimits, store: RateBucketStore(pool: pool), logger: logger),
+                          pressure: pressure,
                           knownTypes: Set(HandlerRegistry.standardTypes + extraTypes.filter { !$0.isEmpty }),
                           maxBodyBytes: maxBody, logger: logger)
         // Hummingbird's idle timeout counts from the last request part read (or response

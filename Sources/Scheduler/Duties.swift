@@ -169,6 +169,8 @@ final class UpkeepDuty: LeaderDuty {
         let pruned = try await Outbox(pool: pool).prune(olderThanDays: settings.retentionDays)
             + (try await ContactStore(pool: pool).prune(olderThanDays: settings.retentionDays))
         if pruned > 0 { logger.info("old delayed_jobs and contact_fires rows deleted", metadata: ["count": "\(pruned)"]) }
+        let idleBuckets = try await RateBucketStore(pool: pool).prune()
+        if idleBuckets > 0 { logger.info("rate_buckets idle for a day deleted", metadata: ["count": "\(idleBuckets)"]) }
     }
 
     func statusJSON() -> String {

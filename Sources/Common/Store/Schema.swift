@@ -306,5 +306,16 @@ package enum Schema {
             DROP INDEX schedule_fires_pending_idx;
             DROP INDEX contact_fires_pending_idx;
             """),
+        Migration(version: 15, name: "rate_buckets: token buckets shared by every producer", sql: """
+            -- One row per bucket (an API token's intake limit): tokens left as of updated_at, and
+            -- what the last take granted (returned by the same statement). Replicas lease a few
+            -- tokens at a time (SharedRateLimiter).
+            CREATE TABLE rate_buckets (
+                key text PRIMARY KEY,
+                tokens double precision NOT NULL,
+                granted double precision NOT NULL DEFAULT 0,
+                updated_at timestamptz NOT NULL
+            );
+            """),
     ]
 }

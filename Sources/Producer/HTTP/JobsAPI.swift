@@ -16,7 +16,7 @@ struct JobsAPI: Sendable {
     let batches: APIBatchStore
     let contacts: ContactStore
     let schedules: ScheduleStore
-    let rateLimiter: RateLimiter
+    let rateLimiter: SharedRateLimiter
     /// Which tiers' new work is shed (503 `shed`); nil sheds nothing.
     let pressure: TierPressure?
     let knownTypes: Set<String>
@@ -83,7 +83,7 @@ struct JobsAPI: Sendable {
     func rateLimited(_ request: Request, scope: Scope,
                      _ body: (APIToken) async throws(APIError) -> (Response, String?)) async throws(APIError) -> (Response, String?) {
         let token = try await authenticate(request, scope: scope)
-        let limit = rateLimiter.take(key: token.id.lowercasedString, tier: token.tier)
+        let limit = await rateLimiter.take(key: token.id.lowercasedString, tier: token.tier)
         var result: (Response, String?)
         do {
             result = try await limited(limit, token) { () async throws(APIError) in try await body(token) }
@@ -452,7 +452,7 @@ struct JobsAPI: Sendable {
 
 extension JobsAPI {
     /// The API over one pool: every store is made from it.
-    init(publisher: JobPublisher, pool: PostgresPool, tokenCacheTTL: Duration, rateLimiter: RateLimiter, pressure: TierPressure? = nil,
+    init(publisher: JobPublisher, pool: PostgresPool, tokenCacheTTL: Duration, rateLimiter: SharedRateLimiter, pressure: TierPressure? = nil,
          knownTypes: Set<String>, maxBodyBytes: Int, logger: Logger) {
         self.init(publisher: publisher, pool: pool, tokens: TokenCache(store: APITokenStore(pool: pool), ttl: tokenCacheTTL),
                   recorder: APIJobRecorder(pool: pool), jobs: APIJobStore(pool: pool), batches: APIBatchStore(pool: pool),

@@ -15,7 +15,7 @@ import Testing
         let pool = PostgresPool(configuration: PostgresConfiguration(url: "postgresql://127.0.0.1:1/none", applicationName: "tests"),
                                 logger: logger)
         return JobsAPI(publisher: JobPublisher(configuration: amqp, logger: logger), pool: pool, tokenCacheTTL: .zero,
-                       rateLimiter: RateLimiter(limits: RateLimiter.defaults), knownTypes: [], maxBodyBytes: 1, logger: logger)
+                       rateLimiter: SharedRateLimiter(store: RateBucketStore(pool: pool), logger: logger), knownTypes: [], maxBodyBytes: 1, logger: logger)
     }
 
     @Test func valuesPostgresRefusesAreA422AndOutagesA503() async throws {

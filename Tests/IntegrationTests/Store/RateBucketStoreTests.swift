@@ -1,0 +1,57 @@
+import Common
+import Foundation
+import Testing
+
+/// The shared token bucket's one statement, against Postgres.
+@Suite(.enabled(if: TestServices.enabled))
+struct RateBucketStoreTests {
+    @Test func aNewBucketStartsFullGrantsWholeTokensAndRefillsAtItsRate() async throws {
+        try await TestServices.withSchema { pool in
+            _ = try await Migrator(migrations: Schema.migrations, logger: TestServices.logger).migrate(pool)
+            let store = RateBucketStore(pool: pool)
+            let first = try await store.take(key: "k", rate: 0.001, burst: 5.5, want: 3)
+            #expect(first == .init(granted: 3, remaining: 2.5))
+            let second = try await store.take(key: "k", rate: 0.001, burst: 5.5, want: 3)
+            #expect(second.granted == 2, "only whole tokens: \(second)")
+            #expect(abs(second.remaining - 0.5) < 0.01)
+            let empty = try await store.take(key: "k", rate: 0.001, burst: 5.5, want: 3)
+            #expect(empty.granted == 0)
+            #expect(try await store.take(key: "other", rate: 0.001, burst: 1, want: 1).granted == 1, "keys are apart")
+
+            // A fast bucket refills: set its last touch a second back.
+            _ = try await store.take(key: "fast", rate: 100, burst: 1_000, want: 1_000)
+            try await pool.query("UPDATE rate_buckets SET updated_at = updated_at - interval '1 second' WHERE key = 'fast'")
+            let refilled = try await store.take(key: "fast", rate: 100, burst: 1_000, want: 1_000)
+            #expect((100...101).contains(refilled.granted), "one second at 100/s: \(refilled)")
+        }
+    }
+
+    @Test func concurrentTakersNeverShareATokenOrCreditTimeTwice() async throws {
+        try await TestServices.withSchema { pool in
+            _ = try await Migrator(migrations: Schema.migrations, logger: TestServices.logger).migrate(pool)
+            let store = RateBucketStore(pool: pool)
+            // 0.5 tokens a second: over this test's few seconds at most a couple more appear.
+            let started = ContinuousClock.now
+            let granted = try await withThrowingTaskGroup(of: Double.self) { group in
+                for _ in 0..<40 { group.addTask { try await store.take(key: "k", rate: 0.5, burst: 20, want: 1).granted } }
+                return try await group.reduce(0, +)
+            }
+            let elapsed = ContinuousClock.now - started
+            let bound = 20 + 0.5 * Double(elapsed.components.seconds + 1)
+            #expect(granted >= 20 && granted <= bound.rounded(.down), "\(granted) granted in \(elapsed), at most \(bound)")
+        }
+    }
+
+    @Test func bucketsIdleForADayArePruned() async throws {
+        try await TestServices.withSchema { pool in
+            _ = try await Migrator(migrations: Schema.migrations, logger: TestServices.logger).migrate(pool)
+            let store = RateBucketStore(pool: pool)
+            _ = try await store.take(key: "idle", rate: 1, burst: 1, want: 1)
+            _ = try await store.take(key: "busy", rate: 1, burst: 1, want: 1)
+            try await pool.query("UPDATE rate_buckets SET updated_at = now() - interval '25 hours' WHERE key = 'idle'")
+            #expect(try await store.prune() == 1)
+            let keys = try await pool.query("SELECT key FROM rate_buckets").rows.map { try $0.string(0) }
+            #expect(keys == ["busy"])
+        }
+    }
+}
