@@ -105,7 +105,7 @@ struct PostgresIntegrationTests {
                 VALUES ($1, 'acme', 'noop', 'premium', now(), $2, 'req-1')
                 """, [onComplete, "batch:\(batch.lowercasedString):on_complete"])
 
-            #expect(try await Migrator(migrations: Schema.migrations, logger: TestServices.logger).migrate(pool) == [14])
+            #expect(try await Migrator(migrations: Schema.migrations.filter { $0.version <= 14 }, logger: TestServices.logger).migrate(pool) == [14])
             let entries = try await pool.query("""
                 SELECT job_id, type, tier, tenant, payload, idempotency_key, state FROM delayed_jobs ORDER BY type
                 """).rows.map { row in
