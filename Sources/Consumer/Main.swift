@@ -20,6 +20,14 @@ struct ConsumerCommand: AsyncParsableCommand {
     @Option(help: "Tier whose queue to work: enterprise, premium or free (default: $WARREN_TIER).")
     var tier: String?
 
+    @Option(help: """
+        An overflow pool over these tiers' queues, comma-separated (e.g. enterprise,premium,free; default: $WARREN_TIERS):         it takes a queue's work only while that tier's own consumers are full, highest tier first.
+        """)
+    var tiers: String?
+
+    @Flag(help: "An overflow pool over all three tiers (the same as --tiers enterprise,premium,free).")
+    var overflow = false
+
     @Option(help: "Jobs run at once (default: $WARREN_CONCURRENCY or the tier's).")
     var concurrency: Int?
 
@@ -52,12 +60,26 @@ struct ConsumerCommand: AsyncParsableCommand {
         let notify: NotifyConfiguration
         do {
             settings = try Settings(environment: environment)
-            guard let tierName = tier ?? environment["WARREN_TIER"] else {
-                throw ValidationError("--tier is required (enterprise, premium or free)")
+            var configuration: ConsumerConfiguration
+            let tierList = overflow ? Tier.allCases.map(\.rawValue).joined(separator: ",") : tiers ?? environment["WARREN_TIERS"]
+            if let tierList, tier == nil {
+                var parsed: [Tier] = []
+                for name in tierList.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) {
+                    do { parsed.append(try Tier.parse(name)) } catch { throw ValidationError("--tiers: \(error.message)") }
+                }
+                guard !parsed.isEmpty, Set(parsed).count == parsed.count else {
+                    throw ValidationError("--tiers: expected distinct tiers, comma-separated (enterprise,premium,free), got '\(tierList)'")
+                }
+                configuration = try ConsumerConfiguration.overflow(tiers: parsed, environment: environment)
+            } else {
+                guard !overflow, tiers == nil else { throw ValidationError("give --tier, or --tiers / --overflow, not both") }
+                guard let tierName = tier ?? environment["WARREN_TIER"] else {
+                    throw ValidationError("--tier is required (enterprise, premium or free), or --tiers / --overflow for an overflow pool")
+                }
+                let parsedTier: Tier
+                do { parsedTier = try Tier.parse(tierName) } catch { throw ValidationError("--tier: \(error.message)") }
+                configuration = try ConsumerConfiguration(tier: parsedTier, environment: environment)
             }
-            let parsedTier: Tier
-            do { parsedTier = try Tier.parse(tierName) } catch { throw ValidationError("--tier: \(error.message)") }
-            var configuration = try ConsumerConfiguration(tier: parsedTier, environment: environment)
             if let concurrency {
                 guard (1...10_000).contains(concurrency) else { throw ValidationError("--concurrency must be 1...10000") }
                 configuration.concurrency = concurrency
@@ -85,7 +107,7 @@ struct ConsumerCommand: AsyncParsableCommand {
         } catch {
             throw ValidationError("\(error)")
         }
-        var database = settings.postgres(applicationName: "warren-consumer-\(consumerConfiguration.tier.rawValue)")
+        var database = settings.postgres(applicationName: "warren-consumer-\(consumerConfiguration.tiers.count == 1 ? consumerConfiguration.tier.rawValue : "overflow")")
         if let databaseURL { database.url = databaseURL }
         database.maxConnections = 4
 

@@ -3,7 +3,16 @@ import Foundation
 /// How one consumer process works its tier's queue. Every field has a `WARREN_*` variable
 /// (see `init(tier:environment:)` and the README) and the `consumer` command's flags win.
 package struct ConsumerConfiguration: Sendable {
+    /// The tier this process serves: its own pool's tier, or an overflow pool's highest.
     package var tier: Tier
+    /// The tier queues it takes from, highest first: `[tier]` for a tier's own pool; several
+    /// for an overflow pool (``overflow(tiers:)``), whose free slots go to the highest tier
+    /// with a delivery waiting.
+    package var tiers: [Tier]
+    /// `x-priority` of its subscriptions. A tier's own pool has none (0); an overflow pool has
+    /// ``overflowPriority``, so the broker gives it a queue's work only while that queue's own
+    /// consumers are full (a backlog).
+    package var subscriptionPriority: Int32?
     /// Jobs run at once (a bounded task group).
     package var concurrency: Int
     /// Unacknowledged deliveries the broker may push to this consumer (per-consumer QoS).
@@ -37,9 +46,18 @@ package struct ConsumerConfiguration: Sendable {
         }
     }
 
+    /// The overflow pool's subscription priority (below the tiers' own pools, which have 0).
+    package static let overflowPriority: Int32 = -10
+
+    /// Defaults of an overflow pool: its prefetch is per tier queue, and a delivery it holds
+    /// unstarted is one no other consumer can run, so it holds little beyond its slots.
+    package static let overflowDefaults: (concurrency: Int, prefetch: UInt16) = (32, 64)
+
     package init(tier: Tier, concurrency: Int? = nil, prefetch: UInt16? = nil) {
         let defaults = Self.defaults(for: tier)
         self.tier = tier
+        self.tiers = [tier]
+        self.subscriptionPriority = nil
         self.concurrency = max(1, concurrency ?? defaults.concurrency)
         self.prefetch = max(1, prefetch ?? defaults.prefetch)
         batchMaxRows = 1_000
@@ -81,6 +99,28 @@ package struct ConsumerConfiguration: Sendable {
             }
         }
         if let id = reader.string("WARREN_CONSUMER_ID") { consumerID = id }
+    }
+
+    /// An overflow pool over `tiers` (any order; it serves them highest first), with the
+    /// ``overflowDefaults`` and then the `WARREN_*` variables.
+    package static func overflow(tiers: [Tier], environment: [String: String]) throws(SettingsError) -> ConsumerConfiguration {
+        let ordered = Tier.allCases.filter(tiers.contains)
+        precondition(!ordered.isEmpty, "an overflow pool needs at least one tier")
+        var base = environment
+        if EnvironmentReader(environment).string("WARREN_CONCURRENCY") == nil { base["WARREN_CONCURRENCY"] = "\(overflowDefaults.concurrency)" }
+        if EnvironmentReader(environment).string("WARREN_PREFETCH") == nil { base["WARREN_PREFETCH"] = "\(overflowDefaults.prefetch)" }
+        var configuration = try ConsumerConfiguration(tier: ordered[0], environment: base)
+        configuration.tiers = ordered
+        configuration.subscriptionPriority = overflowPriority
+        if EnvironmentReader(environment).string("WARREN_CONSUMER_ID") == nil {
+            configuration.consumerID = "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)-overflow"
+        }
+        return configuration
+    }
+
+    /// What logs and `/status` call this pool: its tier, or `overflow(enterprise,premium,free)`.
+    package var poolName: String {
+        tiers.count == 1 && subscriptionPriority == nil ? tier.rawValue : "overflow(\(tiers.map(\.rawValue).joined(separator: ",")))"
     }
 
     package func retryPolicy(for type: String) -> RetryPolicy { retryByType[type] ?? retry }

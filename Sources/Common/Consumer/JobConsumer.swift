@@ -33,8 +33,8 @@ package struct ConsumerMetrics: Sendable {
     func count(_ outcome: String) { outcomes[outcome]?.increment() }
 }
 
-/// Works one tier's queue: takes deliveries with per-consumer prefetch, runs each job's
-/// handler in a bounded task group, re-publishes retries and dead jobs with confirms, hands
+/// Works one tier's queue (or, as an overflow pool, several: see ``TierInbox``): takes
+/// deliveries with per-consumer prefetch, runs each job's handler in a bounded task group, re-publishes retries and dead jobs with confirms, hands
 /// outcomes to the ``ResultWriter`` (durable, then acked), and shuts down gracefully.
 ///
 /// The connection's thread only moves frames; job code runs on Swift's cooperative pool.
@@ -45,7 +45,10 @@ package final class JobConsumer: Sendable {
     private let store: JobRunStore
     private let handlers: HandlerRegistry
     private let writer: ResultWriter
+    /// The pool's own metrics (in flight, result batches) ...
     private let metrics: ConsumerMetrics
+    /// ... and its jobs', by the job's tier.
+    private let tierMetrics: [Tier: ConsumerMetrics]
     private let logger: Logger
     private let state = Mutex(State())
     /// Cancellation requests this consumer knows of (see ``JobCancellations``).
@@ -63,7 +66,8 @@ package final class JobConsumer: Sendable {
 
     private struct State {
         var stopRequested = false
-        var consumerTag: String?
+        /// One per subscribed tier queue, once subscribed.
+        var consumerTags: [String] = []
         var inFlight = 0
         var idleWaiters: [CheckedContinuation<Void, Never>] = []
         var lastDelivery = ContinuousClock.now
@@ -75,7 +79,7 @@ package final class JobConsumer: Sendable {
     package init(configuration: ConsumerConfiguration, amqp: AMQPConfiguration, database: PostgresConfiguration,
                  handlers: HandlerRegistry, logger: Logger) {
         var logger = logger
-        logger[metadataKey: "tier"] = "\(configuration.tier.rawValue)"
+        logger[metadataKey: "tier"] = "\(configuration.poolName)"
         logger[metadataKey: "consumer_id"] = "\(configuration.consumerID)"
         self.configuration = configuration
         self.logger = logger
@@ -89,7 +93,9 @@ package final class JobConsumer: Sendable {
         }
         pool = PostgresPool(configuration: database, logger: logger)
         store = JobRunStore(pool: pool, logger: logger)
-        metrics = ConsumerMetrics(tier: configuration.tier)
+        let tierMetrics = Dictionary(uniqueKeysWithValues: configuration.tiers.map { ($0, ConsumerMetrics(tier: $0)) })
+        self.tierMetrics = tierMetrics
+        metrics = tierMetrics[configuration.tier]!
         writer = ResultWriter(store: store, connection: connection, maxRows: configuration.batchMaxRows,
                               maxDelay: configuration.batchMaxDelay, metrics: metrics, logger: logger)
         let stopping = StopFlag()
@@ -101,8 +107,8 @@ package final class JobConsumer: Sendable {
     /// then shuts down gracefully. Returns true when it stopped because it was idle.
     @discardableResult
     package func run() async throws -> Bool {
-        let queue = configuration.tier.queueName
-        let deliveries: AMQPDeliveries
+        let queues = configuration.tiers.map(\.queueName).joined(separator: ",")
+        var subscriptions: [(tier: Tier, deliveries: AMQPDeliveries)] = []
         let controlMessages: AMQPDeliveries
         do {
             try await connection.connect()
@@ -111,8 +117,11 @@ package final class JobConsumer: Sendable {
             // between the two; then take jobs.
             controlMessages = try await connection.consume(queue: controlQueue, prefetch: 256)
             try await loadCancellations()
-            deliveries = try await connection.consume(queue: queue, prefetch: configuration.prefetch,
-                                                      tag: "warren-\(configuration.consumerID)")
+            for tier in configuration.tiers {
+                let tag = configuration.tiers.count == 1 ? "warren-\(configuration.consumerID)" : "warren-\(configuration.consumerID)-\(tier.rawValue)"
+                subscriptions.append((tier, try await connection.consume(queue: tier.queueName, prefetch: configuration.prefetch,
+                                                                         priority: configuration.subscriptionPriority, tag: tag)))
+            }
         } catch {
             await connection.close()
             await pool.close()
@@ -120,13 +129,13 @@ package final class JobConsumer: Sendable {
             throw error
         }
         let stopEarly = state.withLock { state -> Bool in
-            state.consumerTag = deliveries.consumerTag
+            state.consumerTags = subscriptions.map(\.deliveries.consumerTag)
             state.lastDelivery = .now
             return state.stopRequested
         }
         if stopEarly { cancelConsumer() }
         logger.info("consumer started", metadata: [
-            "queue": "\(queue)", "prefetch": "\(configuration.prefetch)", "concurrency": "\(configuration.concurrency)",
+            "queue": "\(queues)", "prefetch": "\(configuration.prefetch)", "concurrency": "\(configuration.concurrency)",
             "handlers": "\(handlers.types.joined(separator: ","))",
         ])
 
@@ -140,10 +149,38 @@ package final class JobConsumer: Sendable {
         let shutdownDeadline = Mutex(ContinuousClock.now)
         var deliveriesError: (any Error)?
         await withDiscardingTaskGroup { jobs in
-            do {
-                for try await delivery in deliveries {
-                    state.withLock { $0.lastDelivery = .now }
+            if subscriptions.count == 1 {
+                // One queue: each delivery in arrival order, as a slot frees.
+                do {
+                    for try await delivery in subscriptions[0].deliveries {
+                        state.withLock { $0.lastDelivery = .now }
+                        await limiter.acquire()
+                        begin()
+                        jobs.addTask {
+                            await self.process(delivery)
+                            self.end()
+                            limiter.release()
+                        }
+                    }
+                } catch {
+                    logger.error("deliveries ended with an error; shutting down", metadata: ["error": "\(error)"])
+                    deliveriesError = error
+                }
+            } else {
+                // Several (an overflow pool): a free slot takes the highest tier's delivery.
+                let inbox = TierInbox(tiers: subscriptions.map(\.tier))
+                for subscription in subscriptions {
+                    jobs.addTask { await inbox.fill(subscription.tier, from: subscription.deliveries) }
+                }
+                let backlogTask = Task { await countBacklogs(into: inbox) }
+                defer { backlogTask.cancel() }
+                while true {
                     await limiter.acquire()
+                    guard let delivery = await inbox.next() else {
+                        limiter.release()
+                        break
+                    }
+                    state.withLock { $0.lastDelivery = .now }
                     begin()
                     jobs.addTask {
                         await self.process(delivery)
@@ -151,9 +188,11 @@ package final class JobConsumer: Sendable {
                         limiter.release()
                     }
                 }
-            } catch {
-                logger.error("deliveries ended with an error; shutting down", metadata: ["error": "\(error)"])
-                deliveriesError = error
+                if let error = inbox.failure {
+                    logger.error("deliveries ended with an error; shutting down", metadata: ["error": "\(error)"])
+                    deliveriesError = error
+                    cancelConsumer()  // end the other subscriptions, so their readers return
+                }
             }
             let deadline = ContinuousClock.now + configuration.shutdownGrace
             shutdownDeadline.withLock { $0 = deadline }
@@ -239,10 +278,11 @@ package final class JobConsumer: Sendable {
     }
 
     private func cancelConsumer() {
-        guard let tag = state.withLock({ $0.consumerTag }) else { return }
+        let tags = state.withLock { $0.consumerTags }
+        guard !tags.isEmpty else { return }
         Task { [connection, logger] in
             do {
-                try await connection.cancel(consumerTag: tag)
+                for tag in tags { try await connection.cancel(consumerTag: tag) }
             } catch {
                 logger.warning("basic.cancel failed; closing the connection instead", metadata: ["error": "\(error)"])
                 await connection.close()
@@ -256,7 +296,7 @@ package final class JobConsumer: Sendable {
     /// What `/readyz` reports down: the broker, the database, and `subscription` until the
     /// consumer has started taking jobs from its queue.
     package func unreachable() async -> [String] {
-        let subscribed = state.withLock { $0.consumerTag != nil }
+        let subscribed = state.withLock { !$0.consumerTags.isEmpty }
         return await AdminServer.unreachable(broker: connection, database: pool) + (subscribed ? [] : ["subscription"])
     }
 
@@ -265,14 +305,15 @@ package final class JobConsumer: Sendable {
     package func statusJSON(extra: [(name: String, json: String)] = []) async -> String {
         let (inFlight, stopping) = state.withLock { ($0.inFlight, $0.stopRequested) }
         let members = extra.map { ",\(JSONText.quoted($0.name)):\($0.json)" }.joined()
-        return #"{"service":"consumer","consumer_id":\#(JSONText.quoted(configuration.consumerID)),"tier":"\#(configuration.tier.rawValue)","queue":"\#(configuration.tier.queueName)","concurrency":\#(configuration.concurrency),"prefetch":\#(configuration.prefetch),"in_flight":\#(inFlight),"unwritten_results":\#(writer.pending),"cancellation_requests":\#(cancellations.count),"broker_connected":\#(connection.isConnected),"stopping":\#(stopping)\#(members)}"#
+        return #"{"service":"consumer","consumer_id":\#(JSONText.quoted(configuration.consumerID)),"tier":"\#(configuration.tier.rawValue)","queue":"\#(configuration.tier.queueName)","tiers":[\#(configuration.tiers.map { "\"\($0.rawValue)\"" }.joined(separator: ","))],"subscription_priority":\#(configuration.subscriptionPriority.map(String.init) ?? "0"),"concurrency":\#(configuration.concurrency),"prefetch":\#(configuration.prefetch),"in_flight":\#(inFlight),"unwritten_results":\#(writer.pending),"cancellation_requests":\#(cancellations.count),"broker_connected":\#(connection.isConnected),"stopping":\#(stopping)\#(members)}"#
     }
 
     // MARK: - Cancellation requests
 
     /// The standing requests: jobs of this tier asked to cancel and not yet finished.
     private func loadCancellations() async throws {
-        let ids = try await APIJobStore(pool: pool).openCancellations(tier: configuration.tier)
+        var ids: [UUID] = []
+        for tier in configuration.tiers { ids += try await APIJobStore(pool: pool).openCancellations(tier: tier) }
         cancellations.request(ids)
         if !ids.isEmpty { logger.info("loaded cancellation requests", metadata: ["count": "\(ids.count)"]) }
     }
@@ -281,7 +322,7 @@ package final class JobConsumer: Sendable {
     private func listen(to messages: AMQPDeliveries) async {
         do {
             for try await message in messages {
-                if case .cancel(let job, let tier)? = ControlMessage(body: message.body), tier == configuration.tier {
+                if case .cancel(let job, let tier)? = ControlMessage(body: message.body), configuration.tiers.contains(tier) {
                     let running = cancellations.request([job])
                     logger.info("cancellation requested", metadata: ["job_id": "\(job.lowercasedString)",
                                                                      "running": "\(running > 0)"])
@@ -301,7 +342,8 @@ package final class JobConsumer: Sendable {
             try? await Task.sleep(for: cancellationPoll)
             guard !Task.isCancelled else { return }
             do {
-                let ids = try await store.recentCancellations(tier: configuration.tier, seconds: 30)
+                var ids: [UUID] = []
+                for tier in configuration.tiers { ids += try await store.recentCancellations(tier: tier, seconds: 30) }
                 let running = cancellations.request(ids.filter { !cancellations.isRequested($0) })
                 if running > 0 { logger.info("cancelled running jobs found by polling", metadata: ["count": "\(running)"]) }
             } catch {
@@ -371,13 +413,27 @@ package final class JobConsumer: Sendable {
             try? await Task.sleep(for: interval)
             let (quietSince, running) = state.withLock { ($0.lastDelivery, $0.inFlight) }
             guard running == 0, writer.pending == 0, ContinuousClock.now - quietSince >= idle else { continue }
-            let queue = configuration.tier.queueName
-            guard let depth = try? await connection.withControl({ control in try control.queueDepth(queue) }),
-                  depth.messages == 0 else { continue }
+            let queues = configuration.tiers.map(\.queueName)
+            guard let depth = try? await connection.withControl({ control in try queues.reduce(0) { $0 + Int(try control.queueDepth($1).messages) } }),
+                  depth == 0 else { continue }
             logger.info("queue stayed empty; exiting (drain mode)", metadata: ["idle_ms": "\(idle.milliseconds)"])
             state.withLock { $0.stoppedBecauseIdle = true }
             stop()
             return
+        }
+    }
+
+    /// An overflow pool's view of its queues: every 100 ms, which have ready messages (a
+    /// backlog: see ``TierInbox``). A count that fails keeps the last one.
+    private func countBacklogs(into inbox: TierInbox) async {
+        let tiers = configuration.tiers
+        while !Task.isCancelled {
+            if let ready = try? await connection.withControl({ control in
+                try tiers.map { tier in (tier, try control.queueDepth(tier.queueName).messages) }
+            }) {
+                inbox.backlog(Set(ready.filter { $0.1 > 0 }.map(\.0)))
+            }
+            try? await Task.sleep(for: .milliseconds(100))
         }
     }
 
@@ -387,15 +443,16 @@ package final class JobConsumer: Sendable {
         let job: JobEnvelope
         do throws(JobError) {
             job = try JobEnvelope(properties: delivery.properties, body: delivery.body)
-            if job.tier != configuration.tier {
+            if !configuration.tiers.contains(job.tier) {
                 throw JobError(field: JobEnvelope.Header.tier,
-                               message: "job for tier \(job.tier.rawValue) arrived on \(configuration.tier.queueName)")
+                               message: "job for tier \(job.tier.rawValue) arrived at a consumer of \(configuration.tiers.map(\.queueName).joined(separator: ", "))")
             }
         } catch {
             let reason = error.field.map { "malformed: \($0): \(error.message)" } ?? "malformed: \(error.message)"
             await deadLetterMalformed(delivery, reason: reason)
             return
         }
+        let metrics = tierMetrics[job.tier] ?? metrics
         var jobLogger = logger
         jobLogger[metadataKey: "job_id"] = "\(job.id.lowercasedString)"
         jobLogger[metadataKey: "job_type"] = "\(job.type)"
@@ -524,6 +581,7 @@ package final class JobConsumer: Sendable {
     /// writer, which acks once they are durable.
     private func settle(_ job: JobEnvelope, _ outcome: JobOutcome, delivery: AMQPDelivery, startedAt: Timestamp, logger: Logger) async {
         let finishedAt = Timestamp.now()
+        let metrics = tierMetrics[job.tier] ?? metrics
         var random = SystemRandomNumberGenerator()
         let plan = Settlement.plan(job, outcome, policy: configuration.retryPolicy(for: job.type), using: &random)
         if case .success(let result?) = outcome, plan.result != result {
