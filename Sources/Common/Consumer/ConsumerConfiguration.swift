@@ -35,6 +35,8 @@ package struct ConsumerConfiguration: Sendable {
     package var retryByType: [String: RetryPolicy]
     /// Names this process in `job_runs.consumer_id` and the broker's connection list.
     package var consumerID: String
+    /// Fleet-wide limits on job types (see ``OutboundLimits``).
+    package var outboundLimits: OutboundLimits
 
     /// Defaults per tier, tuned with `infra/bench/run` (see BENCHMARKS.md): paid tiers get
     /// more concurrency and a deeper prefetch.
@@ -68,6 +70,7 @@ package struct ConsumerConfiguration: Sendable {
         retry = RetryPolicy()
         retryByType = [:]
         consumerID = "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)-\(tier.rawValue)"
+        outboundLimits = OutboundLimits()
     }
 
     /// Reads the `WARREN_*` variables over the tier's defaults.
@@ -99,6 +102,7 @@ package struct ConsumerConfiguration: Sendable {
             }
         }
         if let id = reader.string("WARREN_CONSUMER_ID") { consumerID = id }
+        outboundLimits = try OutboundLimits(environment: environment)
     }
 
     /// An overflow pool over `tiers` (any order; it serves them highest first), with the

@@ -43,6 +43,8 @@ package final class JobConsumer: Sendable {
     package let connection: AMQPConnection
     private let pool: PostgresPool
     private let store: JobRunStore
+    /// Fleet-wide token buckets of the outbound limits.
+    private let rateBuckets: RateBucketStore
     private let handlers: HandlerRegistry
     private let writer: ResultWriter
     /// The pool's own metrics (in flight, result batches) ...
@@ -93,6 +95,7 @@ package final class JobConsumer: Sendable {
         }
         pool = PostgresPool(configuration: database, logger: logger)
         store = JobRunStore(pool: pool, logger: logger)
+        rateBuckets = RateBucketStore(pool: pool)
         let tierMetrics = Dictionary(uniqueKeysWithValues: configuration.tiers.map { ($0, ConsumerMetrics(tier: $0)) })
         self.tierMetrics = tierMetrics
         metrics = tierMetrics[configuration.tier]!
@@ -506,6 +509,11 @@ package final class JobConsumer: Sendable {
                 status: .running, attempts: job.attempt, seq: job.seq, consumerID: configuration.consumerID,
                 startedAt: startedAt, finishedAt: nil), event: nil), delivery: nil))
         }
+        if let limit = configuration.outboundLimits.byType[job.type],
+           let plan = await rateLimitTurn(job, limit: limit, delivery: delivery, logger: jobLogger) {
+            await carryOut(plan, job, delivery: delivery, startedAt: startedAt, logger: jobLogger)
+            return
+        }
         let clockStart = ContinuousClock.now
         let outcome: JobOutcome
         if let handler = handlers.handler(for: job.type) {
@@ -579,14 +587,43 @@ package final class JobConsumer: Sendable {
     /// Carries out the ``Settlement`` plan: the publish it needs (confirmed; on failure the
     /// delivery is handed back and nothing is recorded), then the row and event to the result
     /// writer, which acks once they are durable.
+    /// A rate-limited job's turn: nil when it may run now; else the deferral until its turn.
+    /// Its first delivery reserves the key's next token; a delivery carrying its turn does not.
+    private func rateLimitTurn(_ job: JobEnvelope, limit: OutboundLimits.Limit, delivery: AMQPDelivery, logger: Logger) async -> Settlement? {
+        let now = Timestamp.now()
+        let turn: Int64
+        if let text = delivery.properties.headers[OutboundLimits.turnHeader]?.stringValue, let carried = Int64(text) {
+            turn = carried
+        } else {
+            do {
+                let wait = try await rateBuckets.reserve(key: "limit:" + limit.key, rate: limit.rate, burst: limit.burst)
+                turn = now.microseconds / 1_000 + wait.milliseconds
+            } catch {
+                // Cannot reserve: try again in a while, spending nothing.
+                logger.warning("cannot reserve the job's rate-limit token; deferring it", metadata: ["error": "\(error)", "limit": "\(limit.key)"])
+                var random = SystemRandomNumberGenerator()
+                return Settlement.plan(job, .deferred(reason: "rate limit \(limit.key) unavailable", retryAfter: .seconds(5)),
+                                       policy: configuration.retryPolicy(for: job.type), using: &random)
+            }
+        }
+        let wait = Duration.milliseconds(turn - now.microseconds / 1_000)
+        guard wait > .milliseconds(20) else { return nil }
+        return Settlement.rateLimited(job, key: limit.key, wait: wait, turn: turn)
+    }
+
     private func settle(_ job: JobEnvelope, _ outcome: JobOutcome, delivery: AMQPDelivery, startedAt: Timestamp, logger: Logger) async {
-        let finishedAt = Timestamp.now()
-        let metrics = tierMetrics[job.tier] ?? metrics
         var random = SystemRandomNumberGenerator()
         let plan = Settlement.plan(job, outcome, policy: configuration.retryPolicy(for: job.type), using: &random)
         if case .success(let result?) = outcome, plan.result != result {
             logger.warning("handler returned a result that is not JSON; storing it as a JSON string")
         }
+        await carryOut(plan, job, delivery: delivery, startedAt: startedAt, logger: logger)
+    }
+
+    /// Publishes what `plan` needs (confirmed), then hands the row to the writer (acked once durable).
+    private func carryOut(_ plan: Settlement, _ job: JobEnvelope, delivery: AMQPDelivery, startedAt: Timestamp, logger: Logger) async {
+        let finishedAt = Timestamp.now()
+        let metrics = tierMetrics[job.tier] ?? metrics
         if let publish = plan.publish {
             let message: AMQPOutgoingMessage
             switch publish {

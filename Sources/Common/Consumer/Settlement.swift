@@ -69,4 +69,18 @@ package struct Settlement: Sendable, Equatable {
                               error: error, event: .failed, detail: ["reason": "permanent-failure", "error": error], counted: "failed")
         }
     }
+
+    /// The plan for a job whose rate-limit turn (`turn`, ms since the epoch) is `wait` away: a
+    /// deferral (no attempt spent) to the delay that hops closest without passing the turn,
+    /// carrying the turn so it does not reserve again (see ``OutboundLimits``).
+    package static func rateLimited(_ job: JobEnvelope, key: String, wait: Duration, turn: Int64) -> Settlement {
+        let delay = OutboundLimits.hop(toward: wait)
+        var next = job
+        next.seq += 1
+        let reason = "rate limit \(key)"
+        return Settlement(publish: .retry(job: next, delay: delay, headers: [JobEnvelope.Header.deferredReason: reason,
+                                                                           OutboundLimits.turnHeader: String(turn)]),
+                          status: .retrying, seq: next.seq, error: "deferred: \(reason)", event: .retried,
+                          detail: ["delay": delay.label, "deferred": reason], counted: "deferred")
+    }
 }

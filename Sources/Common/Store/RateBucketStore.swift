@@ -34,6 +34,26 @@ package struct RateBucketStore: Sendable {
         return Grant(granted: try row.double(0), remaining: try row.double(1))
     }
 
+    /// Reserves the next token of `key`'s bucket, borrowing from the future when it is empty:
+    /// the bucket may go below zero, and the answer is how long until the reserved token
+    /// exists (0 when there was one now). Reservations are handed out in order, one token
+    /// each, so the tokens spent never outrun `rate` (plus the `burst` of a full bucket).
+    package func reserve(key: String, rate: Double, burst: Double) async throws -> Duration {
+        let refilled = "LEAST($3::float8, b.tokens + $2::float8 * GREATEST(0, EXTRACT(EPOCH FROM statement_timestamp() - b.updated_at))::float8)"
+        let result = try await pool.query("""
+            INSERT INTO rate_buckets AS b (key, tokens, granted, updated_at)
+            VALUES ($1, $3::float8 - 1, 1, statement_timestamp())
+            ON CONFLICT (key) DO UPDATE SET
+                granted = 1,
+                tokens = \(refilled) - 1,
+                updated_at = GREATEST(b.updated_at, statement_timestamp())
+            RETURNING tokens
+            """, [key, rate, burst])
+        guard let row = result.rows.first else { throw PostgresError(.decoding, function: "RateBucketStore.reserve", message: "rate_buckets: no row returned") }
+        let tokens = try row.double(0)
+        return tokens >= 0 ? .zero : .milliseconds(Int64((-tokens / rate * 1_000).rounded(.up)))
+    }
+
     /// Deletes buckets untouched for a day: they are full again (unless a bucket refills slower
     /// than its burst a day, which then starts full again). Returns how many went.
     @discardableResult

@@ -1,0 +1,43 @@
+import Common
+import Foundation
+import Testing
+
+/// Fleet-wide outbound limits: jobs of a limited type, taken by two consumers, start no faster
+/// than the limit's rate, spend no attempt waiting, and hold no slot while they wait.
+@Suite(.enabled(if: TestServices.enabled))
+struct OutboundLimitTests {
+    @Test func twoConsumersTogetherStartJobsOfALimitedTypeAtMostAtItsRate() async throws {
+        let base = ConsumerIntegrationTests()
+        let limits = try OutboundLimits(environment: ["WARREN_RATE_LIMITS": "probe=4/s", "WARREN_RATE_LIMITED_TYPES": "noop=probe"])
+        try await base.withWorld { world in
+            try await base.withConsumer(world, configure: { $0.outboundLimits = limits; $0.consumerID = "one" }) { _ in
+                try await base.withConsumer(world, configure: { $0.outboundLimits = limits; $0.consumerID = "two" }) { _ in
+                    try await world.publish((0..<40).map { _ in base.job("noop") })
+                    // Not limited: runs at once even behind the limited backlog.
+                    try await world.publish([base.job("sleep", #"{"ms":1}"#)])
+                    try await TestServices.waitUntil(timeout: .seconds(30), "the unlimited job ran while the limited ones waited") {
+                        try await world.count("SELECT count(*) FROM job_runs WHERE type = 'sleep' AND status = 'succeeded'") == 1
+                    }
+                    #expect(try await world.count("SELECT count(*) FROM job_runs WHERE type = 'noop' AND status = 'succeeded'") < 40)
+                    try await TestServices.waitUntil(timeout: .seconds(60), "all 40 limited jobs ran") {
+                        try await world.count("SELECT count(*) FROM job_runs WHERE type = 'noop' AND status = 'succeeded'") == 40
+                    }
+                }
+            }
+            let starts = try await world.pool.query("""
+                SELECT extract(epoch FROM started_at)::float8 FROM job_runs WHERE type = 'noop' ORDER BY started_at
+                """).rows.map { try $0.double(0) }
+            // A full bucket holds 4; then one every 0.25 s: the i-th start is at least
+            // (i + 1 - 4) / 4 s after the first (20 ms of slack for the clocks).
+            for (index, start) in starts.enumerated() {
+                let earliest = Double(index + 1 - 4) / 4
+                #expect(start - starts[0] >= earliest - 0.02, "job \(index) started \(start - starts[0]) s after the first, before its turn at \(earliest) s")
+            }
+            #expect(try await world.count("SELECT count(*) FROM job_runs WHERE type = 'noop' AND attempts <> 1") == 0,
+                    "waiting for its turn spends no attempt")
+            #expect(try await world.count("SELECT count(*) FROM job_runs WHERE type = 'noop' AND consumer_id = 'one'") > 0)
+            #expect(try await world.count("SELECT count(*) FROM job_runs WHERE type = 'noop' AND consumer_id = 'two'") > 0)
+            #expect(try await world.count("SELECT count(*) FROM message_logs WHERE event = 'retried' AND detail->>'deferred' = 'rate limit probe'") > 0)
+        }
+    }
+}
