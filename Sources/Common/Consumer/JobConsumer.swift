@@ -511,6 +511,10 @@ package final class JobConsumer: Sendable {
         }
         if let limit = configuration.outboundLimits.byType[job.type],
            let plan = await rateLimitTurn(job, limit: limit, delivery: delivery, logger: jobLogger) {
+            if state.withLock({ $0.abandoned }) {
+                metrics.count("handed_back")  // past the shutdown deadline: leave it unacked
+                return
+            }
             await carryOut(plan, job, delivery: delivery, startedAt: startedAt, logger: jobLogger)
             return
         }
@@ -592,9 +596,12 @@ package final class JobConsumer: Sendable {
     private func rateLimitTurn(_ job: JobEnvelope, limit: OutboundLimits.Limit, delivery: AMQPDelivery, logger: Logger) async -> Settlement? {
         let now = Timestamp.now()
         let turn: Int64
-        if let text = delivery.properties.headers[OutboundLimits.turnHeader]?.stringValue, let carried = Int64(text) {
+        if let text = delivery.properties.headers[OutboundLimits.turnHeader]?.stringValue, let carried = Int64(text),
+           now.microseconds / 1_000 - carried <= 1_000 {
             turn = carried
         } else {
+            // No turn yet, or one that passed over a second ago (the job waited in a backed-up
+            // queue): running on it would bunch late jobs together past the rate, so reserve.
             do {
                 let wait = try await rateBuckets.reserve(key: "limit:" + limit.key, rate: limit.rate, burst: limit.burst)
                 turn = now.microseconds / 1_000 + wait.milliseconds

@@ -41,6 +41,42 @@ package final class SharedRateLimiter: Sendable {
     private let logger: Logger
     private let state = Mutex(State())
     static let leaseLifetime = Duration.seconds(1)
+    /// How long a lease request may take before the replica's own bucket decides.
+    static let leaseTimeout = Duration.milliseconds(500)
+
+    private struct LeaseTimeout: Error, CustomStringConvertible {
+        var description: String { "the shared bucket did not answer within \(SharedRateLimiter.leaseTimeout)" }
+    }
+
+    /// `body`'s answer, or ``LeaseTimeout`` once `timeout` passed, without waiting for `body`.
+    private static func within<T: Sendable>(_ timeout: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        let race = FirstAnswer<T>()
+        return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+            race.set(continuation)
+            let work = Task {
+                do { race.finish(.success(try await body())) } catch { race.finish(.failure(error)) }
+            }
+            Task {
+                try? await Task.sleep(for: timeout)
+                race.finish(.failure(LeaseTimeout()))
+                work.cancel()
+            }
+        }
+    }
+
+    /// Resumes a continuation with the first result it is given.
+    private final class FirstAnswer<T: Sendable>: Sendable {
+        private let continuation = Mutex<CheckedContinuation<T, any Error>?>(nil)
+
+        func set(_ continuation: CheckedContinuation<T, any Error>) { self.continuation.withLock { $0 = continuation } }
+
+        func finish(_ result: Result<T, any Error>) {
+            continuation.withLock { continuation -> CheckedContinuation<T, any Error>? in
+                defer { continuation = nil }
+                return continuation
+            }?.resume(with: result)
+        }
+    }
 
     package init(limits: [Tier: RateLimiter.Limit] = RateLimiter.defaults, logger: Logger, take: @escaping Take) {
         self.limits = limits
@@ -101,7 +137,9 @@ package final class SharedRateLimiter: Sendable {
     private func lease(key: String, limit: RateLimiter.Limit) async {
         let grant: RateBucketStore.Grant?
         do {
-            grant = try await take(key, limit.rate, limit.burst, Self.leaseSize(limit))
+            // A slow answer counts as none: requests wait at most this for a lease (the query
+            // is left to finish on its own; what it grants then is lost, never over-admitted).
+            grant = try await Self.within(Self.leaseTimeout) { try await self.take(key, limit.rate, limit.burst, Self.leaseSize(limit)) }
         } catch {
             grant = nil
             Counter(label: "warren_rate_limit_fallback_total").increment()

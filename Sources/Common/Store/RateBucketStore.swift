@@ -54,13 +54,16 @@ package struct RateBucketStore: Sendable {
         return tokens >= 0 ? .zero : .milliseconds(Int64((-tokens / rate * 1_000).rounded(.up)))
     }
 
-    /// Deletes buckets untouched for a day: they are full again (unless a bucket refills slower
-    /// than its burst a day, which then starts full again). Returns how many went.
+    /// Deletes buckets untouched for a day that owe nothing: they are full again (unless a
+    /// bucket refills slower than its burst a day, which then starts full again). A bucket
+    /// below zero holds reservations of future tokens and stays. Returns how many went.
     @discardableResult
     package func prune(batchSize: Int = 10_000) async throws -> Int {
+        // The conditions again on the row itself: a take may touch it between the two.
         try await Retention.deleteInPages("""
             DELETE FROM rate_buckets WHERE key IN (
-                SELECT key FROM rate_buckets WHERE updated_at < now() - interval '1 day' LIMIT $1)
+                SELECT key FROM rate_buckets WHERE updated_at < now() - interval '1 day' AND tokens >= 0 LIMIT $1)
+              AND updated_at < now() - interval '1 day' AND tokens >= 0
             """, pageSize: batchSize, pool: pool)
     }
 }

@@ -76,6 +76,17 @@ struct SharedRateLimiterTests {
         #expect(bucket.calls == 1, "one failed call, then a second of the local bucket")
     }
 
+    @Test func aSharedBucketThatDoesNotAnswerIsNotWaitedFor() async {
+        let limiter = SharedRateLimiter(limits: [.free: .init(rate: 0.001, burst: 2)], logger: Logger(label: "test")) { _, _, _, _ in
+            try await Task.sleep(for: .seconds(3_600))
+            return RateBucketStore.Grant(granted: 1, remaining: 0)
+        }
+        let started = ContinuousClock.now
+        let first = await limiter.take(key: "t", tier: .free)
+        #expect(first.allowed, "the replica's own bucket decided")
+        #expect(ContinuousClock.now - started < .seconds(10), "the hung lease was not awaited")
+    }
+
     @Test func keysHaveBucketsOfTheirOwn() async {
         let shared = Bucket(tokens: 1)
         let other = Bucket(tokens: 1)

@@ -40,4 +40,31 @@ struct OutboundLimitTests {
             #expect(try await world.count("SELECT count(*) FROM message_logs WHERE event = 'retried' AND detail->>'deferred' = 'rate limit probe'") > 0)
         }
     }
+
+    @Test func aTurnThatPassedLongAgoIsReservedAgainNotRunOn() async throws {
+        let base = ConsumerIntegrationTests()
+        let limits = try OutboundLimits(environment: ["WARREN_RATE_LIMITS": "slow=1/h", "WARREN_RATE_LIMITED_TYPES": "noop=slow"])
+        try await base.withWorld { world in
+            try await base.withConsumer(world, configure: { $0.outboundLimits = limits }) { _ in
+                // The bucket's one token goes to the first job.
+                let first = base.job("noop")
+                try await world.publish([first])
+                try await TestServices.waitUntil(timeout: .seconds(30), "the first job ran") {
+                    try await world.count("SELECT count(*) FROM job_runs WHERE status = 'succeeded'") == 1
+                }
+                // A job back from a backed-up queue with its turn a minute past: running on it
+                // would go past the limit (the next token is an hour away).
+                let late = base.job("noop")
+                var message = late.outgoingMessage
+                message.properties.headers[OutboundLimits.turnHeader] = .string(String(Timestamp.now().microseconds / 1_000 - 60_000))
+                for result in await world.connection.publish([message]) { try result.get() }
+                try await TestServices.waitUntil(timeout: .seconds(30), "the late job was deferred") {
+                    try await world.count("""
+                        SELECT count(*) FROM message_logs WHERE job_id = '\(late.id.lowercasedString)' AND detail->>'deferred' = 'rate limit slow'
+                        """) == 1
+                }
+                #expect(try await world.count("SELECT count(*) FROM job_runs WHERE status = 'succeeded'") == 1, "it did not run")
+            }
+        }
+    }
 }

@@ -48,10 +48,24 @@ struct RateBucketStoreTests {
             let store = RateBucketStore(pool: pool)
             _ = try await store.take(key: "idle", rate: 1, burst: 1, want: 1)
             _ = try await store.take(key: "busy", rate: 1, burst: 1, want: 1)
-            try await pool.query("UPDATE rate_buckets SET updated_at = now() - interval '25 hours' WHERE key = 'idle'")
+            // A bucket with reservations of future tokens: idle or not, it owes them.
+            for _ in 0..<5 { _ = try await store.reserve(key: "owed", rate: 0.0001, burst: 1) }
+            try await pool.query("UPDATE rate_buckets SET updated_at = now() - interval '25 hours' WHERE key IN ('idle', 'owed')")
             #expect(try await store.prune() == 1)
-            let keys = try await pool.query("SELECT key FROM rate_buckets").rows.map { try $0.string(0) }
-            #expect(keys == ["busy"])
+            let keys = try await pool.query("SELECT key FROM rate_buckets ORDER BY key").rows.map { try $0.string(0) }
+            #expect(keys == ["busy", "owed"])
+        }
+    }
+
+    @Test func reservationsBorrowFromTheFutureInOrder() async throws {
+        try await TestServices.withSchema { pool in
+            _ = try await Migrator(migrations: Schema.migrations, logger: TestServices.logger).migrate(pool)
+            let store = RateBucketStore(pool: pool)
+            var waits: [Duration] = []
+            for _ in 0..<4 { waits.append(try await store.reserve(key: "k", rate: 1, burst: 2)) }
+            #expect(waits[0] == .zero && waits[1] == .zero, "a full bucket of 2: \(waits)")
+            #expect(waits[2] > .milliseconds(900) && waits[2] <= .seconds(1), "the third token a second away: \(waits)")
+            #expect(waits[3] > .milliseconds(1_900) && waits[3] <= .seconds(2), "the fourth two: \(waits)")
         }
     }
 }
