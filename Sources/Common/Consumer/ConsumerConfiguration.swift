@@ -37,6 +37,8 @@ package struct ConsumerConfiguration: Sendable {
     package var consumerID: String
     /// Fleet-wide limits on job types (see ``OutboundLimits``).
     package var outboundLimits: OutboundLimits
+    /// The process's OS scheduling priority (nice, 0-19); nil: ``ProcessPriority/defaultNice(for:)``.
+    package var nice: Int32?
 
     /// Defaults per tier, tuned with `infra/bench/run` (see BENCHMARKS.md): paid tiers get
     /// more concurrency and a deeper prefetch.
@@ -71,6 +73,7 @@ package struct ConsumerConfiguration: Sendable {
         retryByType = [:]
         consumerID = "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)-\(tier.rawValue)"
         outboundLimits = OutboundLimits()
+        nice = nil
     }
 
     /// Reads the `WARREN_*` variables over the tier's defaults.
@@ -103,6 +106,7 @@ package struct ConsumerConfiguration: Sendable {
         }
         if let id = reader.string("WARREN_CONSUMER_ID") { consumerID = id }
         outboundLimits = try OutboundLimits(environment: environment)
+        if let number = try reader.integer("WARREN_NICE", 0...19) { nice = Int32(number) }
     }
 
     /// An overflow pool over `tiers` (any order; it serves them highest first), with the
