@@ -9,20 +9,21 @@ struct OverflowPoolTests {
     typealias World = ConsumerIntegrationTests.World
 
     /// A `consumer` with `arguments`, named `id` in `job_runs`, once `/readyz` says it is
-    /// subscribed; stopped with SIGTERM afterwards, which must exit 0.
-    func withConsumer<T: Sendable>(_ world: World, id: String, _ arguments: [String],
-                                   _ body: (_ status: @Sendable () async -> [String: Any]) async throws -> T) async throws -> T {
-        let environment = world.environment.merging(["WARREN_ADMIN_HOST": "127.0.0.1", "WARREN_CONSUMER_ID": id]) { $1 }
+    /// subscribed (`body` gets its `/status` and its pid); stopped with SIGTERM afterwards,
+    /// which must exit 0.
+    func withConsumer<T: Sendable>(_ world: World, id: String, _ arguments: [String], environment extra: [String: String] = [:],
+                                   _ body: (_ status: @Sendable () async -> [String: Any], _ pid: Int32) async throws -> T) async throws -> T {
+        let environment = world.environment.merging(["WARREN_ADMIN_HOST": "127.0.0.1", "WARREN_CONSUMER_ID": id]) { $1 }.merging(extra) { $1 }
         let consumer = try RunningProduct("consumer", arguments + ["--admin-port", "0"], environment: environment)
         defer { consumer.signal(SIGKILL) }
         let port = try await consumer.listeningPort("admin_port")
         try await TestServices.waitUntil(timeout: .seconds(60), "\(id) is subscribed") {
             (try? await HTTP.request("GET", "http://127.0.0.1:\(port)/readyz").0) == 200
         }
-        let value = try await body {
+        let value = try await body({
             guard let (_, _, text) = try? await HTTP.request("GET", "http://127.0.0.1:\(port)/status") else { return [:] }
             return HTTP.object(text)
-        }
+        }, consumer.pid)
         consumer.signal(SIGTERM)
         #expect(try await consumer.wait(timeout: .seconds(60)) == 0, "graceful stop: \(consumer.stderr.suffix(2_000))")
         return value
@@ -37,7 +38,7 @@ struct OverflowPoolTests {
             // Both queues backed up before it starts; no tier consumers at all.
             try await world.publish(sleepJobs(.free, 300, ms: 5))
             try await world.publish(sleepJobs(.enterprise, 300, ms: 5))
-            try await withConsumer(world, id: "overflow", ["--overflow", "--concurrency", "4", "--prefetch", "8"]) { status in
+            try await withConsumer(world, id: "overflow", ["--overflow", "--concurrency", "4", "--prefetch", "8"]) { status, _ in
                 let object = await status()
                 #expect(object["tiers"] as? [String] == ["enterprise", "premium", "free"], "\(object)")
                 try await TestServices.waitUntil(timeout: .seconds(90), "all 600 jobs succeeded") {
@@ -62,8 +63,8 @@ struct OverflowPoolTests {
 
     @Test func itTakesATiersWorkOnlyWhileThatTiersOwnConsumersAreFull() async throws {
         try await ConsumerIntegrationTests().withWorld { world in
-            try await withConsumer(world, id: "free-pool", ["--tier", "free", "--concurrency", "2", "--prefetch", "4"]) { _ in
-                try await withConsumer(world, id: "overflow", ["--overflow", "--concurrency", "8", "--prefetch", "16"]) { _ in
+            try await withConsumer(world, id: "free-pool", ["--tier", "free", "--concurrency", "2", "--prefetch", "4"]) { _, _ in
+                try await withConsumer(world, id: "overflow", ["--overflow", "--concurrency", "8", "--prefetch", "16"]) { _, _ in
                     // One job at a time: the free pool always has room, so the broker gives it every one.
                     for _ in 0..<20 {
                         let before = try await world.count("SELECT count(*) FROM job_runs WHERE status = 'succeeded'")
