@@ -461,7 +461,7 @@ package final class JobConsumer: Sendable {
         jobLogger[metadataKey: "job_type"] = "\(job.type)"
         jobLogger[metadataKey: "attempt"] = "\(job.attempt)"
 
-        let startedAt = Timestamp.now()
+        var startedAt = Timestamp.now()
         if StartGate.mustClaim(job, redelivered: delivery.redelivered) {
             // Its start meets cancellations and the job's other deliveries on its row.
             let claim: JobRunStore.StartClaim
@@ -518,6 +518,8 @@ package final class JobConsumer: Sendable {
             await carryOut(plan, job, delivery: delivery, startedAt: startedAt, logger: jobLogger)
             return
         }
+        // A rate-limited job starts once its turn came: that is its start.
+        if configuration.outboundLimits.byType[job.type] != nil { startedAt = .now() }
         let clockStart = ContinuousClock.now
         let outcome: JobOutcome
         if let handler = handlers.handler(for: job.type) {
