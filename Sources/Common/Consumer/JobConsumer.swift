@@ -599,11 +599,12 @@ package final class JobConsumer: Sendable {
         let now = Timestamp.now()
         let turn: Int64
         if let text = delivery.properties.headers[OutboundLimits.turnHeader]?.stringValue, let carried = Int64(text),
-           now.microseconds / 1_000 - carried <= 1_000 {
+           now.microseconds / 1_000 - carried <= limit.lateness.milliseconds {
             turn = carried
         } else {
-            // No turn yet, or one that passed over a second ago (the job waited in a backed-up
-            // queue): running on it would bunch late jobs together past the rate, so reserve.
+            // No turn yet, or one that passed longer ago than a token's interval (the job
+            // waited in a backed-up queue): running on it would bunch late jobs together past
+            // the rate, so reserve again.
             do {
                 let wait = try await rateBuckets.reserve(key: "limit:" + limit.key, rate: limit.rate, burst: limit.burst)
                 turn = now.microseconds / 1_000 + wait.milliseconds

@@ -7,8 +7,9 @@ import Foundation
 /// runs (``RateBucketStore/reserve(key:rate:burst:)``, shared by every consumer). When the turn
 /// is later, the job is deferred (no attempt spent, no slot held) through the delay queues and
 /// carries its turn (`x-warren-rate-turn`); it hops down the delays until the turn comes, then
-/// runs without reserving again. So the jobs of one key start at most at its rate across the
-/// fleet, in the order they reserved, each at most about a second after its turn.
+/// runs without reserving again, if it is no later than one token's interval past it (else it
+/// reserves again). So the jobs of one key start across the fleet at most at its rate (any
+/// window: `burst + 1 + rate × length`), in the order they reserved.
 package struct OutboundLimits: Sendable, Equatable {
     package struct Limit: Sendable, Equatable {
         package var key: String
@@ -17,6 +18,10 @@ package struct OutboundLimits: Sendable, Equatable {
         /// One second's worth, at least one: no more than the rate in any window of its period
         /// beyond that.
         package var burst: Double
+
+        /// How late past its turn a job may still run on it: one token's interval, at most 1 s.
+        /// So any window holds at most `burst + 1 + rate × its length` starts.
+        package var lateness: Duration { .milliseconds(Int64(min(1, 1 / rate) * 1_000)) }
     }
 
     /// By job type.
