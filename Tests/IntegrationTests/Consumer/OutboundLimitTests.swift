@@ -76,4 +76,25 @@ struct OutboundLimitTests {
             }
         }
     }
+
+    @Test func whenTheTokenCannotBeReservedTheJobWaitsAndRunsNothing() async throws {
+        let base = ConsumerIntegrationTests()
+        let limits = try OutboundLimits(environment: ["WARREN_RATE_LIMITS": "probe=100/s", "WARREN_RATE_LIMITED_TYPES": "noop=probe"])
+        try await base.withWorld { world in
+            // Postgres refuses the reservation (its table is gone).
+            try await world.pool.query("DROP TABLE rate_buckets")
+            try await base.withConsumer(world, configure: { $0.outboundLimits = limits }) { _ in
+                let job = base.job("noop")
+                try await world.publish([job])
+                try await TestServices.waitUntil(timeout: .seconds(30), "the job was deferred") {
+                    try await world.count("""
+                        SELECT count(*) FROM message_logs WHERE job_id = '\(job.id.lowercasedString)'
+                          AND detail->>'deferred' = 'rate limit probe unavailable'
+                        """) == 1
+                }
+                #expect(try await world.count("SELECT count(*) FROM job_runs WHERE status = 'succeeded'") == 0, "it did not run unlimited")
+                #expect(try await world.count("SELECT count(*) FROM job_runs WHERE attempts <> 1") == 0, "no attempt spent")
+            }
+        }
+    }
 }

@@ -87,4 +87,31 @@ struct OverflowPoolTests {
             }
         }
     }
+
+    @Test func whenOneOfItsQueuesGoesAwayItExitsWithAnErrorInsteadOfHanging() async throws {
+        try await ConsumerIntegrationTests().withWorld { world in
+            let environment = world.environment.merging(["WARREN_ADMIN_HOST": "127.0.0.1"]) { $1 }
+            let consumer = try RunningProduct("consumer", ["--overflow", "--admin-port", "0"], environment: environment)
+            defer { consumer.signal(SIGKILL) }
+            let port = try await consumer.listeningPort("admin_port")
+            try await TestServices.waitUntil(timeout: .seconds(60), "it is subscribed") {
+                (try? await HTTP.request("GET", "http://127.0.0.1:\(port)/readyz").0) == 200
+            }
+            // The broker ends that one subscription; the other two must be ended too, or the
+            // process waits on them forever.
+            _ = try await world.connection.withControl { control in try control.deleteQueue(Tier.premium.queueName) }
+            let status = try await consumer.wait(timeout: .seconds(60))
+            #expect(status != 0, "a subscription the broker ended is a failure, for a supervisor to restart")
+        }
+    }
+
+    @Test func badTierListsAreAClearError() async throws {
+        for (arguments, expected) in [(["--tiers", "gold"], "--tiers: unknown tier 'gold'"),
+                                      (["--tiers", "free,free"], "distinct"),
+                                      (["--tier", "free", "--overflow"], "not both")] {
+            let result = try await Products.run("consumer", arguments)
+            #expect(result.status != 0, "\(arguments)")
+            #expect(result.stderr.contains(expected), "\(arguments): \(result.stderr)")
+        }
+    }
 }

@@ -117,4 +117,24 @@ struct LoadSheddingTests {
             try await waitFor([.enterprise: 202, .premium: 503, .free: 202], server, tokens, "free's shedding is off")
         }
     }
+
+    @Test func withNoAnswerFromTheBrokerNothingIsShed() async throws {
+        try await RelayedServer.with(extra: Self.thresholds) { server, relay, _, _, vhostURL in
+            let token = try await server.token(tier: "free", scopes: "jobs:write")
+            try await TestServices.withConnection("test fill", url: vhostURL) { connection in try await fill(connection, .free, 3_000) }
+            try await TestServices.waitUntil(timeout: .seconds(20), "free is shed") {
+                try await server.request("POST", "/v1/jobs", token: token, body: #"{"type":"noop"}"#).2.contains(#""code":"shed""#)
+            }
+            // The serve's broker link is cut: its backlog count goes stale, and a stale count
+            // sheds nothing (the publish then answers for itself).
+            relay.cut()
+            var last = ""
+            let cleared = try await TestServices.holds(within: .seconds(20)) {
+                let (status, _, body) = try await server.request("POST", "/v1/jobs", token: token, body: #"{"type":"noop"}"#)
+                last = "\(status) \(body)"
+                return status == 503 && !body.contains(#""code":"shed""#)
+            }
+            #expect(cleared, "still answered \(last)")
+        }
+    }
 }
