@@ -119,15 +119,7 @@ struct ConsumerCommand: AsyncParsableCommand {
         }
         let nice = consumerConfiguration.nice ?? ProcessPriority.defaultNice(for: consumerConfiguration)
         if nice != 0 {
-            logger.info("lower scheduling priority", metadata: ["nice": "\(nice)", "threads": "\(ProcessPriority.renice(to: nice))"])
-            // libdispatch sets the priority of the pool threads it starts later by their QoS:
-            // catch those once a second (a look at /proc/self/task).
-            Task.detached(priority: .background) {
-                while true {
-                    try? await Task.sleep(for: .seconds(1))
-                    ProcessPriority.renice(to: nice)
-                }
-            }
+            logger.info("lower scheduling priority", metadata: ["nice": "\(nice)", "threads": "\(ProcessPriority.keep(at: nice))"])
         }
         let consumer = JobConsumer(configuration: consumerConfiguration, amqp: amqp, database: database,
                                    handlers: .standard(notifier: notifier), logger: logger)

@@ -12,7 +12,7 @@ import Synchronization
 /// more). Replicas of one key asking at once share one lease request. When the bucket is
 /// empty, the replica answers 429 locally until a token can exist again.
 ///
-/// If Postgres cannot be asked, the replica falls back to its own in-memory bucket
+/// If Postgres cannot be asked, or does not answer within 500 ms, the replica falls back to its own in-memory bucket
 /// (``RateLimiter``) for a second at a time, logging it and counting
 /// `warren_rate_limit_fallback_total`: limits per replica rather than none, and the API stays
 /// up.

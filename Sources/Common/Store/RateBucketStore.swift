@@ -17,10 +17,14 @@ package struct RateBucketStore: Sendable {
 
     private let pool: PostgresPool
 
+    /// The row's tokens refilled to this statement's time ($2 the rate, $3 the burst).
+    private static let refilled =
+        "LEAST($3::float8, b.tokens + $2::float8 * GREATEST(0, EXTRACT(EPOCH FROM statement_timestamp() - b.updated_at))::float8)"
+
     package init(pool: PostgresPool) { self.pool = pool }
 
     package func take(key: String, rate: Double, burst: Double, want: Double) async throws -> Grant {
-        let refilled = "LEAST($3::float8, b.tokens + $2::float8 * GREATEST(0, EXTRACT(EPOCH FROM statement_timestamp() - b.updated_at))::float8)"
+        let refilled = Self.refilled
         let result = try await pool.query("""
             INSERT INTO rate_buckets AS b (key, tokens, granted, updated_at)
             VALUES ($1, $3::float8 - LEAST($4::float8, floor($3::float8)), LEAST($4::float8, floor($3::float8)), statement_timestamp())
@@ -39,7 +43,7 @@ package struct RateBucketStore: Sendable {
     /// exists (0 when there was one now). Reservations are handed out in order, one token
     /// each, so the tokens spent never outrun `rate` (plus the `burst` of a full bucket).
     package func reserve(key: String, rate: Double, burst: Double) async throws -> Duration {
-        let refilled = "LEAST($3::float8, b.tokens + $2::float8 * GREATEST(0, EXTRACT(EPOCH FROM statement_timestamp() - b.updated_at))::float8)"
+        let refilled = Self.refilled
         let result = try await pool.query("""
             INSERT INTO rate_buckets AS b (key, tokens, granted, updated_at)
             VALUES ($1, $3::float8 - 1, 1, statement_timestamp())

@@ -21,6 +21,24 @@ package enum ProcessPriority {
         }
     }
 
+    /// Renices every thread now, and again every second on a thread of its own (the syscalls
+    /// stay off Swift's cooperative pool) for the pool threads libdispatch starts later.
+    /// Returns how many threads the first pass reniced.
+    @discardableResult
+    package static func keep(at nice: Int32) -> Int {
+        guard nice != 0 else { return 0 }
+        let thread = Thread {
+            while true {
+                Thread.sleep(forTimeInterval: 1)
+                renice(to: nice)
+            }
+        }
+        thread.name = "renice"
+        let first = renice(to: nice)
+        thread.start()
+        return first
+    }
+
     /// Sets every thread's nice to `nice` (0 changes nothing). Returns how many threads were
     /// reniced; one that cannot be (gone, or not allowed) is skipped.
     @discardableResult
