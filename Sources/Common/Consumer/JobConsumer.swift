@@ -111,7 +111,7 @@ package final class JobConsumer: Sendable {
     @discardableResult
     package func run() async throws -> Bool {
         let queues = configuration.tiers.map(\.queueName).joined(separator: ",")
-        var subscriptions: [(tier: Tier, deliveries: AMQPDeliveries)] = []
+        var subscriptions: [(tier: Tier, lane: Int, deliveries: AMQPDeliveries)] = []
         let controlMessages: AMQPDeliveries
         do {
             try await connection.connect()
@@ -120,10 +120,16 @@ package final class JobConsumer: Sendable {
             // between the two; then take jobs.
             controlMessages = try await connection.consume(queue: controlQueue, prefetch: 256)
             try await loadCancellations()
+            // Every lane of every tier, each with the whole prefetch: one tenant's lane alone
+            // runs as fast as the tier did before lanes.
             for tier in configuration.tiers {
-                let tag = configuration.tiers.count == 1 ? "warren-\(configuration.consumerID)" : "warren-\(configuration.consumerID)-\(tier.rawValue)"
-                subscriptions.append((tier, try await connection.consume(queue: tier.queueName, prefetch: configuration.prefetch,
-                                                                         priority: configuration.subscriptionPriority, tag: tag)))
+                for lane in 0..<Tier.lanes {
+                    var tag = "warren-\(configuration.consumerID)"
+                    if configuration.tiers.count > 1 { tag += "-\(tier.rawValue)" }
+                    if lane > 0 { tag += "-\(lane)" }
+                    subscriptions.append((tier, lane, try await connection.consume(queue: tier.queueName(lane: lane), prefetch: configuration.prefetch,
+                                                                                   priority: configuration.subscriptionPriority, tag: tag)))
+                }
             }
         } catch {
             await connection.close()
@@ -152,50 +158,31 @@ package final class JobConsumer: Sendable {
         let shutdownDeadline = Mutex(ContinuousClock.now)
         var deliveriesError: (any Error)?
         await withDiscardingTaskGroup { jobs in
-            if subscriptions.count == 1 {
-                // One queue: each delivery in arrival order, as a slot frees.
-                do {
-                    for try await delivery in subscriptions[0].deliveries {
-                        state.withLock { $0.lastDelivery = .now }
-                        await limiter.acquire()
-                        begin()
-                        jobs.addTask {
-                            await self.process(delivery)
-                            self.end()
-                            limiter.release()
-                        }
-                    }
-                } catch {
-                    logger.error("deliveries ended with an error; shutting down", metadata: ["error": "\(error)"])
-                    deliveriesError = error
+            // A free slot takes the highest tier's delivery, lanes in turn (see TierInbox).
+            let inbox = TierInbox(tiers: configuration.tiers)
+            for subscription in subscriptions {
+                jobs.addTask { await inbox.fill(subscription.tier, lane: subscription.lane, from: subscription.deliveries) }
+            }
+            let backlogTask = configuration.tiers.count > 1 ? Task { await countBacklogs(into: inbox) } : nil
+            defer { backlogTask?.cancel() }
+            while true {
+                await limiter.acquire()
+                guard let delivery = await inbox.next() else {
+                    limiter.release()
+                    break
                 }
-            } else {
-                // Several (an overflow pool): a free slot takes the highest tier's delivery.
-                let inbox = TierInbox(tiers: subscriptions.map(\.tier))
-                for subscription in subscriptions {
-                    jobs.addTask { await inbox.fill(subscription.tier, from: subscription.deliveries) }
+                state.withLock { $0.lastDelivery = .now }
+                begin()
+                jobs.addTask {
+                    await self.process(delivery)
+                    self.end()
+                    limiter.release()
                 }
-                let backlogTask = Task { await countBacklogs(into: inbox) }
-                defer { backlogTask.cancel() }
-                while true {
-                    await limiter.acquire()
-                    guard let delivery = await inbox.next() else {
-                        limiter.release()
-                        break
-                    }
-                    state.withLock { $0.lastDelivery = .now }
-                    begin()
-                    jobs.addTask {
-                        await self.process(delivery)
-                        self.end()
-                        limiter.release()
-                    }
-                }
-                if let error = inbox.failure {
-                    logger.error("deliveries ended with an error; shutting down", metadata: ["error": "\(error)"])
-                    deliveriesError = error
-                    cancelConsumer()  // end the other subscriptions, so their readers return
-                }
+            }
+            if let error = inbox.failure {
+                logger.error("deliveries ended with an error; shutting down", metadata: ["error": "\(error)"])
+                deliveriesError = error
+                cancelConsumer()  // end the other subscriptions, so their readers return
             }
             let deadline = ContinuousClock.now + configuration.shutdownGrace
             shutdownDeadline.withLock { $0 = deadline }
@@ -308,7 +295,7 @@ package final class JobConsumer: Sendable {
     package func statusJSON(extra: [(name: String, json: String)] = []) async -> String {
         let (inFlight, stopping) = state.withLock { ($0.inFlight, $0.stopRequested) }
         let members = extra.map { ",\(JSONText.quoted($0.name)):\($0.json)" }.joined()
-        return #"{"service":"consumer","consumer_id":\#(JSONText.quoted(configuration.consumerID)),"tier":"\#(configuration.tier.rawValue)","queue":"\#(configuration.tier.queueName)","tiers":[\#(configuration.tiers.map { "\"\($0.rawValue)\"" }.joined(separator: ","))],"subscription_priority":\#(configuration.subscriptionPriority.map(String.init) ?? "0"),"concurrency":\#(configuration.concurrency),"prefetch":\#(configuration.prefetch),"in_flight":\#(inFlight),"unwritten_results":\#(writer.pending),"cancellation_requests":\#(cancellations.count),"broker_connected":\#(connection.isConnected),"stopping":\#(stopping)\#(members)}"#
+        return #"{"service":"consumer","consumer_id":\#(JSONText.quoted(configuration.consumerID)),"tier":"\#(configuration.tier.rawValue)","queue":"\#(configuration.tier.queueName)","lanes":\#(Tier.lanes),"tiers":[\#(configuration.tiers.map { "\"\($0.rawValue)\"" }.joined(separator: ","))],"subscription_priority":\#(configuration.subscriptionPriority.map(String.init) ?? "0"),"concurrency":\#(configuration.concurrency),"prefetch":\#(configuration.prefetch),"in_flight":\#(inFlight),"unwritten_results":\#(writer.pending),"cancellation_requests":\#(cancellations.count),"broker_connected":\#(connection.isConnected),"stopping":\#(stopping)\#(members)}"#
     }
 
     // MARK: - Cancellation requests
@@ -416,8 +403,8 @@ package final class JobConsumer: Sendable {
             try? await Task.sleep(for: interval)
             let (quietSince, running) = state.withLock { ($0.lastDelivery, $0.inFlight) }
             guard running == 0, writer.pending == 0, ContinuousClock.now - quietSince >= idle else { continue }
-            let queues = configuration.tiers.map(\.queueName)
-            guard let depth = try? await connection.withControl({ control in try queues.reduce(0) { $0 + Int(try control.queueDepth($1).messages) } }),
+            let tiers = configuration.tiers
+            guard let depth = try? await connection.withControl({ control in try tiers.reduce(0) { $0 + (try control.readyCount($1)) } }),
                   depth == 0 else { continue }
             logger.info("queue stayed empty; exiting (drain mode)", metadata: ["idle_ms": "\(idle.milliseconds)"])
             state.withLock { $0.stoppedBecauseIdle = true }
@@ -432,7 +419,7 @@ package final class JobConsumer: Sendable {
         let tiers = configuration.tiers
         while !Task.isCancelled {
             if let ready = try? await connection.withControl({ control in
-                try tiers.map { tier in (tier, try control.queueDepth(tier.queueName).messages) }
+                try tiers.map { tier in (tier, try control.readyCount(tier)) }
             }) {
                 inbox.backlog(Set(ready.filter { $0.1 > 0 }.map(\.0)))
             }

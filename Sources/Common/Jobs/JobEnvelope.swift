@@ -10,7 +10,7 @@ import Foundation
 /// | type | `type` |
 /// | correlation id | `correlation_id` |
 /// | enqueued at | `timestamp` (seconds) and `x-warren-enqueued-at` (ISO 8601, microseconds) |
-/// | tier | routing key and `x-warren-tier` |
+/// | tier | routing key (`<tier>`, or `<tier>.<lane>` for a tenant's lane: ``Tier/lane(tenant:)``) and `x-warren-tier` |
 /// | attempt | `x-warren-attempt` (1 for the first run) |
 /// | lineage | `x-warren-seq`: 0 as published, +1 each time a consumer republishes it (retry or deferral); absent = 0 |
 /// | idempotency key | `x-warren-idempotency-key` |
@@ -98,9 +98,10 @@ package struct JobEnvelope: Sendable, Equatable {
         }
     }
 
-    /// The message to publish: to `warren.jobs` with the tier as routing key.
+    /// The message to publish: to `warren.jobs`, routed to its tier's lane for its tenant.
     package var outgoingMessage: AMQPOutgoingMessage {
-        AMQPOutgoingMessage(exchange: Self.exchange, routingKey: tier.routingKey, properties: properties, body: payload, mandatory: true)
+        AMQPOutgoingMessage(exchange: Self.exchange, routingKey: tier.routingKey(lane: Tier.lane(tenant: tenant)), properties: properties,
+                            body: payload, mandatory: true)
     }
 
     /// This job as a copy for `warren.dead`, with why it died and its last error (each cut to

@@ -37,8 +37,9 @@ package struct Topology: Sendable, Equatable {
     /// Poison guard: a message redelivered this many times (crashing consumers) is dead-lettered.
     package static let deliveryLimit: Int64 = 10
 
-    /// Length caps per tier: past them the broker nacks publishes (reject-publish), so load is
-    /// shed at the front door, free first.
+    /// Length caps per tier lane (each of a tier's ``Tier/lanes`` queues has its tier's cap):
+    /// past them the broker nacks publishes (reject-publish), so load is shed at the front
+    /// door, free first.
     package static let queueCaps: [Tier: Int64] = [.enterprise: 1_000_000, .premium: 200_000, .free: 50_000]
 
     /// Retry delays. A message expires only at the head of a queue, so one queue per delay.
@@ -60,17 +61,20 @@ package struct Topology: Sendable, Equatable {
         var queues: [Queue] = []
         var bindings: [Binding] = []
         for tier in Tier.allCases {
-            queues.append(Queue(name: tier.queueName, arguments: [
-                "x-queue-type": .string("quorum"),
-                "x-delivery-limit": .int(deliveryLimit),
-                "x-dead-letter-exchange": .string(deadExchange),
-                "x-dead-letter-strategy": .string("at-least-once"),
-                "x-max-length": .int(queueCaps[tier]!),
-                "x-overflow": .string("reject-publish"),
-            ]))
-            bindings.append(Binding(exchange: jobsExchange, queue: tier.queueName, routingKey: tier.routingKey, arguments: AMQPTable()))
+            for lane in 0..<Tier.lanes {
+                queues.append(Queue(name: tier.queueName(lane: lane), arguments: [
+                    "x-queue-type": .string("quorum"),
+                    "x-delivery-limit": .int(deliveryLimit),
+                    "x-dead-letter-exchange": .string(deadExchange),
+                    "x-dead-letter-strategy": .string("at-least-once"),
+                    "x-max-length": .int(queueCaps[tier]!),
+                    "x-overflow": .string("reject-publish"),
+                ]))
+                bindings.append(Binding(exchange: jobsExchange, queue: tier.queueName(lane: lane), routingKey: tier.routingKey(lane: lane),
+                                        arguments: AMQPTable()))
+            }
         }
-        // A retried job is published to the headers exchange with its tier as routing key;
+        // A retried job is published to the headers exchange with its lane's routing key;
         // when its TTL expires it is dead-lettered to warren.jobs keeping that routing key.
         for delay in retryDelays {
             queues.append(Queue(name: delay.queueName, arguments: [
@@ -112,5 +116,14 @@ package struct Topology: Sendable, Equatable {
             try control.unbindQueue(delay.queueName, exchange: Self.retryExchange, routingKey: "",
                                     arguments: ["x-match": .string("all"), "x-warren-retry-delay": .string(delay.label)])
         }
+    }
+}
+
+extension AMQPControl {
+    /// Messages ready in `tier`'s queues, every lane summed (passive declares).
+    package func readyCount(_ tier: Tier) throws(AMQPError) -> Int {
+        var total = 0
+        for queue in tier.queueNames { total += Int(try queueDepth(queue).messages) }
+        return total
     }
 }

@@ -133,7 +133,7 @@ package final class TierPressure: Service, Sendable {
     private func poll(_ connection: AMQPConnection) async {
         do {
             let depths = try await connection.withControl { control in
-                try Tier.allCases.map { tier in (tier, Int(try control.queueDepth(tier.queueName).messages)) }
+                try Tier.allCases.map { tier in (tier, try control.readyCount(tier)) }
             }
             record(Dictionary(uniqueKeysWithValues: depths))
         } catch {

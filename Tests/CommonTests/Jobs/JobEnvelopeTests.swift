@@ -16,7 +16,8 @@ import Testing
         let job = sample()
         let message = job.outgoingMessage
         #expect(message.exchange == "warren.jobs")
-        #expect(message.routingKey == "premium")
+        #expect(message.routingKey == "premium.\(Tier.lane(tenant: job.tenant))", "the tenant's lane")
+        #expect(Tier.lane(tenant: job.tenant) != 0)
         #expect(message.mandatory)
         #expect(message.body == job.payload)
         let properties = message.properties

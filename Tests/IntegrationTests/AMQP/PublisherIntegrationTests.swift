@@ -29,14 +29,14 @@ struct PublisherIntegrationTests {
 
     @Test func publishedJobIsConfirmedAndReadBackWithItsProperties() async throws {
         try await TestServices.withConnection("test publish-read-back") { connection in
-            try await connection.withControl { control in try control.purgeQueue(Tier.premium.queueName) }
+            try await connection.withControl { control in try control.purgeQueue(Tier.premium.queueName(tenant: "acme")) }
             var job = JobEnvelope(type: "email.welcome", tier: .premium, payload: Array(#"{"to":"a@b.c","note":"it's \"quoted\""}"#.utf8),
                                   tenant: "acme", idempotencyKey: "welcome-1", correlationID: "req-42")
             job.traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
             try await connection.publish(job.outgoingMessage)
-            #expect(try await depth(connection, Tier.premium.queueName) == 1)
+            #expect(try await depth(connection, Tier.premium.queueName(tenant: "acme")) == 1)
 
-            let deliveries = try await connection.consume(queue: Tier.premium.queueName, prefetch: 10)
+            let deliveries = try await connection.consume(queue: Tier.premium.queueName(tenant: "acme"), prefetch: 10)
             var iterator = deliveries.makeAsyncIterator()
             let delivery = try #require(try await iterator.next())
             #expect(delivery.properties.messageID == job.id.uuidString.lowercased())
@@ -44,14 +44,14 @@ struct PublisherIntegrationTests {
             #expect(delivery.properties.contentType == "application/json")
             #expect(delivery.properties.deliveryMode == 2)
             #expect(delivery.properties.headers["x-warren-tier"] == .string("premium"))
-            #expect(delivery.routingKey == "premium")
+            #expect(delivery.routingKey == Tier.premium.routingKey(lane: Tier.lane(tenant: "acme")))
             #expect(!delivery.redelivered)
             let decoded = try JobEnvelope(properties: delivery.properties, body: delivery.body)
             #expect(decoded == job)
             try await connection.ack(delivery)
             try await connection.cancel(consumerTag: deliveries.consumerTag)
             try await TestServices.waitUntil("queue drained after ack") {
-                try await depth(connection, Tier.premium.queueName) == 0
+                try await depth(connection, Tier.premium.queueName(tenant: "acme")) == 0
             }
         }
     }
@@ -68,7 +68,7 @@ struct PublisherIntegrationTests {
                 try await connection.withControl { control in _ = try control.declareQueue(Tier.free.queueName) }
             }
             #expect(error?.replyCode == 406)
-            _ = try await depth(connection, Tier.free.queueName)
+            _ = try await depth(connection, Tier.free.queueName(tenant: "acme"))
         }
     }
 

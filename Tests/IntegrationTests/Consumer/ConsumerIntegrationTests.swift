@@ -47,7 +47,7 @@ struct ConsumerIntegrationTests {
         func redeliver(_ job: JobEnvelope) async throws {
             try await publish([job])
             try await TestServices.withConnection("test redeliver", url: amqpURL) { connection in
-                let deliveries = try await connection.consume(queue: job.tier.queueName, prefetch: 1)
+                let deliveries = try await connection.consume(queue: job.tier.queueName(tenant: job.tenant), prefetch: 1)
                 var iterator = deliveries.makeAsyncIterator()
                 _ = try #require(try await iterator.next())
             }

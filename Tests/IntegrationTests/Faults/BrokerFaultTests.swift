@@ -53,7 +53,7 @@ struct BrokerFaultTests {
                     // The broker requeues what the cut connection held once it notices too; all of it
                     // is acked (redeliveries of finished jobs without running them again).
                     try await TestServices.waitUntil(timeout: .seconds(30), "nothing left on the queue") {
-                        try await publisher.withControl { try $0.queueDepth(Tier.free.queueName).messages } == 0
+                        try await publisher.withControl { try $0.readyCount(Tier.free) } == 0
                     }
                 }
                 consumer.stop()
@@ -162,7 +162,7 @@ struct BrokerFaultTests {
                 #expect(try await world.missing(["api-down"]) == ["api-down"], "a refused request left no job")
                 #expect(consumer.isRunning && server.isRunning, "neither was restarted")
                 try await TestServices.waitUntil(timeout: .seconds(30), "the queue is drained") {
-                    try await broker.messages(Tier.premium.queueName) == 0
+                    try await broker.messages(Tier.premium) == 0
                 }
                 consumer.signal(SIGTERM)
                 server.signal(SIGTERM)
@@ -223,7 +223,7 @@ struct BrokerFaultTests {
                 let acceptedHTTP = 2 + (heldStatus == 202 ? 1 : 0)
                 #expect(try await world.count("SELECT count(*) FROM api_jobs") == acceptedHTTP, "api_jobs rows: the HTTP jobs accepted")
                 try await TestServices.waitUntil(timeout: .seconds(20), "the queue holds exactly the accepted jobs") {
-                    try await broker.messages(Tier.premium.queueName) == acceptedHTTP + (cliStatus == 0 ? 1 : 0)
+                    try await broker.messages(Tier.premium) == acceptedHTTP + (cliStatus == 0 ? 1 : 0)
                 }
                 #expect(server.isRunning)
                 server.signal(SIGTERM)

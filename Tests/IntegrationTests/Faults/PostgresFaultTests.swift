@@ -8,7 +8,7 @@ import Testing
 @Suite(.enabled(if: TestServices.enabled), .serialized)
 struct PostgresFaultTests {
     func depth(_ connection: AMQPConnection, _ tier: Tier = .premium) async throws -> Int {
-        Int(try await connection.withControl { try $0.queueDepth(tier.queueName).messages })
+        Int(try await connection.withControl { try $0.readyCount(tier) })
     }
 
     /// Every request answered during the outage is a 202 whose job is on the queue, or a 503
@@ -82,7 +82,7 @@ struct PostgresFaultTests {
                 }
                 #expect(states == ["published=\(count)"], "\(states)")
                 // Published once each: the queue holds exactly one message per job.
-                let deliveries = try await connection.consume(queue: Tier.premium.queueName, prefetch: 100)
+                let deliveries = try await connection.consume(queue: Tier.premium.queueName(tenant: "acme"), prefetch: 100)
                 var keys: [String] = []
                 for try await delivery in deliveries {
                     keys.append(try JobEnvelope(properties: delivery.properties, body: delivery.body).idempotencyKey ?? "")

@@ -45,7 +45,7 @@ struct BatchOutboxTests {
             #expect(runs.allSatisfy { $0.1 == 1 }, "each once: \(runs)")
             #expect(Set(unconfirmed).isSubset(of: Set(runs.map(\.0))))
             let left = try await TestServices.withConnection("test batch outbox", url: vhostURL) { connection in
-                try await connection.withControl { try $0.queueDepth(Tier.premium.queueName).messages }
+                try await connection.withControl { try $0.readyCount(Tier.premium) }
             }
             #expect(left == 0)
             for product in [consumer, scheduler, serve] { product.signal(SIGTERM) }

@@ -19,7 +19,7 @@ struct HTTPAPITests {
             #expect(status == 202, "\(body)")
             #expect(headers["x-request-id"] == "req-42")
             #expect(body.contains(#""status":"queued""#) && body.contains(#""tier":"premium""#))
-            let deliveries = try await connection.consume(queue: Tier.premium.queueName, prefetch: 1)
+            let deliveries = try await connection.consume(queue: Tier.premium.queueName(tenant: "acme"), prefetch: 1)
             var iterator = deliveries.makeAsyncIterator()
             let delivery = try #require(try await iterator.next())
             let job = try JobEnvelope(properties: delivery.properties, body: delivery.body)
@@ -65,7 +65,7 @@ struct HTTPAPITests {
             let refused = try await server.request("POST", "/v1/jobs", token: writer, body: #"{"type":"noop"}"#)
             #expect(refused.0 == 401 && refused.2.contains("revoked"), "\(refused.2)")
             let depths = try await connection.withControl { control in
-                try Tier.allCases.map { try control.queueDepth($0.queueName).messages }
+                try Tier.allCases.map { try control.readyCount($0) }
             }
             #expect(depths == [0, 0, 0], "nothing was published")
         }
@@ -83,7 +83,7 @@ struct HTTPAPITests {
             #expect(second.2.contains(id) && second.2.contains(#""duplicate":true"#), "\(second.2)")
             // Another key is another job.
             #expect(try await server.request("POST", "/v1/jobs", token: token, body: #"{"type":"noop","idempotency_key":"order-8"}"#).0 == 202)
-            let depth = try await connection.withControl { control in try control.queueDepth(Tier.free.queueName).messages }
+            let depth = try await connection.withControl { control in try control.readyCount(Tier.free) }
             #expect(depth == 2, "published once per key")
         }
     }

@@ -96,7 +96,7 @@ struct HTTPBadInputTests {
             #expect(try await count(server, "api_jobs") == 0)
             #expect(try await count(server, "delayed_jobs") == 0)
             #expect(try await count(server, "api_batches") == 0)
-            let depth = try await connection.withControl { try $0.queueDepth(Tier.premium.queueName).messages }
+            let depth = try await connection.withControl { try $0.readyCount(Tier.premium) }
             #expect(depth == 0)
         }
     }

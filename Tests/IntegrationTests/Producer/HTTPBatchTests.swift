@@ -85,7 +85,7 @@ struct HTTPBatchTests {
             #expect(try await server.request("POST", "/v1/batches", token: token, body: #"{"jobs":{}}"#).0 == 422)
             #expect(try await server.request("POST", "/v1/batches", token: token, body: #"{"jobs":["#).0 == 400)
 
-            let depth = try await connection.withControl { control in try control.queueDepth(Tier.free.queueName).messages }
+            let depth = try await connection.withControl { control in try control.readyCount(Tier.free) }
             #expect(depth == 0, "nothing was published")
         }
     }
@@ -93,7 +93,7 @@ struct HTTPBatchTests {
     @Test func aFullQueueSheds503AndNothingIsHalfAccepted() async throws {
         try await APIServer.with { server, connection, _ in
             // A tiny cap on the free queue (the smaller of policy and queue argument wins).
-            try await Management.setPolicy(vhost: server.vhost, name: "tiny-free", pattern: "^warren\\.jobs\\.free$",
+            try await Management.setPolicy(vhost: server.vhost, name: "tiny-free", pattern: "^warren\\.jobs\\.free(\\.[0-9]+)?$",
                                            definition: #"{"max-length":3,"overflow":"reject-publish"}"#)
             let token = try await server.token(tier: "free", scopes: "jobs:write,jobs:read")
             let premium = try await server.token(tier: "premium", scopes: "jobs:write")
@@ -109,7 +109,7 @@ struct HTTPBatchTests {
                 #expect(Int(headers["retry-after"] ?? "") ?? 0 >= 1)
                 return true
             }
-            let depth = try await connection.withControl { control in try control.queueDepth(Tier.free.queueName).messages }
+            let depth = try await connection.withControl { control in try control.readyCount(Tier.free) }
             // Quorum queues check the cap when a message arrives, so the one that fills the
             // queue past it is still taken: at most cap + 1.
             #expect((3...4).contains(accepted), "\(accepted) accepted before the cap")

@@ -43,7 +43,7 @@ struct HTTPCancellationTests {
             let cancelled = try await job(server, token, id)
             #expect(cancelled["status"] as? String == "cancelled")
             #expect(cancelled["result"] is NSNull, "the handler never ran")
-            let depth = try await connection.withControl { control in try control.queueDepth(Tier.premium.queueName).messages }
+            let depth = try await connection.withControl { control in try control.readyCount(Tier.premium) }
             #expect(depth == 0)
             let again = try await server.request("DELETE", "/v1/jobs/\(id)", token: token, contentType: nil)
             #expect(again.0 == 200, "a cancelled job stays cancelled: \(again.2)")

@@ -35,7 +35,7 @@ struct KeyedOutboxTests {
             #expect(answered == first.first?.lowercasedString)
             try await TestServices.withConnection("test outbox", url: vhostURL) { connection in
                 try await TestServices.waitUntil("the job is on its queue once") {
-                    try await connection.withControl { try $0.queueDepth(Tier.premium.queueName).messages } == 1
+                    try await connection.withControl { try $0.readyCount(Tier.premium) } == 1
                 }
             }
             scheduler.signal(SIGTERM)

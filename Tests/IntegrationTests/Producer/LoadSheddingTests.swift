@@ -17,8 +17,8 @@ struct LoadSheddingTests {
         for result in await connection.publish(messages) { try result.get() }
     }
 
-    func depth(_ connection: AMQPConnection, _ tier: Tier) async throws -> UInt32 {
-        try await connection.withControl { control in try control.queueDepth(tier.queueName).messages }
+    func depth(_ connection: AMQPConnection, _ tier: Tier) async throws -> Int {
+        try await connection.withControl { control in try control.readyCount(tier) }
     }
 
     /// The status each tier's `POST /v1/jobs` gets right now, with the shed answers' bodies.

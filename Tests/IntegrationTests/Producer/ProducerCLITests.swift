@@ -9,7 +9,7 @@ struct ProducerCLITests {
     func depths(_ connection: AMQPConnection) async throws -> [Tier: Int] {
         try await connection.withControl { control in
             var depths: [Tier: Int] = [:]
-            for tier in Tier.allCases { depths[tier] = Int(try control.queueDepth(tier.queueName).messages) }
+            for tier in Tier.allCases { depths[tier] = Int(try control.readyCount(tier)) }
             return depths
         }
     }
@@ -26,7 +26,7 @@ struct ProducerCLITests {
             #expect(JobID.timestamp(of: id) != nil, "a UUIDv7")
 
             try await TestServices.withConnection("test cli read-back", url: url) { connection in
-                let deliveries = try await connection.consume(queue: Tier.premium.queueName, prefetch: 1)
+                let deliveries = try await connection.consume(queue: Tier.premium.queueName(tenant: "acme"), prefetch: 1)
                 var iterator = deliveries.makeAsyncIterator()
                 let delivery = try #require(try await iterator.next())
                 let job = try JobEnvelope(properties: delivery.properties, body: delivery.body)

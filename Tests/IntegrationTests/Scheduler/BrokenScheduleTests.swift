@@ -56,7 +56,7 @@ struct BrokenScheduleTests {
 
             // The good one fires: its fire row published, its job on the queue.
             try await TestServices.waitUntil(timeout: .seconds(30), "the good schedule's job is on the queue") {
-                try await connection.withControl { try $0.queueDepth(Tier.premium.queueName).messages } == 1
+                try await connection.withControl { try $0.readyCount(Tier.premium) } == 1
             }
             try await TestServices.waitUntil(timeout: .seconds(10), "the good schedule's fire is marked published") {
                 try await server.withDatabase { pool in
@@ -66,7 +66,7 @@ struct BrokenScheduleTests {
                         """).rows.map { "\(try $0.string(0)) \(try $0.string(1))" }
                 } == ["good published"]
             }
-            let deliveries = try await connection.consume(queue: Tier.premium.queueName, prefetch: 10)
+            let deliveries = try await connection.consume(queue: Tier.premium.queueName(tenant: "acme"), prefetch: 10)
             var iterator = deliveries.makeAsyncIterator()
             let delivery = try #require(try await iterator.next())
             let job = try JobEnvelope(properties: delivery.properties, body: delivery.body)

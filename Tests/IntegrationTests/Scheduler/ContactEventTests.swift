@@ -43,9 +43,9 @@ struct ContactEventTests {
 
     func messages(_ connection: AMQPConnection, count: Int) async throws -> [JobEnvelope] {
         try await TestServices.waitUntil(timeout: .seconds(20), "\(count) messages are in the queue") {
-            try await connection.withControl { try $0.queueDepth(Tier.premium.queueName).messages } >= count
+            try await connection.withControl { try $0.readyCount(Tier.premium) } >= count
         }
-        let deliveries = try await connection.consume(queue: Tier.premium.queueName, prefetch: 100)
+        let deliveries = try await connection.consume(queue: Tier.premium.queueName(tenant: "acme"), prefetch: 100)
         var iterator = deliveries.makeAsyncIterator()
         var jobs: [JobEnvelope] = []
         for _ in 0..<count {
@@ -87,7 +87,7 @@ struct ContactEventTests {
             }
             // Tokyo's 09:00 has passed (14 h ago, within the day's catch-up); New York's has not.
             try await TestServices.waitUntil(timeout: .seconds(10), "Tokyo's birthday is out") {
-                try await connection.withControl { try $0.queueDepth(Tier.premium.queueName).messages } == 1
+                try await connection.withControl { try $0.readyCount(Tier.premium) } == 1
             }
             // Changes before New York's 09:00 hold that day.
             let movedBody = #"{"first_name":"Moved","last_name":"Test","email":"moved@example.com","birthday":"1970-02-28","time_zone":"America/New_York"}"#
@@ -99,7 +99,7 @@ struct ContactEventTests {
             try clock.set("2027-02-28T16:00:00Z")
             try await waitForRound(ports[leader], at: "2027-02-28T16:00:00Z")
             let jobs = try await messages(connection, count: 5)
-            #expect(try await connection.withControl { try $0.queueDepth(Tier.premium.queueName).messages } == 0, "nothing twice")
+            #expect(try await connection.withControl { try $0.readyCount(Tier.premium) } == 0, "nothing twice")
 
             var byKey: [String: JobEnvelope] = [:]
             for job in jobs { byKey[job.idempotencyKey ?? ""] = job }
@@ -197,7 +197,7 @@ struct ContactEventTests {
             #expect(jobs.first?.idempotencyKey == "contact:\(late):birthday:2027-03-11")
             let (_, _, body) = try await HTTP.request("GET", "http://127.0.0.1:\(port)/status")
             #expect((HTTP.object(body)["contact_days_skipped"] as? Int ?? 0) >= 1)
-            #expect(try await connection.withControl { try $0.queueDepth(Tier.premium.queueName).messages } == 0)
+            #expect(try await connection.withControl { try $0.readyCount(Tier.premium) } == 0)
         }
     }
 }

@@ -43,7 +43,7 @@ struct DelayedJobTests {
             let first = try scheduler(server)
             let second = try scheduler(server)
             defer { first.signal(SIGKILL); second.signal(SIGKILL) }
-            let deliveries = try await connection.consume(queue: Tier.premium.queueName, prefetch: 10)
+            let deliveries = try await connection.consume(queue: Tier.premium.queueName(tenant: "acme"), prefetch: 10)
             var iterator = deliveries.makeAsyncIterator()
             let delivery = try #require(try await iterator.next())
             let received = Timestamp.now()
@@ -57,7 +57,7 @@ struct DelayedJobTests {
             }
             let (_, _, after) = try await server.request("GET", "/v1/jobs/\(id)", token: token)
             #expect(HTTP.object(after)["status"] as? String == "queued")
-            #expect(try await connection.withControl { try $0.queueDepth(Tier.premium.queueName).messages } == 0, "published once")
+            #expect(try await connection.withControl { try $0.readyCount(Tier.premium) } == 0, "published once")
             first.signal(SIGTERM)
             second.signal(SIGTERM)
             #expect(try await first.wait(timeout: .seconds(20)) == 0)
@@ -83,7 +83,7 @@ struct DelayedJobTests {
             try await TestServices.waitUntil(timeout: .seconds(20), "every delayed job is published") {
                 try await delayedStates(server) == ["published": scheduled]
             }
-            #expect(try await connection.withControl { try $0.queueDepth(Tier.enterprise.queueName).messages } == 60)
+            #expect(try await connection.withControl { try $0.readyCount(Tier.enterprise) } == 60)
         }
     }
 
@@ -104,12 +104,12 @@ struct DelayedJobTests {
             try await TestServices.waitUntil(timeout: .seconds(20), "the kept job is published") {
                 try await delayedStates(server) == ["published": 1, "cancelled": 1]
             }
-            let deliveries = try await connection.consume(queue: Tier.enterprise.queueName, prefetch: 10)
+            let deliveries = try await connection.consume(queue: Tier.enterprise.queueName(tenant: "acme"), prefetch: 10)
             var iterator = deliveries.makeAsyncIterator()
             let delivery = try #require(try await iterator.next())
             #expect(try JobEnvelope(properties: delivery.properties, body: delivery.body).id.lowercasedString == ids[0])
             try await connection.ack(delivery)
-            #expect(try await connection.withControl { try $0.queueDepth(Tier.enterprise.queueName).messages } == 0)
+            #expect(try await connection.withControl { try $0.readyCount(Tier.enterprise) } == 0)
             let (_, _, cancelled) = try await server.request("GET", "/v1/jobs/\(ids[1])", token: token)
             #expect(HTTP.object(cancelled)["status"] as? String == "cancelled")
         }
@@ -149,7 +149,7 @@ struct DelayedJobTests {
             let scheduler = try scheduler(server)
             defer { scheduler.signal(SIGKILL) }
             try await TestServices.waitUntil(timeout: .seconds(20), "the job is in the queue") {
-                try await connection.withControl { try $0.queueDepth(Tier.free.queueName).messages } == 1
+                try await connection.withControl { try $0.readyCount(Tier.free) } == 1
             }
         }
     }

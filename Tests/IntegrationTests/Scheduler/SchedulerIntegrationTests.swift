@@ -18,8 +18,8 @@ struct SchedulerIntegrationTests {
             try Data(Timestamp(microseconds: seconds * 1_000_000).iso8601.utf8).write(to: clockFile, options: .atomic)
         }
 
-        func depth(_ tier: Tier) async throws -> UInt32 {
-            try await connection.withControl { control in try control.queueDepth(tier.queueName).messages }
+        func depth(_ tier: Tier) async throws -> Int {
+            try await connection.withControl { control in try control.readyCount(tier) }
         }
 
         /// A `scheduler` on this clock, and its admin port.
@@ -104,7 +104,7 @@ struct SchedulerIntegrationTests {
                 return ticks[leaderIndex] == Timestamp(microseconds: (first + 30) * 1_000_000).iso8601
             }
             #expect(try await world.depth(.premium) == 1)
-            let deliveries = try await world.connection.consume(queue: Tier.premium.queueName, prefetch: 10)
+            let deliveries = try await world.connection.consume(queue: Tier.premium.queueName(tenant: "acme"), prefetch: 10)
             var iterator = deliveries.makeAsyncIterator()
             let delivery = try #require(try await iterator.next())
             let job = try JobEnvelope(properties: delivery.properties, body: delivery.body)
@@ -226,7 +226,7 @@ struct SchedulerIntegrationTests {
             try await TestServices.waitUntil(timeout: .seconds(20), "the missed fires were handled") {
                 try await world.fireStates() == ["published": 2, "skipped": 2]
             }
-            let deliveries = try await world.connection.consume(queue: Tier.free.queueName, prefetch: 10)
+            let deliveries = try await world.connection.consume(queue: Tier.free.queueName(tenant: "acme"), prefetch: 10)
             var iterator = deliveries.makeAsyncIterator()
             var keys: [String] = []
             for _ in 0..<2 {

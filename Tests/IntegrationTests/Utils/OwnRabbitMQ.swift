@@ -1,4 +1,5 @@
 import Foundation
+import Common
 import Testing
 
 /// A RabbitMQ node of one test's own, started, killed and started again with the project's
@@ -79,6 +80,16 @@ struct OwnRabbitMQ: Sendable {
 
     /// Messages on `queue` in vhost `/` (ready and unacknowledged), from the management API
     /// (which lags by its stats interval, a few seconds).
+    /// Messages in `tier`'s queues, every lane summed; nil if one cannot be read.
+    func messages(_ tier: Tier) async throws -> Int? {
+        var total = 0
+        for queue in tier.queueNames {
+            guard let count = try await messages(queue) else { return nil }
+            total += count
+        }
+        return total
+    }
+
     func messages(_ queue: String) async throws -> Int? {
         let (status, data) = try await Management.request("GET", "/api/queues/%2F/\(queue)", base: managementURL)
         guard status == 200 else { return nil }
