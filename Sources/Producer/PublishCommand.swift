@@ -34,6 +34,12 @@ struct PublishCommand: AsyncParsableCommand {
     @Option(help: "Tenant the job belongs to.")
     var tenant: String?
 
+    @Option(help: "At most --concurrency-limit jobs with this key run at once, across every consumer.")
+    var concurrencyKey: String?
+
+    @Option(help: "How many jobs of --concurrency-key may run at once (default 1).")
+    var concurrencyLimit: Int?
+
     @Option(help: "Correlation id (default: none).")
     var correlationID: String?
 
@@ -108,7 +114,8 @@ struct PublishCommand: AsyncParsableCommand {
         do {
             let payloadBytes = try readPayload(payload)
             request = try JobRequest(type: type ?? "", tier: try Tier.parse(tier ?? ""), payload: payloadBytes,
-                                     idempotencyKey: idempotencyKey, tenant: tenant)
+                                     idempotencyKey: idempotencyKey, tenant: tenant, concurrencyKey: concurrencyKey,
+                                     concurrencyLimit: concurrencyLimit)
         } catch let error as JobError {
             throw fail(error.field.map { "--\($0.replacingOccurrences(of: "_", with: "-")): \(error.message)" } ?? error.message, code: 2)
         }

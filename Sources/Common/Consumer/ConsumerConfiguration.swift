@@ -39,6 +39,14 @@ package struct ConsumerConfiguration: Sendable {
     package var outboundLimits: OutboundLimits
     /// The process's OS scheduling priority (nice, 0-19); nil: ``ProcessPriority/defaultNice(for:)``.
     package var nice: Int32?
+    /// How long a keyed job's concurrency slot outlives its last refresh (refreshed every
+    /// third of it while the job runs): how soon a slot of a crashed consumer frees.
+    package var keyLeaseTTL: Duration
+    /// Keyed jobs that may wait here for their key (holding a prefetched delivery, no worker
+    /// slot); past it, they go back to the 1 s delay queue (no attempt spent).
+    package var maxKeyWaiting: Int {
+        max(concurrency, Int(prefetch) / 2)
+    }
 
     /// Defaults per tier, tuned with `infra/bench/run` (see BENCHMARKS.md): paid tiers get
     /// more concurrency and a deeper prefetch.
@@ -74,6 +82,7 @@ package struct ConsumerConfiguration: Sendable {
         consumerID = "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)-\(tier.rawValue)"
         outboundLimits = OutboundLimits()
         nice = nil
+        keyLeaseTTL = .seconds(30)
     }
 
     /// Reads the `WARREN_*` variables over the tier's defaults.
@@ -107,6 +116,7 @@ package struct ConsumerConfiguration: Sendable {
         if let id = reader.string("WARREN_CONSUMER_ID") { consumerID = id }
         outboundLimits = try OutboundLimits(environment: environment)
         if let number = try reader.integer("WARREN_NICE", 0...19) { nice = Int32(number) }
+        if let duration = try reader.seconds("WARREN_KEY_LEASE_SECONDS", 0.3...3_600) { keyLeaseTTL = duration }
     }
 
     /// An overflow pool over `tiers` (any order; it serves them highest first), with the

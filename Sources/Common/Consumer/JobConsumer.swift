@@ -57,6 +57,13 @@ package final class JobConsumer: Sendable {
     package let cancellations = JobCancellations()
     /// Every running job's timeout, on one clock (see ``DeadlineWatcher``).
     private let deadlines = DeadlineWatcher()
+    /// Slots of concurrency keys (see ``ConcurrencyLeases``) ...
+    private let leases: ConcurrencyLeases
+    /// ... the ones held by jobs running here (refreshed by ``refreshLeases()``) ...
+    private let running = HeldLeases()
+    /// ... and the jobs waiting for one, woken when a job of their key ends here.
+    private let keyWakeups = KeyWakeups()
+    private let keyWaiting: GaugedCount
     /// Decides in Postgres whether a delivery may start (see ``StartGate``).
     private let gate: StartGate
     /// Set by ``stop()``: ends the gate's retries while Postgres is down.
@@ -96,6 +103,8 @@ package final class JobConsumer: Sendable {
         pool = PostgresPool(configuration: database, logger: logger)
         store = JobRunStore(pool: pool, logger: logger)
         rateBuckets = RateBucketStore(pool: pool)
+        leases = ConcurrencyLeases(pool: pool)
+        keyWaiting = GaugedCount(Gauge(label: "warren_consumer_jobs_waiting_for_key", dimensions: [("tier", configuration.tier.rawValue)]))
         let tierMetrics = Dictionary(uniqueKeysWithValues: configuration.tiers.map { ($0, ConsumerMetrics(tier: $0)) })
         self.tierMetrics = tierMetrics
         metrics = tierMetrics[configuration.tier]!
@@ -152,6 +161,7 @@ package final class JobConsumer: Sendable {
         let deadlineTask = Task { await deadlines.run() }
         let controlTask = Task { await listen(to: controlMessages) }
         let pollTask = Task { await pollCancellations() }
+        let leaseTask = Task { await refreshLeases() }
         let idleMonitor = configuration.exitWhenIdle.map { idle in Task { await watchForIdle(idle) } }
         let limiter = Limiter(limit: configuration.concurrency)
 
@@ -174,7 +184,7 @@ package final class JobConsumer: Sendable {
                 state.withLock { $0.lastDelivery = .now }
                 begin()
                 jobs.addTask {
-                    await self.process(delivery)
+                    await self.process(delivery, limiter: limiter)
                     self.end()
                     limiter.release()
                 }
@@ -202,6 +212,7 @@ package final class JobConsumer: Sendable {
         deadlineTask.cancel()
         controlTask.cancel()
         pollTask.cancel()
+        leaseTask.cancel()
 
         // Flush what finished, ack it, then close (unacked deliveries go back to the queue).
         writer.close()
@@ -429,7 +440,7 @@ package final class JobConsumer: Sendable {
 
     // MARK: - One delivery
 
-    private func process(_ delivery: AMQPDelivery) async {
+    private func process(_ delivery: AMQPDelivery, limiter: Limiter) async {
         let job: JobEnvelope
         do throws(JobError) {
             job = try JobEnvelope(properties: delivery.properties, body: delivery.body)
@@ -442,11 +453,96 @@ package final class JobConsumer: Sendable {
             await deadLetterMalformed(delivery, reason: reason)
             return
         }
-        let metrics = tierMetrics[job.tier] ?? metrics
         var jobLogger = logger
         jobLogger[metadataKey: "job_id"] = "\(job.id.lowercasedString)"
         jobLogger[metadataKey: "job_type"] = "\(job.type)"
         jobLogger[metadataKey: "attempt"] = "\(job.attempt)"
+        guard let key = job.concurrencyKey else {
+            await work(job, delivery: delivery, logger: jobLogger)
+            return
+        }
+        jobLogger[metadataKey: "concurrency_key"] = "\(key)"
+        switch await keyTurn(key, job: job, limiter: limiter, logger: jobLogger) {
+        case .held(let lease):
+            running.add(lease)
+            await work(job, delivery: delivery, logger: jobLogger)
+            running.remove(lease)
+            do {
+                try await leases.release(lease)
+            } catch {
+                jobLogger.warning("cannot give back the job's concurrency slot; it expires on its own",
+                                  metadata: ["error": "\(error)", "lease_seconds": "\(configuration.keyLeaseTTL.milliseconds / 1_000)"])
+            }
+            keyWakeups.wake(key)
+        case .deferred(let plan):
+            await carryOut(plan, job, delivery: delivery, startedAt: .now(), logger: jobLogger)
+        case .handedBack:
+            (tierMetrics[job.tier] ?? metrics).count("handed_back")  // stopping: left unacked, redelivered
+        }
+    }
+
+    /// What became of a keyed job's wait for a slot of its key.
+    private enum KeyTurn {
+        case held(ConcurrencyLeases.Lease)
+        /// Too many already wait here, or the slots cannot be read: back to a delay queue, no attempt spent.
+        case deferred(Settlement)
+        /// The consumer is stopping: left unacked.
+        case handedBack
+    }
+
+    /// Waits for a slot of `key` (see ``ConcurrencyLeases``) without holding a worker slot:
+    /// called with one; while the key is busy it gives it back, waits (woken when a job of the
+    /// key ends here, else asking again after 25 ms, doubling to 500 ms), and takes one again
+    /// before it asks. Returns holding a worker slot.
+    private func keyTurn(_ key: String, job: JobEnvelope, limiter: Limiter, logger: Logger) async -> KeyTurn {
+        var random = SystemRandomNumberGenerator()
+        var pause = Duration.milliseconds(25)
+        var parked = false
+        defer { if parked { keyWaiting.add(-1) } }
+        while true {
+            let lease: ConcurrencyLeases.Lease?
+            do {
+                lease = try await leases.acquire(key: key, limit: job.concurrencyLimit, job: job.id, holder: configuration.consumerID,
+                                                 ttl: configuration.keyLeaseTTL)
+            } catch {
+                logger.warning("cannot take a slot of the job's concurrency key; deferring it", metadata: ["error": "\(error)"])
+                return .deferred(Settlement.plan(job, .deferred(reason: "concurrency key \(key) unavailable", retryAfter: .seconds(5)),
+                                                 policy: configuration.retryPolicy(for: job.type), using: &random))
+            }
+            if let lease { return .held(lease) }
+            if !parked {
+                guard keyWaiting.add(1) <= configuration.maxKeyWaiting else {
+                    keyWaiting.add(-1)
+                    return .deferred(Settlement.plan(job, .deferred(reason: "concurrency key \(key) busy", retryAfter: .seconds(1)),
+                                                     policy: configuration.retryPolicy(for: job.type), using: &random))
+                }
+                parked = true
+            }
+            limiter.release()
+            await keyWakeups.wait(key, upTo: pause)
+            pause = min(pause * 2, .milliseconds(500))
+            await limiter.acquire()
+            if stopping.isSet { return .handedBack }
+        }
+    }
+
+    /// Refreshes the leases of the keyed jobs running here, every third of their lifetime.
+    private func refreshLeases() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: configuration.keyLeaseTTL / 3)
+            let jobs = running.jobs
+            guard !jobs.isEmpty else { continue }
+            do {
+                try await leases.refresh(holder: configuration.consumerID, jobs: jobs, ttl: configuration.keyLeaseTTL)
+            } catch {
+                logger.warning("cannot refresh the running jobs' concurrency leases", metadata: ["error": "\(error)", "jobs": "\(jobs.count)"])
+            }
+        }
+    }
+
+    /// One job, decoded (and holding its key's slot, if it has one): start, run, settle.
+    private func work(_ job: JobEnvelope, delivery: AMQPDelivery, logger jobLogger: Logger) async {
+        let metrics = tierMetrics[job.tier] ?? metrics
 
         var startedAt = Timestamp.now()
         if StartGate.mustClaim(job, redelivered: delivery.redelivered) {
@@ -718,5 +814,60 @@ final class Limiter: Sendable {
             return state.waiters.removeFirst()
         }
         waiter?.resume()
+    }
+}
+
+/// The concurrency leases of the jobs running in one consumer.
+final class HeldLeases: Sendable {
+    private let leases = Mutex<Set<ConcurrencyLeases.Lease>>([])
+    func add(_ lease: ConcurrencyLeases.Lease) { _ = leases.withLock { $0.insert(lease) } }
+    func remove(_ lease: ConcurrencyLeases.Lease) { _ = leases.withLock { $0.remove(lease) } }
+    var jobs: [UUID] { leases.withLock { $0.map(\.job) } }
+}
+
+/// Jobs waiting for a slot of their concurrency key, by key: each wakes when a job of its key
+/// ends in this consumer (``wake(_:)``), or after its pause at the latest.
+final class KeyWakeups: Sendable {
+    private let waiters = Mutex<[String: [UUID: CheckedContinuation<Void, Never>]]>([:])
+
+    func wait(_ key: String, upTo pause: Duration) async {
+        let id = UUID()
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            waiters.withLock { $0[key, default: [:]][id] = continuation }
+            Task {
+                try? await Task.sleep(for: pause)
+                self.resume(key, id)
+            }
+        }
+    }
+
+    private func resume(_ key: String, _ id: UUID) {
+        let continuation = waiters.withLock { waiters -> CheckedContinuation<Void, Never>? in
+            defer { if waiters[key]?.isEmpty == true { waiters[key] = nil } }
+            return waiters[key]?.removeValue(forKey: id)
+        }
+        continuation?.resume()
+    }
+
+    /// Wakes every job waiting for `key` here (one of them gets the slot; the others wait again).
+    func wake(_ key: String) {
+        let woken = waiters.withLock { $0.removeValue(forKey: key) } ?? [:]
+        for continuation in woken.values { continuation.resume() }
+    }
+}
+
+/// A count with a gauge of it: ``add(_:)`` returns the new value.
+final class GaugedCount: Sendable {
+    private let value = Mutex(0)
+    private let gauge: Gauge
+    init(_ gauge: Gauge) { self.gauge = gauge }
+    @discardableResult
+    func add(_ delta: Int) -> Int {
+        let now = value.withLock { value -> Int in
+            value += delta
+            return value
+        }
+        gauge.record(now)
+        return now
     }
 }

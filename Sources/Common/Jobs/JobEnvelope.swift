@@ -15,6 +15,7 @@ import Foundation
 /// | lineage | `x-warren-seq`: 0 as published, +1 each time a consumer republishes it (retry or deferral); absent = 0 |
 /// | idempotency key | `x-warren-idempotency-key` |
 /// | tenant | `x-warren-tenant` |
+/// | concurrency key and limit | `x-warren-concurrency-key`, `x-warren-concurrency-limit` (absent: 1) |
 /// | trace context | `traceparent` |
 /// | payload | body, `content_type: application/json`, `delivery_mode: 2` |
 package struct JobEnvelope: Sendable, Equatable {
@@ -25,6 +26,11 @@ package struct JobEnvelope: Sendable, Equatable {
     package var payload: [UInt8]
     package var tenant: String?
     package var idempotencyKey: String?
+    /// At most ``concurrencyLimit`` jobs with this key run at once across every consumer
+    /// (see ``ConcurrencyLeases``).
+    package var concurrencyKey: String?
+    /// 1 when absent; meaningful only with a key.
+    package var concurrencyLimit: Int = 1
     package var enqueuedAt: Timestamp
     package var attempt: Int
     /// Its place in the job's one lineage: 0 as published, +1 at every retry or deferral. A
@@ -44,6 +50,8 @@ package struct JobEnvelope: Sendable, Equatable {
         package static let enqueuedAt = "x-warren-enqueued-at"
         package static let idempotencyKey = "x-warren-idempotency-key"
         package static let tenant = "x-warren-tenant"
+        package static let concurrencyKey = "x-warren-concurrency-key"
+        package static let concurrencyLimit = "x-warren-concurrency-limit"
         package static let traceparent = "traceparent"
         /// Routes a retry to its delay queue through the `warren.retry` headers exchange. Not
         /// `x-` prefixed: a headers exchange ignores binding arguments starting with `x-`, so
@@ -58,7 +66,10 @@ package struct JobEnvelope: Sendable, Equatable {
 
     /// A new job: fresh UUIDv7, attempt 1, enqueued now.
     package init(type: String, tier: Tier, payload: [UInt8], tenant: String? = nil, idempotencyKey: String? = nil,
-                 correlationID: String? = nil, enqueuedAt: Timestamp = .now(), id: UUID? = nil) {
+                 correlationID: String? = nil, enqueuedAt: Timestamp = .now(), id: UUID? = nil,
+                 concurrencyKey: String? = nil, concurrencyLimit: Int = 1) {
+        self.concurrencyKey = concurrencyKey
+        self.concurrencyLimit = concurrencyLimit
         self.id = id ?? JobID.make(at: enqueuedAt)
         self.type = type
         self.tier = tier
@@ -86,6 +97,24 @@ package struct JobEnvelope: Sendable, Equatable {
         }
         guard allowed else {
             throw JobError(field: "type", message: "job type '\(type)' may only contain letters, digits, '.', '-', '_' and ':'")
+        }
+    }
+
+    /// The largest `concurrency_limit` a job may carry.
+    package static let maxConcurrencyLimit = 1_000
+
+    /// Validates a concurrency key: 1-255 bytes, no control characters.
+    package static func validateConcurrencyKey(_ key: String, field: String = "concurrency_key") throws(JobError) {
+        guard !key.isEmpty, key.utf8.count <= 255 else { throw JobError(field: field, message: "\(field) must be 1 to 255 bytes") }
+        guard !key.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
+            throw JobError(field: field, message: "\(field) must not contain control characters")
+        }
+    }
+
+    /// Validates a concurrency limit: 1...``maxConcurrencyLimit``.
+    package static func validateConcurrencyLimit(_ limit: Int, field: String = "concurrency_limit") throws(JobError) {
+        guard (1...maxConcurrencyLimit).contains(limit) else {
+            throw JobError(field: field, message: "\(field) must be an integer 1...\(maxConcurrencyLimit)")
         }
     }
 
@@ -129,6 +158,10 @@ package struct JobEnvelope: Sendable, Equatable {
         headers[Header.enqueuedAt] = .string(enqueuedAt.iso8601)
         if let idempotencyKey { headers[Header.idempotencyKey] = .string(idempotencyKey) }
         if let tenant { headers[Header.tenant] = .string(tenant) }
+        if let concurrencyKey {
+            headers[Header.concurrencyKey] = .string(concurrencyKey)
+            if concurrencyLimit != 1 { headers[Header.concurrencyLimit] = .int(Int64(concurrencyLimit)) }
+        }
         if let traceparent { headers[Header.traceparent] = .string(traceparent) }
         properties.headers = headers
         return properties
@@ -165,6 +198,14 @@ package struct JobEnvelope: Sendable, Equatable {
         }
         let attempt = try integer(Header.attempt, 1...10_000, absent: 1, "a positive integer")
         let seq = try integer(Header.seq, 0...1_000_000, absent: 0, "an integer 0...1000000")
+        let concurrencyLimit = try integer(Header.concurrencyLimit, 1...Int64(Self.maxConcurrencyLimit), absent: 1,
+                                           "an integer 1...\(Self.maxConcurrencyLimit)")
+        var concurrencyKey: String?
+        if let value = headers[Header.concurrencyKey] {
+            guard let key = value.stringValue else { throw JobError(field: Header.concurrencyKey, message: "\(Header.concurrencyKey) header must be a string") }
+            try Self.validateConcurrencyKey(key, field: Header.concurrencyKey)
+            concurrencyKey = key
+        }
         if let contentType = properties.contentType, !contentType.lowercased().hasPrefix(Self.contentType) {
             throw JobError(field: "content_type", message: "content_type must be application/json, not '\(contentType)'")
         }
@@ -178,6 +219,8 @@ package struct JobEnvelope: Sendable, Equatable {
         self.enqueuedAt = enqueuedAt
         self.attempt = attempt
         self.seq = seq
+        self.concurrencyKey = concurrencyKey
+        self.concurrencyLimit = concurrencyLimit
         self.correlationID = properties.correlationID
         self.traceparent = headers[Header.traceparent]?.stringValue
     }

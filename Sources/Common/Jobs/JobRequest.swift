@@ -1,29 +1,53 @@
 import Foundation
 
 /// A request to enqueue one job, as scripts and API clients write it:
-/// `{"type": "email.welcome", "tier": "premium", "payload": {...}, "idempotency_key": "...", "tenant": "..."}`.
+/// `{"type": "email.welcome", "tier": "premium", "payload": {...}, "idempotency_key": "...", "tenant": "...",
+/// "concurrency_key": "...", "concurrency_limit": 1}`.
 package struct JobRequest: Sendable, Equatable {
     package var type: String
     package var tier: Tier
     package var payload: [UInt8]
     package var idempotencyKey: String?
     package var tenant: String?
+    /// At most `concurrencyLimit` (default 1) jobs of this key run at once, fleet-wide.
+    package var concurrencyKey: String?
+    package var concurrencyLimit: Int
 
-    package init(type: String, tier: Tier, payload: [UInt8], idempotencyKey: String? = nil, tenant: String? = nil) throws(JobError) {
-        try self.init(type: type, tier: tier, payload: payload, idempotencyKey: idempotencyKey, tenant: tenant, payloadValidated: false)
+    package init(type: String, tier: Tier, payload: [UInt8], idempotencyKey: String? = nil, tenant: String? = nil,
+                 concurrencyKey: String? = nil, concurrencyLimit: Int? = nil) throws(JobError) {
+        try self.init(type: type, tier: tier, payload: payload, idempotencyKey: idempotencyKey, tenant: tenant,
+                      concurrencyKey: concurrencyKey, concurrencyLimit: concurrencyLimit, payloadValidated: false)
     }
 
     private init(type: String, tier: Tier, payload: [UInt8], idempotencyKey: String?, tenant: String?,
-                 payloadValidated: Bool) throws(JobError) {
+                 concurrencyKey: String?, concurrencyLimit: Int?, payloadValidated: Bool) throws(JobError) {
         try JobEnvelope.validateType(type)
         if !payloadValidated { try JobEnvelope.validatePayload(payload) }
         if let idempotencyKey { try Self.validateKey(idempotencyKey, field: "idempotency_key") }
         if let tenant { try Self.validateKey(tenant, field: "tenant") }
+        if let concurrencyKey { try JobEnvelope.validateConcurrencyKey(concurrencyKey) }
+        if let concurrencyLimit {
+            guard concurrencyKey != nil else {
+                throw JobError(field: "concurrency_limit", message: "concurrency_limit needs a concurrency_key")
+            }
+            try JobEnvelope.validateConcurrencyLimit(concurrencyLimit)
+        }
         self.type = type
         self.tier = tier
         self.payload = payload
         self.idempotencyKey = idempotencyKey
         self.tenant = tenant
+        self.concurrencyKey = concurrencyKey
+        self.concurrencyLimit = concurrencyLimit ?? 1
+    }
+
+    /// A JSON integer's value (a `concurrency_limit`); nil for any other number or value.
+    package static func integer(_ text: some Collection<UInt8>) -> Int? {
+        let string = String(decoding: Array(text), as: UTF8.self)
+        guard !string.isEmpty, string.utf8.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || $0 == UInt8(ascii: "-") }) else {
+            return nil
+        }
+        return Int(string)
     }
 
     /// Parses one JSON object (a line of a `--jsonl` file). `defaultTier` applies when the
@@ -65,17 +89,25 @@ package struct JobRequest: Sendable, Equatable {
         let payload = member("payload").map { Array(bytes[$0.value]) } ?? Array("{}".utf8)
         let idempotencyKey = try string("idempotency_key")
         let tenant = try string("tenant")
+        let concurrencyKey = try string("concurrency_key")
+        var concurrencyLimit: Int?
+        if let limit = member("concurrency_limit") {
+            guard limit.kind == .number, let value = Self.integer(bytes[limit.value]) else {
+                throw JobError(field: "concurrency_limit", message: "'concurrency_limit' must be an integer 1...\(JobEnvelope.maxConcurrencyLimit)")
+            }
+            concurrencyLimit = value
+        }
         // The scanner has validated the payload as part of the line.
         try self.init(type: typeName, tier: tier, payload: payload, idempotencyKey: idempotencyKey, tenant: tenant,
-                      payloadValidated: true)
+                      concurrencyKey: concurrencyKey, concurrencyLimit: concurrencyLimit, payloadValidated: true)
     }
 
-    private static let fields: Set<String> = ["type", "tier", "payload", "idempotency_key", "tenant"]
+    private static let fields: Set<String> = ["type", "tier", "payload", "idempotency_key", "tenant", "concurrency_key", "concurrency_limit"]
 
     /// A new envelope for this request (fresh id, enqueued now).
     package func envelope(correlationID: String? = nil, enqueuedAt: Timestamp = .now()) -> JobEnvelope {
         JobEnvelope(type: type, tier: tier, payload: payload, tenant: tenant, idempotencyKey: idempotencyKey,
-                    correlationID: correlationID, enqueuedAt: enqueuedAt)
+                    correlationID: correlationID, enqueuedAt: enqueuedAt, concurrencyKey: concurrencyKey, concurrencyLimit: concurrencyLimit)
     }
 
     private static func validateKey(_ value: String, field: String) throws(JobError) {

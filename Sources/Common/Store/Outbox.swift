@@ -39,10 +39,12 @@ package struct Outbox: Sendable {
     /// published without a confirm.
     package static func hold(_ job: JobEnvelope, leaseSeconds: Int? = nil, on connection: PostgresConnection) async throws {
         try await connection.query("""
-            INSERT INTO delayed_jobs (job_id, tenant, type, tier, payload, idempotency_key, correlation_id, run_at, claimed_until)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9::int))
+            INSERT INTO delayed_jobs (job_id, tenant, type, tier, payload, idempotency_key, correlation_id, run_at, claimed_until,
+                                      concurrency_key, concurrency_limit)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9::int), $10, $11)
             """, [job.id, job.tenant, job.type, job.tier.rawValue, String(decoding: job.payload, as: UTF8.self),
-                  job.idempotencyKey, job.correlationID, job.enqueuedAt, leaseSeconds])
+                  job.idempotencyKey, job.correlationID, job.enqueuedAt, leaseSeconds, job.concurrencyKey,
+                  job.concurrencyKey.map { _ in job.concurrencyLimit }])
     }
 
     /// An outbox entry whose publish the broker confirmed: published, with its `api_jobs` row.
@@ -75,15 +77,18 @@ package struct Outbox: Sendable {
                             on connection: PostgresConnection) async throws {
         guard !jobs.isEmpty else { return }
         try await connection.query("""
-            INSERT INTO delayed_jobs (job_id, tenant, type, tier, payload, idempotency_key, correlation_id, run_at, claimed_until)
+            INSERT INTO delayed_jobs (job_id, tenant, type, tier, payload, idempotency_key, correlation_id, run_at, claimed_until,
+                                      concurrency_key, concurrency_limit)
             SELECT u.job_id, u.tenant, u.type, u.tier, u.payload, u.idempotency_key, u.correlation_id, u.run_at,
-                   now() + make_interval(secs => $9::int)
-            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::timestamptz[])
-                 AS u(job_id, tenant, type, tier, payload, idempotency_key, correlation_id, run_at)
+                   now() + make_interval(secs => $9::int), u.concurrency_key, u.concurrency_limit
+            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::timestamptz[],
+                        $10::text[], $11::int[])
+                 AS u(job_id, tenant, type, tier, payload, idempotency_key, correlation_id, run_at, concurrency_key, concurrency_limit)
             """, [PostgresArray(jobs.map(\.id)), PostgresArray(jobs.map(\.tenant)), PostgresArray(jobs.map(\.type)),
                   PostgresArray(jobs.map(\.tier.rawValue)), PostgresArray(jobs.map { String(decoding: $0.payload, as: UTF8.self) }),
                   PostgresArray(jobs.map(\.idempotencyKey)), PostgresArray(jobs.map(\.correlationID)),
-                  PostgresArray(jobs.map(\.enqueuedAt)), leaseSeconds])
+                  PostgresArray(jobs.map(\.enqueuedAt)), leaseSeconds, PostgresArray(jobs.map(\.concurrencyKey)),
+                  PostgresArray(jobs.map { job in job.concurrencyKey.map { _ in job.concurrencyLimit } })])
     }
 
     /// A writer's own publish of entries it added: publishes `jobs` with confirms and marks the
@@ -137,7 +142,7 @@ package struct Outbox: Sendable {
                                  WHERE state = 'pending' AND run_at <= $1 AND (claimed_until IS NULL OR claimed_until <= now())
                                  ORDER BY run_at LIMIT $2
                                  FOR UPDATE SKIP LOCKED)
-                RETURNING job_id, tenant, type, tier, payload, idempotency_key, correlation_id, run_at
+                RETURNING job_id, tenant, type, tier, payload, idempotency_key, correlation_id, run_at, concurrency_key, concurrency_limit
                 """, [now, limit, Self.claimSeconds]).rows
         }
         let jobs = try rows.map { row -> JobEnvelope in
@@ -145,7 +150,8 @@ package struct Outbox: Sendable {
                 throw PostgresError(.decoding, function: "delayed_jobs.tier", message: "unknown tier")
             }
             return JobEnvelope(type: try row.string(2), tier: tier, payload: Array(try row.string(4).utf8), tenant: row[1],
-                               idempotencyKey: row[5], correlationID: row[6], enqueuedAt: try row.timestamp(7), id: try row.uuid(0))
+                               idempotencyKey: row[5], correlationID: row[6], enqueuedAt: try row.timestamp(7), id: try row.uuid(0),
+                               concurrencyKey: row[8], concurrencyLimit: row[9] == nil ? 1 : try row.int(9))
         }.sorted { $0.enqueuedAt < $1.enqueuedAt }
         guard !jobs.isEmpty else { return (0, []) }
         let confirmedIndexes = Set(await publish(jobs))

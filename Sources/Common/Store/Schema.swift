@@ -317,5 +317,21 @@ package enum Schema {
                 updated_at timestamptz NOT NULL
             );
             """),
+        Migration(version: 16, name: "concurrency_leases: per-key concurrency across every consumer", sql: """
+            -- A job with a concurrency key runs only while it holds one of its key's `limit`
+            -- slots (ConcurrencyLeases). A slot is taken by insert, or by update once its lease
+            -- expired (a crashed holder); its holder refreshes expires_at while the job runs.
+            CREATE TABLE concurrency_leases (
+                key text NOT NULL,
+                slot integer NOT NULL,
+                job_id uuid NOT NULL,
+                holder text NOT NULL,
+                expires_at timestamptz NOT NULL,
+                PRIMARY KEY (key, slot)
+            );
+            CREATE INDEX concurrency_leases_holder_idx ON concurrency_leases (holder);
+            -- Delayed and outbox jobs keep their key until published.
+            ALTER TABLE delayed_jobs ADD COLUMN concurrency_key text, ADD COLUMN concurrency_limit integer;
+            """),
     ]
 }

@@ -111,7 +111,8 @@ struct JobsAPI: Sendable {
 
     private func acceptJob(_ request: Request, token: APIToken, requestID: String) async throws(APIError) -> (Response, String?) {
         let body = try await jsonBody(request)
-        let request = try parseJob(body, token: token, allowed: ["type", "payload", "idempotency_key", "run_at", "delay_seconds"])
+        let request = try parseJob(body, token: token, allowed: ["type", "payload", "idempotency_key", "run_at", "delay_seconds",
+                                                                  "concurrency_key", "concurrency_limit"])
         var job = request.envelope(correlationID: requestID)
         if let runAt = try parseRunAt(body, now: job.enqueuedAt), runAt > job.enqueuedAt {
             job.enqueuedAt = runAt  // it enters its queue then (and job_runs' partition of that day)
@@ -379,8 +380,18 @@ struct JobsAPI: Sendable {
         }
         let payload = member("payload").map { Array(body[$0.value]) } ?? Array("{}".utf8)
         let idempotencyKey = try string("idempotency_key")
+        let concurrencyKey = try string("concurrency_key")
+        var concurrencyLimit: Int?
+        if let limit = member("concurrency_limit") {
+            guard limit.kind == .number, let value = JobRequest.integer(body[limit.value]) else {
+                throw APIError(.unprocessableContent, "invalid_field",
+                               "'\(prefix)concurrency_limit' must be an integer 1...\(JobEnvelope.maxConcurrencyLimit)", field: prefix + "concurrency_limit")
+            }
+            concurrencyLimit = value
+        }
         do throws(JobError) {
-            return try JobRequest(type: type, tier: token.tier, payload: payload, idempotencyKey: idempotencyKey, tenant: token.tenant)
+            return try JobRequest(type: type, tier: token.tier, payload: payload, idempotencyKey: idempotencyKey, tenant: token.tenant,
+                                  concurrencyKey: concurrencyKey, concurrencyLimit: concurrencyLimit)
         } catch {
             throw APIError(.unprocessableContent, "invalid_field", error.message, field: error.field.map { prefix + $0 })
         }
