@@ -35,8 +35,7 @@ extension JobsAPI {
         var invalid: [String] = []
         for (index, element) in elements.enumerated() {
             do {
-                requests.append(try parseJob(Array(jobsBytes[element.value]), token: token,
-                                             allowed: ["type", "payload", "concurrency_key", "concurrency_limit"],
+                requests.append(try parseJob(Array(jobsBytes[element.value]), token: token, allowed: ["type", "payload"],
                                              field: "jobs[\(index)]."))
             } catch {
                 invalid.append(error.item(index: index))

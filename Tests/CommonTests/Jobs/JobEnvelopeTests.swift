@@ -112,6 +112,21 @@ import Testing
         #expect(request.tenant == "t")
     }
 
+    @Test func aLinesConcurrencyKeyAndLimitReachTheEnvelopeAndBackFromItsHeaders() throws {
+        let request = try JobRequest(jsonLine: Array(#"{"type":"noop","tier":"free","concurrency_key":"ingest:t","concurrency_limit":5}"#.utf8))
+        let job = request.envelope()
+        #expect(job.concurrencyKey == "ingest:t" && job.concurrencyLimit == 5)
+        let decoded = try JobEnvelope(properties: job.outgoingMessage.properties, body: job.payload)
+        #expect(decoded.concurrencyKey == "ingest:t" && decoded.concurrencyLimit == 5)
+        for bad in [#"{"type":"noop","tier":"free","concurrency_limit":2}"#, #"{"type":"noop","tier":"free","concurrency_key":"k","concurrency_limit":1.5}"#,
+                    #"{"type":"noop","tier":"free","concurrency_key":"k","concurrency_limit":1001}"#] {
+            #expect(throws: JobError.self, "\(bad)") { try JobRequest(jsonLine: Array(bad.utf8)) }
+        }
+        var properties = job.outgoingMessage.properties
+        properties.headers[JobEnvelope.Header.concurrencyLimit] = .int(0)
+        #expect(throws: JobError.self) { try JobEnvelope(properties: properties, body: job.payload) }
+    }
+
     @Test func escapedStringsAreDecodedAndNullMeansAbsent() throws {
         let line = #"{"type":"no\u006fp","tier":"fr\u0065e","payload":null,"tenant":"caf\u00e9 \ud83d\ude00","idempotency_key":null}"#
         let request = try JobRequest(jsonLine: Array(line.utf8))

@@ -10,6 +10,27 @@ struct HTTPAPITests {
         try await APIServer.with(extra: extra) { server, connection, _ in try await body(server, connection) }
     }
 
+    @Test func aConcurrencyKeyTravelsToTheBrokerAndABadLimitIsRefusedPublishingNothing() async throws {
+        try await withServer { server, connection in
+            let token = try await server.token(tier: "premium", scopes: "jobs:write")
+            for bad in [#"{"type":"noop","concurrency_limit":2}"#, #"{"type":"noop","concurrency_key":"k","concurrency_limit":0}"#,
+                        #"{"type":"noop","concurrency_key":"k","concurrency_limit":"2"}"#, #"{"type":"noop","concurrency_key":""}"#] {
+                let (status, _, body) = try await server.request("POST", "/v1/jobs", token: token, body: bad)
+                #expect(status == 422 && body.contains("concurrency_"), "\(bad): \(body)")
+            }
+            #expect(try await connection.withControl { try $0.readyCount(.premium) } == 0, "a refused request published nothing")
+            let (status, _, body) = try await server.request("POST", "/v1/jobs", token: token,
+                                                            body: #"{"type":"noop","concurrency_key":"ingest:acme","concurrency_limit":3}"#)
+            #expect(status == 202, "\(body)")
+            let deliveries = try await connection.consume(queue: Tier.premium.queueName(tenant: "acme"), prefetch: 1)
+            var iterator = deliveries.makeAsyncIterator()
+            let delivery = try #require(try await iterator.next())
+            #expect(delivery.properties.headers[JobEnvelope.Header.concurrencyKey]?.stringValue == "ingest:acme")
+            let job = try JobEnvelope(properties: delivery.properties, body: delivery.body)
+            #expect(job.concurrencyKey == "ingest:acme" && job.concurrencyLimit == 3)
+        }
+    }
+
     @Test func acceptedJobsAreConfirmedInTheTokensTierWithTheRequestIdAsCorrelation() async throws {
         try await withServer { server, connection in
             let token = try await server.token(tier: "premium", scopes: "jobs:write")
