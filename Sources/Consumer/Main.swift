@@ -98,8 +98,12 @@ struct ConsumerCommand: AsyncParsableCommand {
                 }
                 configuration.exitWhenIdle = idle
             }
-            consumerConfiguration = configuration
             notify = try NotifyConfiguration(environment: environment)
+            // A limit on the notification service, unless WARREN_RATE_LIMITED_TYPES names one for message.send.
+            if let limit = notify.destinationLimit, configuration.outboundLimits.byType[MessageSendHandler.jobType] == nil {
+                configuration.outboundLimits.byType[MessageSendHandler.jobType] = limit
+            }
+            consumerConfiguration = configuration
             admin = try AdminServer.address(flag: adminPort, environment: environment)
             amqp = try AMQPConfiguration(url: amqpURL ?? settings.amqpURL, connectionName: "consumer \(configuration.consumerID)")
         } catch let error as ValidationError {

@@ -137,8 +137,12 @@ package final class AMQPConnection: Sendable {
         return AMQPDeliveries(stream: stream, consumerTag: consumerTag)
     }
 
-    /// Stops a consumer: no new deliveries after this returns. Its channel stays open so
-    /// deliveries already received can still be acked.
+    /// Stops a consumer: no new deliveries after this returns. Its stream ends once the
+    /// deliveries sent before the cancel-ok are in it; once every delivery of it is settled
+    /// (acked, nacked or rejected) its channel goes to the next consumer started (never
+    /// closed: see `AMQPDriver.retireIfSettled`). So a consumer can be replaced by one with
+    /// another prefetch (consume, then cancel the old one) with nothing dropped, left unacked
+    /// or redelivered.
     package func cancel(consumerTag: String) async throws {
         try await onThread { driver in try driver.cancelConsumer(consumerTag) }
     }

@@ -34,6 +34,9 @@ final class AMQPDriver: @unchecked Sendable {
         var tag: String
         var channel: amqp_channel_t
         var cancelled = false
+        /// Its stream has ended (after a cancel: once every frame read before the cancel-ok
+        /// was dispatched, so no delivery is dropped on a finished stream).
+        var finished = false
         /// Unacknowledged delivery tags on `channel` (reset with each new channel).
         var tags = DeliveryTagTracker()
 
@@ -79,6 +82,12 @@ final class AMQPDriver: @unchecked Sendable {
     var returned: [String: (code: UInt16, text: String)] = [:]
     var consumers: [String: Consumer] = [:]
     var nextConsumerChannel: amqp_channel_t = 3
+    /// Consumer channels whose consumer was cancelled and had every delivery settled, open
+    /// and taken again before new ones: a consumer resubscribed with a new prefetch again and
+    /// again never runs out of channels (see ``retireIfSettled(_:)``).
+    var freeChannels: [amqp_channel_t] = []
+    /// Cancelled consumers whose streams end once the frames already read are dispatched.
+    var finishing: [Consumer] = []
     /// Connecting, open, blocked, lost, backing off, closing, closed: every decision about the
     /// connection's life is the machine's; this thread carries out its actions.
     var machine: AMQPConnectionStateMachine
@@ -150,7 +159,11 @@ final class AMQPDriver: @unchecked Sendable {
             while frames < 256, let state, machine.isOpen {
                 var frame = amqp_frame_t()
                 let status = warren_poll_frame(state, &frame)
-                if status == AMQP_STATUS_TIMEOUT.rawValue { break }
+                if status == AMQP_STATUS_TIMEOUT.rawValue {
+                    // Every frame read so far is dispatched: cancelled consumers' streams may end.
+                    if !finishing.isEmpty { finishCancelled() }
+                    break
+                }
                 if status != AMQP_STATUS_OK.rawValue {
                     lose(AMQPError.status(status, "amqp_simple_wait_frame_noblock", code: .connectionLost))
                     break
@@ -231,6 +244,7 @@ final class AMQPDriver: @unchecked Sendable {
         confirms = ConfirmWindow()
         returned.removeAll()
         nextConsumerChannel = 3
+        freeChannels.removeAll()
         waitingForRoom = false
         ok = true
         do {
@@ -259,13 +273,14 @@ final class AMQPDriver: @unchecked Sendable {
     /// permissions change, the connection dropping again) fails this connection attempt with
     /// every consumer kept, so the reconnect loop tries again after its backoff.
     private func resubscribeConsumers() throws {
+        finishCancelled()
         let active = consumers.values.filter { !$0.cancelled }
         consumers.removeAll()
         for consumer in active {
             do {
-                let tag = try subscribe(consumer.request, tag: consumer.tag)
+                let (tag, channel) = try subscribe(consumer.request, tag: consumer.tag)
                 consumer.tag = tag
-                consumer.channel = nextConsumerChannel - 1
+                consumer.channel = channel
                 consumer.tags = DeliveryTagTracker()
                 consumers[tag] = consumer
             } catch where error.replyCode != 404 {
@@ -291,6 +306,8 @@ final class AMQPDriver: @unchecked Sendable {
         destroy()
         for pending in confirms.reset() { pending.complete(.failure(lost)) }
         failWaiting(lost)
+        // Cancelled consumers get nothing more on this connection.
+        if !finishing.isEmpty { finishCancelled() }
     }
 
     private func failWaiting(_ error: AMQPError) {
@@ -313,6 +330,7 @@ final class AMQPDriver: @unchecked Sendable {
         destroy()
         for pending in confirms.reset() { pending.complete(.failure(error)) }
         failWaiting(error)
+        finishing.removeAll()
         for consumer in consumers.values {
             if machine.closeWasRequested { consumer.continuation.finish() } else { consumer.continuation.finish(throwing: error) }
         }
@@ -368,7 +386,14 @@ final class AMQPDriver: @unchecked Sendable {
             amqp_destroy_message(&message)
             if let consumer = consumers[delivery.consumerTag] {
                 consumer.tags.receive(delivery.deliveryTag)
-                consumer.continuation.yield(delivery)
+                if consumer.finished {
+                    // Cannot happen after a cancel-ok (the broker sends nothing more); were it
+                    // to, hand it back rather than hold it unacked on an open channel.
+                    logger.warning("delivery for a consumer whose stream ended; requeued", metadata: ["amqp.consumer_tag": "\(consumer.tag)"])
+                    try? settle(delivery, kind: .reject(requeue: true))
+                } else {
+                    consumer.continuation.yield(delivery)
+                }
             }
         case WARREN_BASIC_ACK:
             let ack = method.decoded.assumingMemoryBound(to: amqp_basic_ack_t.self).pointee
@@ -530,18 +555,24 @@ final class AMQPDriver: @unchecked Sendable {
 
     func startConsumer(_ request: ConsumeRequest, continuation: AsyncThrowingStream<AMQPDelivery, any Error>.Continuation) throws -> String {
         try requireConnected("amqp_basic_consume")
-        let tag = try subscribe(request, tag: request.requestedTag)
-        consumers[tag] = Consumer(request: request, continuation: continuation, tag: tag, channel: nextConsumerChannel - 1)
+        let (tag, channel) = try subscribe(request, tag: request.requestedTag)
+        consumers[tag] = Consumer(request: request, continuation: continuation, tag: tag, channel: channel)
         return tag
     }
 
-    /// Opens the next consumer channel, sets its prefetch and starts basic.consume on it.
-    private func subscribe(_ request: ConsumeRequest, tag: String) throws(AMQPError) -> String {
+    /// Opens a consumer channel (or takes a freed one), sets its prefetch and starts
+    /// basic.consume on it. Returns the consumer tag and the channel.
+    private func subscribe(_ request: ConsumeRequest, tag: String) throws(AMQPError) -> (String, amqp_channel_t) {
         guard let state else { throw AMQPError(.notConnected, function: "amqp_basic_consume", message: "not connected") }
-        let channel = nextConsumerChannel
-        nextConsumerChannel += 1
-        amqp_channel_open(state, channel)
-        try check(amqp_get_rpc_reply(state), "amqp_channel_open", code: .connectionLost, state: state)
+        let channel: amqp_channel_t
+        if let free = freeChannels.popLast() {
+            channel = free  // open already, its last consumer cancelled and settled
+        } else {
+            channel = nextConsumerChannel
+            nextConsumerChannel += 1
+            amqp_channel_open(state, channel)
+            try check(amqp_get_rpc_reply(state), "amqp_channel_open", code: .connectionLost, state: state)
+        }
         amqp_basic_qos(state, channel, 0, request.prefetch, 0)
         try check(amqp_get_rpc_reply(state), "amqp_basic_qos", code: .serverClosed, state: state, channel: channel)
         let arena = CArena()
@@ -551,17 +582,47 @@ final class AMQPDriver: @unchecked Sendable {
         try check(amqp_get_rpc_reply(state), "amqp_basic_consume(\(request.queue))", code: .serverClosed, state: state, channel: channel)
         guard let ok else { throw AMQPError(.library, function: "amqp_basic_consume", message: "no consume-ok") }
         logger.debug("AMQP consumer started", metadata: ["amqp.queue": "\(request.queue)", "amqp.prefetch": "\(request.prefetch)"])
-        return String(amqpBytes: ok.pointee.consumer_tag)
+        return (String(amqpBytes: ok.pointee.consumer_tag), channel)
     }
 
+    /// basic.cancel: no deliveries after the cancel-ok. Frames read while waiting for it
+    /// (deliveries sent before it) are queued by librabbitmq and dispatched by the serve loop,
+    /// so the stream ends only once they are (``finishCancelled()``). Once every delivery of
+    /// the consumer is settled its channel is freed for the next one (``retireIfSettled(_:)``).
     func cancelConsumer(_ tag: String) throws {
         try requireConnected("amqp_basic_cancel")
-        guard let consumer = consumers[tag], let state else { return }
+        guard let consumer = consumers[tag], !consumer.cancelled, let state else { return }
         consumer.cancelled = true
         let arena = CArena()
         amqp_basic_cancel(state, consumer.channel, arena.bytes(tag))
         try check(amqp_get_rpc_reply(state), "amqp_basic_cancel", code: .serverClosed, state: state, channel: consumer.channel)
-        consumer.continuation.finish()
+        finishing.append(consumer)
+    }
+
+    /// Ends the streams of consumers cancelled here, and frees the channels of those with
+    /// nothing left to settle.
+    private func finishCancelled() {
+        let ended = finishing
+        finishing.removeAll()
+        for consumer in ended where !consumer.finished {
+            consumer.finished = true
+            consumer.continuation.finish()
+            retireIfSettled(consumer)
+        }
+    }
+
+    /// Frees a cancelled, ended consumer's channel once none of its deliveries is unsettled:
+    /// the next subscription takes it (a new `basic.qos` applies to consumers started after it,
+    /// and with nothing of the old consumer outstanding a `multiple` ack of the new one covers
+    /// only its own tags). The channel is not closed: a quorum queue applies the acks of a
+    /// closing channel after it returns the channel's messages (its settles are low-priority
+    /// commands, overtaken by the channel's `down`), so messages acked just before a
+    /// channel.close came back redelivered in `ResubscribeTests`.
+    private func retireIfSettled(_ consumer: Consumer) {
+        guard consumer.cancelled, consumer.finished, consumer.tags.outstanding == 0, consumers[consumer.tag] === consumer,
+              machine.hasLiveSocket else { return }
+        consumers[consumer.tag] = nil
+        freeChannels.append(consumer.channel)
     }
 
     func settle(_ delivery: AMQPDelivery, kind: Settlement) throws {
@@ -570,18 +631,22 @@ final class AMQPDriver: @unchecked Sendable {
         }
         // Never settle a tag twice (the broker would close the channel): the tracker knows
         // what is outstanding.
-        if let consumer = consumers[delivery.consumerTag] {
-            let multiple: Bool
-            switch kind {
-            case .ack(let flag), .nack(let flag, _): multiple = flag
-            case .reject: multiple = false
-            }
-            if multiple {
-                consumer.tags.settleAll(upTo: delivery.deliveryTag)
-            } else if consumer.tags.settle(CollectionOfOne(delivery.deliveryTag)).isEmpty {
-                throw AMQPError(.invalidArgument, function: "settle", message: "delivery \(delivery.deliveryTag) is not outstanding (settled already?)")
-            }
+        // (A retired consumer's channel is closed, its number maybe reused: it has nothing
+        // outstanding, so a delivery of it is settled already.)
+        guard let consumer = consumers[delivery.consumerTag] else {
+            throw AMQPError(.invalidArgument, function: "settle", message: "delivery \(delivery.deliveryTag) is not outstanding (settled already?)")
         }
+        let multiple: Bool
+        switch kind {
+        case .ack(let flag), .nack(let flag, _): multiple = flag
+        case .reject: multiple = false
+        }
+        if multiple {
+            consumer.tags.settleAll(upTo: delivery.deliveryTag)
+        } else if consumer.tags.settle(CollectionOfOne(delivery.deliveryTag)).isEmpty {
+            throw AMQPError(.invalidArgument, function: "settle", message: "delivery \(delivery.deliveryTag) is not outstanding (settled already?)")
+        }
+        defer { if consumer.cancelled { retireIfSettled(consumer) } }
         let status: Int32
         let function: String
         switch kind {
@@ -625,6 +690,7 @@ final class AMQPDriver: @unchecked Sendable {
                     throw error
                 }
             }
+            if consumer.cancelled { retireIfSettled(consumer) }
         }
         return stale
     }
@@ -694,3 +760,4 @@ extension timeval {
         self.init(tv_sec: Int(seconds), tv_usec: Int(attoseconds / 1_000_000_000_000))
     }
 }
+

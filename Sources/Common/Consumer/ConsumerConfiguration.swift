@@ -42,6 +42,9 @@ package struct ConsumerConfiguration: Sendable {
     /// How long a keyed job's concurrency slot outlives its last refresh (refreshed every
     /// third of it while the job runs): how soon a slot of a crashed consumer frees.
     package var keyLeaseTTL: Duration
+    /// The start-latency targets of the tiers above this pool's: while one is missed, this
+    /// pool gives way (see ``AdmissionControl``).
+    package var tierTargets: TierTargets
     /// Keyed jobs that may wait here for their key (holding a prefetched delivery, no worker
     /// slot); past it, they go back to the 1 s delay queue (no attempt spent).
     package var maxKeyWaiting: Int {
@@ -83,6 +86,7 @@ package struct ConsumerConfiguration: Sendable {
         outboundLimits = OutboundLimits()
         nice = nil
         keyLeaseTTL = .seconds(30)
+        tierTargets = TierTargets()
     }
 
     /// Reads the `WARREN_*` variables over the tier's defaults.
@@ -117,6 +121,7 @@ package struct ConsumerConfiguration: Sendable {
         outboundLimits = try OutboundLimits(environment: environment)
         if let number = try reader.integer("WARREN_NICE", 0...19) { nice = Int32(number) }
         if let duration = try reader.seconds("WARREN_KEY_LEASE_SECONDS", 0.3...3_600) { keyLeaseTTL = duration }
+        tierTargets = try TierTargets(environment: environment)
     }
 
     /// An overflow pool over `tiers` (any order; it serves them highest first), with the

@@ -72,11 +72,15 @@ package final class JobConsumer: Sendable {
     private let controlQueue: String
     /// How often `api_jobs` is polled for cancellation requests the fanout may have missed.
     private let cancellationPoll: Duration = .seconds(2)
+    /// Pressure reports, and this pool's grant when it gives way to a higher tier.
+    private let admission: AdmissionControl
 
     private struct State {
         var stopRequested = false
-        /// One per subscribed tier queue, once subscribed.
+        /// One per subscribed tier queue, once subscribed (replaced when the prefetch changes).
         var consumerTags: [String] = []
+        /// Subscriptions started so far: makes each consumer tag unique on the connection.
+        var subscriptionsStarted = 0
         var inFlight = 0
         var idleWaiters: [CheckedContinuation<Void, Never>] = []
         var lastDelivery = ContinuousClock.now
@@ -110,6 +114,7 @@ package final class JobConsumer: Sendable {
         metrics = tierMetrics[configuration.tier]!
         writer = ResultWriter(store: store, connection: connection, maxRows: configuration.batchMaxRows,
                               maxDelay: configuration.batchMaxDelay, metrics: metrics, logger: logger)
+        admission = AdmissionControl(configuration: configuration)
         let stopping = StopFlag()
         self.stopping = stopping
         gate = StartGate(store: store, logger: logger, stopping: { stopping.isSet })
@@ -133,11 +138,7 @@ package final class JobConsumer: Sendable {
             // runs as fast as the tier did before lanes.
             for tier in configuration.tiers {
                 for lane in 0..<Tier.lanes {
-                    var tag = "warren-\(configuration.consumerID)"
-                    if configuration.tiers.count > 1 { tag += "-\(tier.rawValue)" }
-                    if lane > 0 { tag += "-\(lane)" }
-                    subscriptions.append((tier, lane, try await connection.consume(queue: tier.queueName(lane: lane), prefetch: configuration.prefetch,
-                                                                                   priority: configuration.subscriptionPriority, tag: tag)))
+                    subscriptions.append((tier, lane, try await subscribe(tier, lane: lane, prefetch: configuration.prefetch)))
                 }
             }
         } catch {
@@ -162,6 +163,7 @@ package final class JobConsumer: Sendable {
         let controlTask = Task { await listen(to: controlMessages) }
         let pollTask = Task { await pollCancellations() }
         let leaseTask = Task { await refreshLeases() }
+        let reportTask = Task { await reportPressure() }
         let idleMonitor = configuration.exitWhenIdle.map { idle in Task { await watchForIdle(idle) } }
         let limiter = Limiter(limit: configuration.concurrency)
 
@@ -175,6 +177,12 @@ package final class JobConsumer: Sendable {
             }
             let backlogTask = configuration.tiers.count > 1 ? Task { await countBacklogs(into: inbox) } : nil
             defer { backlogTask?.cancel() }
+            let dispatching = StopFlag()
+            defer { dispatching.set() }
+            if admission.adapts {
+                let lanes = subscriptions.map { (tier: $0.tier, lane: $0.lane) }
+                jobs.addTask { await self.adapt(lanes: lanes, inbox: inbox, limiter: limiter, until: dispatching) }
+            }
             while true {
                 await limiter.acquire()
                 guard let delivery = await inbox.next() else {
@@ -189,6 +197,7 @@ package final class JobConsumer: Sendable {
                     limiter.release()
                 }
             }
+            dispatching.set()
             if let error = inbox.failure {
                 logger.error("deliveries ended with an error; shutting down", metadata: ["error": "\(error)"])
                 deliveriesError = error
@@ -213,6 +222,7 @@ package final class JobConsumer: Sendable {
         controlTask.cancel()
         pollTask.cancel()
         leaseTask.cancel()
+        reportTask.cancel()
 
         // Flush what finished, ack it, then close (unacked deliveries go back to the queue).
         writer.close()
@@ -291,6 +301,76 @@ package final class JobConsumer: Sendable {
         }
     }
 
+    /// Starts a consumer on `tier`'s `lane` with `prefetch`, its tag unique on the connection.
+    private func subscribe(_ tier: Tier, lane: Int, prefetch: UInt16) async throws -> AMQPDeliveries {
+        let started = state.withLock { state -> Int in
+            defer { state.subscriptionsStarted += 1 }
+            return state.subscriptionsStarted
+        }
+        var tag = "warren-\(configuration.consumerID)"
+        if configuration.tiers.count > 1 { tag += "-\(tier.rawValue)" }
+        if lane > 0 { tag += "-\(lane)" }
+        if started >= configuration.tiers.count * Tier.lanes { tag += "-p\(prefetch)-\(started)" }
+        return try await connection.consume(queue: tier.queueName(lane: lane), prefetch: prefetch,
+                                            priority: configuration.subscriptionPriority, tag: tag)
+    }
+
+    // MARK: - Adaptive admission
+
+    /// Sends this consumer's pressure reports (see ``AdmissionControl``) until cancelled.
+    private func reportPressure() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: AdmissionControl.reportInterval)
+            let reports = admission.reports(consumerID: configuration.consumerID)
+            guard !reports.isEmpty, !Task.isCancelled else { continue }
+            let results = await connection.publish(reports.map { ControlMessage.pressure($0).outgoing })
+            if case .failure(let error)? = results.first(where: { if case .failure = $0 { true } else { false } }) {
+                logger.debug("cannot send pressure reports", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    /// A lower tier's pool: every ``AdmissionControl/decideInterval``, the grant for now;
+    /// when it changes, the limiter at once and the prefetch by subscribing each lane again
+    /// (fresh channels) and cancelling the old subscriptions, whose deliveries still run.
+    /// Ends once the consumer stops.
+    private func adapt(lanes: [(tier: Tier, lane: Int)], inbox: TierInbox, limiter: Limiter, until ended: StopFlag) async {
+        var applied = configuration.prefetch
+        await withDiscardingTaskGroup { fills in
+            while !stopping.isSet, !ended.isSet {
+                try? await Task.sleep(for: AdmissionControl.decideInterval)
+                if stopping.isSet || ended.isSet { break }
+                let grant = admission.decide()
+                if let grant {
+                    limiter.resize(to: grant.concurrency)
+                    logger.info("admission changed: giving way to a higher tier behind its target", metadata: [
+                        "concurrency": "\(grant.concurrency)", "prefetch": "\(grant.prefetch)", "admission": "\(admission.statusJSON)",
+                    ])
+                }
+                let wanted = admission.granted.prefetch
+                guard wanted != applied else { continue }
+                do {
+                    for (index, subscription) in lanes.enumerated() {
+                        guard !stopping.isSet, !ended.isSet else { break }
+                        let deliveries = try await subscribe(subscription.tier, lane: subscription.lane, prefetch: wanted)
+                        inbox.opened()
+                        fills.addTask { await inbox.fill(subscription.tier, lane: subscription.lane, from: deliveries) }
+                        let old = state.withLock { state -> String? in
+                            guard !state.stopRequested, index < state.consumerTags.count else { return nil }
+                            defer { state.consumerTags[index] = deliveries.consumerTag }
+                            return state.consumerTags[index]
+                        }
+                        // Stopping already: the new one goes too (stop cancelled the old one).
+                        try await connection.cancel(consumerTag: old ?? deliveries.consumerTag)
+                    }
+                    applied = wanted
+                } catch {
+                    logger.warning("cannot change the prefetch; trying again", metadata: ["error": "\(error)", "prefetch": "\(wanted)"])
+                }
+            }
+        }
+    }
+
     // MARK: - Admin port
 
     /// What `/readyz` reports down: the broker (connection lost) or the database (no answer).
@@ -306,7 +386,7 @@ package final class JobConsumer: Sendable {
     package func statusJSON(extra: [(name: String, json: String)] = []) async -> String {
         let (inFlight, stopping) = state.withLock { ($0.inFlight, $0.stopRequested) }
         let members = extra.map { ",\(JSONText.quoted($0.name)):\($0.json)" }.joined()
-        return #"{"service":"consumer","consumer_id":\#(JSONText.quoted(configuration.consumerID)),"tier":"\#(configuration.tier.rawValue)","queue":"\#(configuration.tier.queueName)","lanes":\#(Tier.lanes),"tiers":[\#(configuration.tiers.map { "\"\($0.rawValue)\"" }.joined(separator: ","))],"subscription_priority":\#(configuration.subscriptionPriority.map(String.init) ?? "0"),"concurrency":\#(configuration.concurrency),"prefetch":\#(configuration.prefetch),"in_flight":\#(inFlight),"unwritten_results":\#(writer.pending),"cancellation_requests":\#(cancellations.count),"broker_connected":\#(connection.isConnected),"stopping":\#(stopping)\#(members)}"#
+        return #"{"service":"consumer","consumer_id":\#(JSONText.quoted(configuration.consumerID)),"tier":"\#(configuration.tier.rawValue)","queue":"\#(configuration.tier.queueName)","lanes":\#(Tier.lanes),"tiers":[\#(configuration.tiers.map { "\"\($0.rawValue)\"" }.joined(separator: ","))],"subscription_priority":\#(configuration.subscriptionPriority.map(String.init) ?? "0"),"concurrency":\#(configuration.concurrency),"prefetch":\#(configuration.prefetch),"admission":\#(admission.statusJSON),"in_flight":\#(inFlight),"unwritten_results":\#(writer.pending),"cancellation_requests":\#(cancellations.count),"broker_connected":\#(connection.isConnected),"stopping":\#(stopping)\#(members)}"#
     }
 
     // MARK: - Cancellation requests
@@ -323,7 +403,9 @@ package final class JobConsumer: Sendable {
     private func listen(to messages: AMQPDeliveries) async {
         do {
             for try await message in messages {
-                if case .cancel(let job, let tier)? = ControlMessage(body: message.body), configuration.tiers.contains(tier) {
+                if case .pressure(let report)? = ControlMessage(body: message.body) {
+                    admission.receive(report)
+                } else if case .cancel(let job, let tier)? = ControlMessage(body: message.body), configuration.tiers.contains(tier) {
                     let running = cancellations.request([job])
                     logger.info("cancellation requested", metadata: ["job_id": "\(job.lowercasedString)",
                                                                      "running": "\(running > 0)"])
@@ -602,7 +684,13 @@ package final class JobConsumer: Sendable {
             return
         }
         // A rate-limited job starts once its turn came: that is its start.
-        if configuration.outboundLimits.byType[job.type] != nil { startedAt = .now() }
+        if configuration.outboundLimits.byType[job.type] != nil {
+            startedAt = .now()
+        } else if job.seq == 0, !delivery.redelivered, job.concurrencyKey == nil {
+            // The tier's pressure: how long first deliveries waited (a retry's, a deferral's or
+            // a key's wait is its own).
+            admission.latencies.record(job.tier, milliseconds: Int(max(0, startedAt.microseconds - job.enqueuedAt.microseconds) / 1_000))
+        }
         let clockStart = ContinuousClock.now
         let outcome: JobOutcome
         if let handler = handlers.handler(for: job.type) {
@@ -781,21 +869,24 @@ package final class JobConsumer: Sendable {
 }
 
 /// A counting semaphore for the bounded job group: `acquire` waits while `limit` jobs run.
+/// ``resize(to:)`` changes the limit: a lower one takes effect as running jobs end (none is
+/// stopped), a higher one wakes waiters at once.
 final class Limiter: Sendable {
     private struct State {
-        var available: Int
+        var limit: Int
+        var inUse = 0
         var waiters: [CheckedContinuation<Void, Never>] = []
     }
 
     private let state: Mutex<State>
 
-    init(limit: Int) { state = Mutex(State(available: limit)) }
+    init(limit: Int) { state = Mutex(State(limit: limit)) }
 
     func acquire() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let granted = state.withLock { state -> Bool in
-                if state.available > 0 {
-                    state.available -= 1
+                if state.inUse < state.limit {
+                    state.inUse += 1
                     return true
                 }
                 state.waiters.append(continuation)
@@ -806,14 +897,29 @@ final class Limiter: Sendable {
     }
 
     func release() {
-        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
-            if state.waiters.isEmpty {
-                state.available += 1
-                return nil
-            }
-            return state.waiters.removeFirst()
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.inUse -= 1
+            return Self.admit(&state)
         }
-        waiter?.resume()
+        for waiter in waiters { waiter.resume() }
+    }
+
+    func resize(to limit: Int) {
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.limit = max(1, limit)
+            return Self.admit(&state)
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    /// The waiters that fit under the limit now, counted in.
+    private static func admit(_ state: inout State) -> [CheckedContinuation<Void, Never>] {
+        var admitted: [CheckedContinuation<Void, Never>] = []
+        while state.inUse < state.limit, !state.waiters.isEmpty {
+            state.inUse += 1
+            admitted.append(state.waiters.removeFirst())
+        }
+        return admitted
     }
 }
 

@@ -74,6 +74,12 @@ final class TierInbox: Sendable {
     /// The first error a subscription ended with.
     var failure: (any Error)? { state.withLock { $0.failure } }
 
+    /// One more subscription will ``fill(_:lane:from:)`` (one replacing another: counted
+    /// before the old one ends, so the inbox never looks finished in between).
+    func opened() {
+        state.withLock { $0.open += 1 }
+    }
+
     /// Reads `deliveries` (of `tier`'s `lane`) into the inbox until it ends (or fails).
     func fill(_ tier: Tier, lane: Int = 0, from deliveries: AMQPDeliveries) async {
         do {

@@ -3,29 +3,45 @@ import Foundation
 /// A message on the `warren.control` fanout exchange, which every consumer hears through a
 /// queue of its own (exclusive, deleted with its connection).
 ///
-/// Body: `{"action":"cancel","job_id":"<uuid>","tier":"<tier>"}`. Control messages are
-/// hints for speed; what they say is also in Postgres, which consumers poll, so one lost
-/// while a consumer reconnects is picked up a few seconds later.
+/// Bodies:
+/// - `{"action":"cancel","job_id":"<uuid>","tier":"<tier>"}`: a cancellation request. Control
+///   messages are hints for speed; a cancellation is also in Postgres, which consumers poll,
+///   so one lost while a consumer reconnects is picked up a few seconds later.
+/// - `{"action":"pressure","tier":"<tier>","consumer_id":"...","p99_ms":12,"jobs":40}`: a
+///   consumer's start-latency p99 of one tier over its last report window (see
+///   ``AdmissionControl``). Lost ones only age the picture: the next comes within a second.
 package enum ControlMessage: Sendable, Equatable {
     case cancel(job: UUID, tier: Tier)
+    case pressure(PressureReport)
 
     package var outgoing: AMQPOutgoingMessage {
+        let body: String
         switch self {
         case .cancel(let job, let tier):
-            let body = JSONText.object(["action": "cancel", "job_id": job.lowercasedString, "tier": tier.rawValue])
-            var properties = AMQPProperties()
-            properties.contentType = "application/json"
-            return AMQPOutgoingMessage(exchange: Topology.controlExchange, routingKey: "", properties: properties,
-                                       body: Array(body.utf8), mandatory: false)
+            body = JSONText.object(["action": "cancel", "job_id": job.lowercasedString, "tier": tier.rawValue])
+        case .pressure(let report):
+            body = #"{"action":"pressure","tier":"\#(report.tier.rawValue)","consumer_id":\#(JSONText.quoted(report.consumerID)),"p99_ms":\#(report.p99Milliseconds),"jobs":\#(report.jobs)}"#
         }
+        var properties = AMQPProperties()
+        properties.contentType = "application/json"
+        return AMQPOutgoingMessage(exchange: Topology.controlExchange, routingKey: "", properties: properties,
+                                   body: Array(body.utf8), mandatory: false)
     }
 
     /// Parses a control message body; nil for anything this version does not understand
     /// (a newer fleet may send more kinds).
     package init?(body: [UInt8]) {
-        guard let fields = PayloadFields(body), fields.string("action") == "cancel",
-              let id = fields.string("job_id").flatMap(UUID.init(uuidString:)),
-              let tier = fields.string("tier").flatMap(Tier.init(rawValue:)) else { return nil }
-        self = .cancel(job: id, tier: tier)
+        guard let fields = PayloadFields(body), let tier = fields.string("tier").flatMap(Tier.init(rawValue:)) else { return nil }
+        switch fields.string("action") {
+        case "cancel":
+            guard let id = fields.string("job_id").flatMap(UUID.init(uuidString:)) else { return nil }
+            self = .cancel(job: id, tier: tier)
+        case "pressure":
+            guard let consumer = fields.string("consumer_id"), let p99 = fields.int("p99_ms"), p99 >= 0,
+                  let jobs = fields.int("jobs"), jobs >= 0 else { return nil }
+            self = .pressure(PressureReport(tier: tier, consumerID: consumer, p99Milliseconds: p99, jobs: jobs))
+        default:
+            return nil
+        }
     }
 }

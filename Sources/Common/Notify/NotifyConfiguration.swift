@@ -7,6 +7,7 @@ package struct NotifyConfiguration: Sendable, Equatable {
         package static let url = "WARREN_NOTIFY_URL"
         package static let timeout = "WARREN_NOTIFY_TIMEOUT_SECONDS"
         package static let breakerOpen = "WARREN_NOTIFY_BREAKER_OPEN_SECONDS"
+        package static let rateLimit = "WARREN_NOTIFY_RATE_LIMIT"
     }
 
     /// The notification service's endpoint (`http://127.0.0.1:8025/notify`); nil when
@@ -16,11 +17,15 @@ package struct NotifyConfiguration: Sendable, Equatable {
     package var timeout: Duration
     /// The circuit breaker of each destination (scheme, host and port of `url`).
     package var breaker: CircuitBreaker.Configuration
+    /// Calls per second to the destination, across the fleet (`WARREN_NOTIFY_RATE_LIMIT`,
+    /// `N/s`, `N/min` or `N/h`): see ``destinationLimit``.
+    package var rateLimit: Double?
 
-    package init(url: URL? = nil, timeout: Duration = .seconds(10), breaker: CircuitBreaker.Configuration = .init()) {
+    package init(url: URL? = nil, timeout: Duration = .seconds(10), breaker: CircuitBreaker.Configuration = .init(), rateLimit: Double? = nil) {
         self.url = url
         self.timeout = timeout
         self.breaker = breaker
+        self.rateLimit = rateLimit
     }
 
     /// Reads the variables; a URL that is not `http(s)://host...`, or a number out of range, is
@@ -31,6 +36,20 @@ package struct NotifyConfiguration: Sendable, Equatable {
         if let text = reader.string(Key.url) { url = try Self.parseURL(text) }
         if let duration = try reader.seconds(Key.timeout, 0.001...3_600) { timeout = duration }
         if let duration = try reader.seconds(Key.breakerOpen, 0...86_400) { breaker.openDuration = duration }
+        if let text = reader.string(Key.rateLimit) {
+            guard let rate = OutboundLimits.rate(text) else {
+                throw SettingsError(key: Key.rateLimit, message: "expects N/s, N/min or N/h, got '\(text)'")
+            }
+            rateLimit = rate
+        }
+    }
+
+    /// The outbound limit `message.send` jobs spend: one key per destination
+    /// (`destination http://host:port`), so every consumer whose `WARREN_NOTIFY_URL` names the
+    /// same service shares one bucket, whatever its tier. Nil without a URL or a rate.
+    package var destinationLimit: OutboundLimits.Limit? {
+        guard let url, let rateLimit else { return nil }
+        return OutboundLimits.Limit(key: "destination " + Self.destination(of: url), rate: rateLimit, burst: max(1, rateLimit.rounded(.down)))
     }
 
     package static func parseURL(_ text: String) throws(SettingsError) -> URL {

@@ -22,6 +22,12 @@ package struct OutboundLimits: Sendable, Equatable {
         /// How late past its turn a job may still run on it: one token's interval, at most 1 s.
         /// So any window holds at most `burst + 1 + rate × its length` starts.
         package var lateness: Duration { .milliseconds(Int64(min(1, 1 / rate) * 1_000)) }
+
+        package init(key: String, rate: Double, burst: Double) {
+            self.key = key
+            self.rate = rate
+            self.burst = burst
+        }
     }
 
     /// By job type.
@@ -56,7 +62,7 @@ package struct OutboundLimits: Sendable, Equatable {
     }
 
     /// "60/min" → 1 per second.
-    static func rate(_ text: String) -> Double? {
+    package static func rate(_ text: String) -> Double? {
         let parts = text.split(separator: "/").map { $0.trimmingCharacters(in: .whitespaces) }
         guard parts.count == 2, let count = Double(parts[0]), count > 0, count.isFinite else { return nil }
         let seconds: Double

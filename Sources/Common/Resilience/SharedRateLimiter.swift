@@ -40,12 +40,14 @@ package final class SharedRateLimiter: Sendable {
     private let local: RateLimiter
     private let logger: Logger
     private let state = Mutex(State())
-    static let leaseLifetime = Duration.seconds(1)
-    /// How long a lease request may take before the replica's own bucket decides.
-    static let leaseTimeout = Duration.milliseconds(500)
+    /// How long a lease's unspent tokens may be spent (1 s) ...
+    private let leaseLifetime: Duration
+    /// ... and how long a lease request may take before the replica's own bucket decides (500 ms).
+    private let leaseTimeout: Duration
 
     private struct LeaseTimeout: Error, CustomStringConvertible {
-        var description: String { "the shared bucket did not answer within \(SharedRateLimiter.leaseTimeout)" }
+        var after: Duration
+        var description: String { "the shared bucket did not answer within \(after)" }
     }
 
     /// `body`'s answer, or ``LeaseTimeout`` once `timeout` passed, without waiting for `body`.
@@ -58,7 +60,7 @@ package final class SharedRateLimiter: Sendable {
             }
             Task {
                 try? await Task.sleep(for: timeout)
-                race.finish(.failure(LeaseTimeout()))
+                race.finish(.failure(LeaseTimeout(after: timeout)))
                 work.cancel()
             }
         }
@@ -78,7 +80,10 @@ package final class SharedRateLimiter: Sendable {
         }
     }
 
-    package init(limits: [Tier: RateLimiter.Limit] = RateLimiter.defaults, logger: Logger, take: @escaping Take) {
+    package init(limits: [Tier: RateLimiter.Limit] = RateLimiter.defaults, leaseLifetime: Duration = .seconds(1),
+                 leaseTimeout: Duration = .milliseconds(500), logger: Logger, take: @escaping Take) {
+        self.leaseLifetime = leaseLifetime
+        self.leaseTimeout = leaseTimeout
         self.limits = limits
         self.take = take
         self.local = RateLimiter(limits: limits)
@@ -139,7 +144,7 @@ package final class SharedRateLimiter: Sendable {
         do {
             // A slow answer counts as none: requests wait at most this for a lease (the query
             // is left to finish on its own; what it grants then is lost, never over-admitted).
-            grant = try await Self.within(Self.leaseTimeout) { try await self.take(key, limit.rate, limit.burst, Self.leaseSize(limit)) }
+            grant = try await Self.within(leaseTimeout) { try await self.take(key, limit.rate, limit.burst, Self.leaseSize(limit)) }
         } catch {
             grant = nil
             Counter(label: "warren_rate_limit_fallback_total").increment()
@@ -155,7 +160,7 @@ package final class SharedRateLimiter: Sendable {
             }
             if grant.granted >= 1 {
                 let left = state.leases[key].flatMap { $0.expires > now ? $0.tokens : nil } ?? 0
-                state.leases[key] = Lease(tokens: left + grant.granted, shared: grant.remaining, expires: now + Self.leaseLifetime)
+                state.leases[key] = Lease(tokens: left + grant.granted, shared: grant.remaining, expires: now + leaseLifetime)
                 state.emptyUntil[key] = nil
             } else {
                 state.leases[key] = nil

@@ -35,8 +35,8 @@ extension JobsAPI {
         var invalid: [String] = []
         for (index, element) in elements.enumerated() {
             do {
-                requests.append(try parseJob(Array(jobsBytes[element.value]), token: token, allowed: ["type", "payload"],
-                                             field: "jobs[\(index)]."))
+                requests.append(try parseJob(Array(jobsBytes[element.value]), token: token,
+                                             allowed: ["type", "payload", "concurrency_key", "concurrency_limit"], field: "jobs[\(index)]."))
             } catch {
                 invalid.append(error.item(index: index))
             }

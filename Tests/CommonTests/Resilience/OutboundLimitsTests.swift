@@ -46,4 +46,19 @@ struct OutboundLimitsTests {
         #expect(headers[OutboundLimits.turnHeader] == "1234")
         #expect(plan.counted == "deferred" && plan.status == .retrying)
     }
+
+    @Test func theNotificationServiceGetsOneLimitPerDestination() throws {
+        let notify = try NotifyConfiguration(environment: ["WARREN_NOTIFY_URL": "http://Notify.example:8025/notify?x=1",
+                                                           "WARREN_NOTIFY_RATE_LIMIT": "60/min"])
+        let limit = try #require(notify.destinationLimit)
+        #expect(limit.key == "destination http://notify.example:8025", "scheme, host and port only: every path shares it")
+        #expect(limit.rate == 1 && limit.burst == 1)
+        let other = try NotifyConfiguration(environment: ["WARREN_NOTIFY_URL": "http://notify.example:8025/other",
+                                                          "WARREN_NOTIFY_RATE_LIMIT": "60/min"])
+        #expect(other.destinationLimit?.key == limit.key)
+        #expect(try NotifyConfiguration(environment: ["WARREN_NOTIFY_RATE_LIMIT": "5/s"]).destinationLimit == nil, "no URL, no destination")
+        #expect(try NotifyConfiguration(environment: ["WARREN_NOTIFY_URL": "http://a:1"]).destinationLimit == nil, "no rate, no limit")
+        #expect(throws: SettingsError.self) { try NotifyConfiguration(environment: ["WARREN_NOTIFY_RATE_LIMIT": "lots"]) }
+        #expect(throws: SettingsError.self) { try NotifyConfiguration(environment: ["WARREN_NOTIFY_RATE_LIMIT": "0/s"]) }
+    }
 }

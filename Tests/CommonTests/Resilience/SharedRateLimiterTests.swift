@@ -24,8 +24,13 @@ struct SharedRateLimiterTests {
         var calls: Int { state.withLock { $0.calls } }
     }
 
-    func limiter(_ bucket: Bucket, rate: Double = 0.001, burst: Double) -> SharedRateLimiter {
-        SharedRateLimiter(limits: [.free: .init(rate: rate, burst: burst)], logger: Logger(label: "test")) { _, _, _, want in
+    /// Leases live a minute here and a lease request may take as long: on a loaded machine the
+    /// defaults (1 s, 500 ms) dropped leases and fell back to local buckets mid-test (95 of 100
+    /// admitted once). The tests that are about those times set them.
+    func limiter(_ bucket: Bucket, rate: Double = 0.001, burst: Double, leaseLifetime: Duration = .seconds(60),
+                 leaseTimeout: Duration = .seconds(60)) -> SharedRateLimiter {
+        SharedRateLimiter(limits: [.free: .init(rate: rate, burst: burst)], leaseLifetime: leaseLifetime, leaseTimeout: leaseTimeout,
+                          logger: Logger(label: "test")) { _, _, _, want in
             try bucket.take(want: want)
         }
     }

@@ -66,6 +66,29 @@ struct HTTPBatchTests {
         }
     }
 
+    @Test func batchItemsCarryTheirConcurrencyKeysAndABadLimitRejectsTheBatch() async throws {
+        try await APIServer.with { server, connection, _ in
+            let token = try await server.token(tier: "free", scopes: "jobs:write")
+            let bad = try await server.request("POST", "/v1/batches", token: token,
+                                               body: #"{"jobs":[{"type":"noop"},{"type":"noop","concurrency_limit":2}]}"#)
+            #expect(bad.0 == 422 && bad.2.contains(#""field":"jobs[1].concurrency_limit""#), "\(bad.2)")
+            #expect(try await connection.withControl { try $0.readyCount(.free) } == 0, "nothing was published")
+            let (status, _, text) = try await server.request(
+                "POST", "/v1/batches", token: token,
+                body: #"{"jobs":[{"type":"noop","concurrency_key":"ingest:acme","concurrency_limit":2},{"type":"noop"}]}"#)
+            #expect(status == 202, "\(text)")
+            let deliveries = try await connection.consume(queue: Tier.free.queueName(tenant: "acme"), prefetch: 2)
+            var iterator = deliveries.makeAsyncIterator()
+            var keys: [String] = []
+            for _ in 0..<2 {
+                let delivery = try #require(try await iterator.next())
+                let job = try JobEnvelope(properties: delivery.properties, body: delivery.body)
+                keys.append(job.concurrencyKey.map { "\($0)/\(job.concurrencyLimit)" } ?? "none")
+            }
+            #expect(keys.sorted() == ["ingest:acme/2", "none"])
+        }
+    }
+
     @Test func anInvalidItemRejectsTheWholeBatchListingEveryBadItem() async throws {
         try await APIServer.with(extra: ["WARREN_HTTP_MAX_BODY_BYTES": "200000"]) { server, connection, _ in
             let token = try await server.token(tier: "free", scopes: "jobs:write")

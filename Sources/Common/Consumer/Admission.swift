@@ -1,0 +1,262 @@
+import Foundation
+import Metrics
+import Synchronization
+
+/// How far behind a tier may fall before the tiers below it give way: a start-latency target
+/// per tier (start of work minus enqueued-at, the p99 of the last report window).
+///
+/// `WARREN_TIER_TARGET_MS_ENTERPRISE` (default 50) and `WARREN_TIER_TARGET_MS_PREMIUM`
+/// (default 250); 0 turns watching that tier off. Free has no tier below it: it has no target.
+package struct TierTargets: Sendable, Equatable {
+    package static let defaults: [Tier: Duration] = [.enterprise: .milliseconds(50), .premium: .milliseconds(250)]
+
+    /// A tier missing here is never waited for.
+    package var targets: [Tier: Duration]
+
+    package init(_ targets: [Tier: Duration] = TierTargets.defaults) { self.targets = targets }
+
+    package init(environment: [String: String]) throws(SettingsError) {
+        let reader = EnvironmentReader(environment)
+        var targets = Self.defaults
+        for tier in [Tier.enterprise, .premium] {
+            guard let value = try reader.integer("WARREN_TIER_TARGET_MS_\(tier.rawValue.uppercased())", 0...600_000) else { continue }
+            targets[tier] = value == 0 ? nil : .milliseconds(value)
+        }
+        self.init(targets)
+    }
+
+    /// The tiers a pool of `tier` gives way to: those above it with a target.
+    package func watched(by tier: Tier) -> [Tier] {
+        Tier.allCases.filter { $0.rank < tier.rank && targets[$0] != nil }
+    }
+}
+
+extension Tier {
+    /// 0 for enterprise, 1 for premium, 2 for free: lower is served first.
+    package var rank: Int { Tier.allCases.firstIndex(of: self)! }
+}
+
+/// One consumer's report of a tier's pressure, sent on `warren.control` every
+/// ``AdmissionControl/reportInterval`` while it starts jobs of that tier: the p99 of their
+/// start latencies in the window. Every consumer's control queue gets every report.
+package struct PressureReport: Sendable, Equatable {
+    package var tier: Tier
+    package var consumerID: String
+    package var p99Milliseconds: Int
+    package var jobs: Int
+
+    package init(tier: Tier, consumerID: String, p99Milliseconds: Int, jobs: Int) {
+        self.tier = tier
+        self.consumerID = consumerID
+        self.p99Milliseconds = p99Milliseconds
+        self.jobs = jobs
+    }
+}
+
+/// A tier's pressure as the reports say: the worst p99 among the consumers that reported in
+/// the last `freshFor` (a consumer that stopped starting jobs stops reporting, and its
+/// report ages out). Pure: the caller passes the clock.
+package struct PressureBoard: Sendable {
+    private var latest: [String: (report: PressureReport, at: ContinuousClock.Instant)] = [:]
+    package let freshFor: Duration
+
+    package init(freshFor: Duration = .seconds(2)) { self.freshFor = freshFor }
+
+    package mutating func receive(_ report: PressureReport, at now: ContinuousClock.Instant) {
+        latest["\(report.tier.rawValue)/\(report.consumerID)"] = (report, now)
+    }
+
+    /// The worst fresh p99 of `tier`, nil when no consumer of it reported lately.
+    package mutating func pressure(of tier: Tier, at now: ContinuousClock.Instant) -> Int? {
+        latest = latest.filter { now - $0.value.at < freshFor }
+        return latest.values.filter { $0.report.tier == tier }.map(\.report.p99Milliseconds).max()
+    }
+}
+
+/// The admission a lower tier's pool grants itself: a level 1/2^k of its configured
+/// concurrency and prefetch, k from 0 (all of it) to ``maxShift``. Pure.
+///
+/// - While a watched tier is behind its target, the level halves, at most once per
+///   `shrinkEvery` (the first step at once).
+/// - Once every watched tier is back under its target for `growAfter`, it doubles, at most
+///   once per `growEvery`.
+/// - When no watched tier has reported at all (idle: no job of it started lately), it goes
+///   straight back to 1: an idle higher tier is not at risk.
+package struct AdmissionPolicy: Sendable, Equatable {
+    package static let maxShift = 6
+
+    package private(set) var shift = 0
+    private var lastChange: ContinuousClock.Instant?
+    private var clearSince: ContinuousClock.Instant?
+    package var shrinkEvery: Duration = .seconds(1)
+    package var growAfter: Duration = .seconds(1)
+    package var growEvery: Duration = .milliseconds(500)
+
+    package init() {}
+
+    /// What the watched tiers' state means for the level: `behind` (some tier over its
+    /// target), `clear` (all under), `idle` (none reported). Returns true when the level changed.
+    package enum Signal: Sendable, Equatable { case behind, clear, idle }
+
+    package mutating func update(_ signal: Signal, at now: ContinuousClock.Instant) -> Bool {
+        let before = shift
+        switch signal {
+        case .behind:
+            clearSince = nil
+            if shift < Self.maxShift, lastChange.map({ now - $0 >= shrinkEvery }) ?? true || shift == 0 {
+                shift += 1
+            }
+        case .clear:
+            let since = clearSince ?? now
+            clearSince = since
+            if shift > 0, now - since >= growAfter, lastChange.map({ now - $0 >= growEvery }) ?? true {
+                shift -= 1
+            }
+        case .idle:
+            clearSince = nil
+            shift = 0
+        }
+        if shift != before { lastChange = now }
+        return shift != before
+    }
+
+    /// The share of the configured capacity granted now.
+    package var level: Double { 1 / Double(1 << shift) }
+
+    /// Concurrency and prefetch granted now, out of the configured ones (at least 1 each).
+    package func granted(concurrency: Int, prefetch: UInt16) -> (concurrency: Int, prefetch: UInt16) {
+        (max(1, concurrency >> shift), max(1, prefetch >> UInt16(shift)))
+    }
+}
+
+/// The start latencies of the jobs one consumer started of each tier since the last report.
+final class StartLatencies: Sendable {
+    private let windows: Mutex<[Tier: [Int]]>
+
+    init() { windows = Mutex([:]) }
+
+    func record(_ tier: Tier, milliseconds: Int) {
+        windows.withLock { $0[tier, default: []].append(milliseconds) }
+    }
+
+    /// Per tier with starts: the window's p99 and its count; the windows start again.
+    func drain() -> [(tier: Tier, p99: Int, jobs: Int)] {
+        let taken = windows.withLock { windows -> [Tier: [Int]] in
+            defer { windows.removeAll(keepingCapacity: true) }
+            return windows
+        }
+        return Tier.allCases.compactMap { tier in
+            guard var values = taken[tier], !values.isEmpty else { return nil }
+            values.sort()
+            let index = min(values.count - 1, Int((Double(values.count) * 0.99).rounded(.up)) - 1)
+            return (tier, values[max(0, index)], values.count)
+        }
+    }
+}
+
+/// One consumer's part in adaptive admission between tiers.
+///
+/// - It reports: every ``reportInterval`` it sends, for each tier with a target whose jobs it
+///   started, the p99 of their start latencies (first deliveries only: no retries, deferrals,
+///   keyed or rate-limited jobs, whose waits are their own) on `warren.control`.
+/// - It listens: every consumer hears every report (``receive(_:)``).
+/// - A pool of a lower tier decides (``decide(at:)``): while a watched tier's worst fresh p99
+///   is over its target it halves its granted concurrency and prefetch (``AdmissionPolicy``),
+///   and grows back once they are all under. The consumer applies the grant: its job limiter
+///   at once, its prefetch by consuming again on fresh channels and cancelling the old
+///   subscriptions (their deliveries still run and are acked; nothing is handed back).
+///
+/// Metrics: `warren_tier_pressure_ms{tier}` (worst fresh p99 heard; -1 none),
+/// `warren_tier_target_ms{tier}`, `warren_admission_level{tier}` (1 = everything granted),
+/// `warren_admission_concurrency{tier}`, `warren_admission_prefetch{tier}`.
+final class AdmissionControl: Sendable {
+    static let reportInterval: Duration = .milliseconds(500)
+    static let decideInterval: Duration = .milliseconds(250)
+
+    let targets: TierTargets
+    /// The tiers this pool gives way to (none: it never shrinks).
+    let watched: [Tier]
+    let latencies = StartLatencies()
+    private let pool: Tier
+    private let configured: (concurrency: Int, prefetch: UInt16)
+    private let state: Mutex<(board: PressureBoard, policy: AdmissionPolicy, pressure: [Tier: Int])>
+    private let pressureGauges: [Tier: Gauge]
+    private let levelGauge: Gauge
+    private let concurrencyGauge: Gauge
+    private let prefetchGauge: Gauge
+
+    init(configuration: ConsumerConfiguration) {
+        targets = configuration.tierTargets
+        // An overflow pool already yields by its priority and its backlog gate.
+        watched = configuration.tiers.count == 1 ? configuration.tierTargets.watched(by: configuration.tier) : []
+        pool = configuration.tier
+        configured = (configuration.concurrency, configuration.prefetch)
+        state = Mutex((PressureBoard(), AdmissionPolicy(), [:]))
+        var pressureGauges: [Tier: Gauge] = [:]
+        for tier in watched {
+            pressureGauges[tier] = Gauge(label: "warren_tier_pressure_ms", dimensions: [("tier", tier.rawValue)])
+            Gauge(label: "warren_tier_target_ms", dimensions: [("tier", tier.rawValue)]).record((targets.targets[tier] ?? .zero).milliseconds)
+        }
+        self.pressureGauges = pressureGauges
+        let dimensions = [("tier", configuration.tier.rawValue)]
+        levelGauge = Gauge(label: "warren_admission_level", dimensions: dimensions)
+        concurrencyGauge = Gauge(label: "warren_admission_concurrency", dimensions: dimensions)
+        prefetchGauge = Gauge(label: "warren_admission_prefetch", dimensions: dimensions)
+        levelGauge.record(1.0)
+        concurrencyGauge.record(configured.concurrency)
+        prefetchGauge.record(Int(configured.prefetch))
+    }
+
+    /// Whether this pool ever changes its grant.
+    var adapts: Bool { !watched.isEmpty }
+
+    /// The reports to send now (and the windows start again).
+    func reports(consumerID: String) -> [PressureReport] {
+        latencies.drain().filter { targets.targets[$0.tier] != nil }.map {
+            PressureReport(tier: $0.tier, consumerID: consumerID, p99Milliseconds: $0.p99, jobs: $0.jobs)
+        }
+    }
+
+    func receive(_ report: PressureReport, at now: ContinuousClock.Instant = .now) {
+        guard watched.contains(report.tier) else { return }
+        state.withLock { $0.board.receive(report, at: now) }
+    }
+
+    /// Reads the board and updates the level: the grant if it changed.
+    func decide(at now: ContinuousClock.Instant = .now) -> (concurrency: Int, prefetch: UInt16)? {
+        let (changed, level, grant, pressure) = state.withLock { state -> (Bool, Double, (concurrency: Int, prefetch: UInt16), [Tier: Int]) in
+            var signal = AdmissionPolicy.Signal.idle
+            var pressure: [Tier: Int] = [:]
+            for tier in watched {
+                guard let p99 = state.board.pressure(of: tier, at: now) else { continue }
+                pressure[tier] = p99
+                let target = targets.targets[tier].map { Int($0.milliseconds) } ?? .max
+                if p99 > target { signal = .behind } else if signal == .idle { signal = .clear }
+            }
+            state.pressure = pressure
+            let changed = state.policy.update(signal, at: now)
+            return (changed, state.policy.level, state.policy.granted(concurrency: configured.concurrency, prefetch: configured.prefetch), pressure)
+        }
+        for tier in watched { pressureGauges[tier]?.record(pressure[tier] ?? -1) }
+        guard changed else { return nil }
+        levelGauge.record(level)
+        concurrencyGauge.record(grant.concurrency)
+        prefetchGauge.record(Int(grant.prefetch))
+        return grant
+    }
+
+    /// The concurrency and prefetch granted now.
+    var granted: (concurrency: Int, prefetch: UInt16) {
+        state.withLock { $0.policy.granted(concurrency: configured.concurrency, prefetch: configured.prefetch) }
+    }
+
+    /// `/status`'s `admission` member.
+    var statusJSON: String {
+        let (policy, pressure) = state.withLock { ($0.policy, $0.pressure) }
+        let grant = policy.granted(concurrency: configured.concurrency, prefetch: configured.prefetch)
+        let watching = watched.map { tier in
+            #""\#(tier.rawValue)":{"target_ms":\#(targets.targets[tier]?.milliseconds ?? 0),"p99_ms":\#(pressure[tier].map(String.init) ?? "null")}"#
+        }.joined(separator: ",")
+        return #"{"level":\#(policy.level),"concurrency":\#(grant.concurrency),"prefetch":\#(grant.prefetch),"watching":{\#(watching)}}"#
+    }
+}
