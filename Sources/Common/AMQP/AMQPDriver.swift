@@ -159,11 +159,7 @@ final class AMQPDriver: @unchecked Sendable {
             while frames < 256, let state, machine.isOpen {
                 var frame = amqp_frame_t()
                 let status = warren_poll_frame(state, &frame)
-                if status == AMQP_STATUS_TIMEOUT.rawValue {
-                    // Every frame read so far is dispatched: cancelled consumers' streams may end.
-                    if !finishing.isEmpty { finishCancelled() }
-                    break
-                }
+                if status == AMQP_STATUS_TIMEOUT.rawValue { break }
                 if status != AMQP_STATUS_OK.rawValue {
                     lose(AMQPError.status(status, "amqp_simple_wait_frame_noblock", code: .connectionLost))
                     break
@@ -171,6 +167,9 @@ final class AMQPDriver: @unchecked Sendable {
                 dispatch(frame)
                 frames += 1
             }
+            // Every frame librabbitmq queued while it waited for an RPC's reply (a cancel-ok)
+            // is dispatched: the cancelled consumers' streams may end.
+            if !finishing.isEmpty, let state, amqp_frames_enqueued(state) == 0 { finishCancelled() }
             guard machine.isOpen else { return }
             if waitingForRoom { flushWaiting() }
             if let state { amqp_maybe_release_buffers(state) }
@@ -273,7 +272,7 @@ final class AMQPDriver: @unchecked Sendable {
     /// permissions change, the connection dropping again) fails this connection attempt with
     /// every consumer kept, so the reconnect loop tries again after its backoff.
     private func resubscribeConsumers() throws {
-        finishCancelled()
+        finishCancelled(retiring: false)  // their channels were the last connection's
         let active = consumers.values.filter { !$0.cancelled }
         consumers.removeAll()
         for consumer in active {
@@ -593,21 +592,22 @@ final class AMQPDriver: @unchecked Sendable {
         try requireConnected("amqp_basic_cancel")
         guard let consumer = consumers[tag], !consumer.cancelled, let state else { return }
         consumer.cancelled = true
+        // Listed first: if the RPC fails, the connection is lost and ``lose(_:)`` ends the stream.
+        finishing.append(consumer)
         let arena = CArena()
         amqp_basic_cancel(state, consumer.channel, arena.bytes(tag))
         try check(amqp_get_rpc_reply(state), "amqp_basic_cancel", code: .serverClosed, state: state, channel: consumer.channel)
-        finishing.append(consumer)
     }
 
     /// Ends the streams of consumers cancelled here, and frees the channels of those with
     /// nothing left to settle.
-    private func finishCancelled() {
+    private func finishCancelled(retiring: Bool = true) {
         let ended = finishing
         finishing.removeAll()
         for consumer in ended where !consumer.finished {
             consumer.finished = true
             consumer.continuation.finish()
-            retireIfSettled(consumer)
+            if retiring { retireIfSettled(consumer) }
         }
     }
 
@@ -631,8 +631,8 @@ final class AMQPDriver: @unchecked Sendable {
         }
         // Never settle a tag twice (the broker would close the channel): the tracker knows
         // what is outstanding.
-        // (A retired consumer's channel is closed, its number maybe reused: it has nothing
-        // outstanding, so a delivery of it is settled already.)
+        // (A retired consumer had nothing outstanding, so a delivery of it is settled already;
+        // its channel may serve another consumer now.)
         guard let consumer = consumers[delivery.consumerTag] else {
             throw AMQPError(.invalidArgument, function: "settle", message: "delivery \(delivery.deliveryTag) is not outstanding (settled already?)")
         }

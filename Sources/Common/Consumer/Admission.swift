@@ -81,7 +81,8 @@ package struct PressureBoard: Sendable {
 /// - Once every watched tier is back under its target for `growAfter`, it doubles, at most
 ///   once per `growEvery`.
 /// - When no watched tier has reported at all (idle: no job of it started lately), it goes
-///   straight back to 1: an idle higher tier is not at risk.
+///   straight back to 1: an idle higher tier is not at risk. (The pool tells a quiet tier
+///   with jobs waiting, which counts as clear, from an idle one: ``AdmissionControl``.)
 package struct AdmissionPolicy: Sendable, Equatable {
     package static let maxShift = 6
 
@@ -163,8 +164,9 @@ final class StartLatencies: Sendable {
 /// - A pool of a lower tier decides (``decide(at:)``): while a watched tier's worst fresh p99
 ///   is over its target it halves its granted concurrency and prefetch (``AdmissionPolicy``),
 ///   and grows back once they are all under. The consumer applies the grant: its job limiter
-///   at once, its prefetch by consuming again on fresh channels and cancelling the old
-///   subscriptions (their deliveries still run and are acked; nothing is handed back).
+///   at once, its prefetch by consuming again (on a freed channel or a new one) and
+///   cancelling the old subscriptions (their deliveries still run and are acked; nothing is
+///   handed back).
 ///
 /// Metrics: `warren_tier_pressure_ms{tier}` (worst fresh p99 heard; -1 none),
 /// `warren_tier_target_ms{tier}`, `warren_admission_level{tier}` (1 = everything granted),
@@ -210,9 +212,10 @@ final class AdmissionControl: Sendable {
     /// Whether this pool ever changes its grant.
     var adapts: Bool { !watched.isEmpty }
 
-    /// The reports to send now (and the windows start again).
+    /// The reports to send now (and the windows start again): every tier but free, whatever
+    /// this consumer's own targets (the pools below decide with theirs).
     func reports(consumerID: String) -> [PressureReport] {
-        latencies.drain().filter { targets.targets[$0.tier] != nil }.map {
+        latencies.drain().filter { $0.tier != .free }.map {
             PressureReport(tier: $0.tier, consumerID: consumerID, p99Milliseconds: $0.p99, jobs: $0.jobs)
         }
     }
@@ -222,8 +225,19 @@ final class AdmissionControl: Sendable {
         state.withLock { $0.board.receive(report, at: now) }
     }
 
-    /// Reads the board and updates the level: the grant if it changed.
-    func decide(at now: ContinuousClock.Instant = .now) -> (concurrency: Int, prefetch: UInt16)? {
+    /// Whether the watched tiers went quiet (no fresh report) while this pool is below its
+    /// full grant: then ``decide(at:watchedBacklog:)`` wants to know if they have jobs waiting.
+    func quiet(at now: ContinuousClock.Instant = .now) -> Bool {
+        state.withLock { state in
+            state.policy.shift > 0 && watched.allSatisfy { state.board.pressure(of: $0, at: now) == nil }
+        }
+    }
+
+    /// Reads the board and updates the level: the grant if it changed. No fresh report means
+    /// idle (everything back at once), unless `watchedBacklog`: a watched tier with jobs
+    /// waiting and no consumer starting them is not idle, so the level only grows back step
+    /// by step, as when it is clear.
+    func decide(at now: ContinuousClock.Instant = .now, watchedBacklog: Bool = false) -> (concurrency: Int, prefetch: UInt16)? {
         let (changed, level, grant, pressure) = state.withLock { state -> (Bool, Double, (concurrency: Int, prefetch: UInt16), [Tier: Int]) in
             var signal = AdmissionPolicy.Signal.idle
             var pressure: [Tier: Int] = [:]
@@ -234,6 +248,7 @@ final class AdmissionControl: Sendable {
                 if p99 > target { signal = .behind } else if signal == .idle { signal = .clear }
             }
             state.pressure = pressure
+            if signal == .idle, watchedBacklog { signal = .clear }
             let changed = state.policy.update(signal, at: now)
             return (changed, state.policy.level, state.policy.granted(concurrency: configured.concurrency, prefetch: configured.prefetch), pressure)
         }

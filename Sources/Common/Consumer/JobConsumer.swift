@@ -77,7 +77,9 @@ package final class JobConsumer: Sendable {
 
     private struct State {
         var stopRequested = false
-        /// One per subscribed tier queue, once subscribed (replaced when the prefetch changes).
+        /// Every subscription that may still deliver, once subscribed: what ``stop()`` cancels
+        /// (a lane whose prefetch changes has its new one here, and the old one until its
+        /// cancel went through).
         var consumerTags: [String] = []
         /// Subscriptions started so far: makes each consumer tag unique on the connection.
         var subscriptionsStarted = 0
@@ -180,7 +182,7 @@ package final class JobConsumer: Sendable {
             let dispatching = StopFlag()
             defer { dispatching.set() }
             if admission.adapts {
-                let lanes = subscriptions.map { (tier: $0.tier, lane: $0.lane) }
+                let lanes = subscriptions.map { (tier: $0.tier, lane: $0.lane, tag: $0.deliveries.consumerTag) }
                 jobs.addTask { await self.adapt(lanes: lanes, inbox: inbox, limiter: limiter, until: dispatching) }
             }
             while true {
@@ -201,7 +203,10 @@ package final class JobConsumer: Sendable {
             if let error = inbox.failure {
                 logger.error("deliveries ended with an error; shutting down", metadata: ["error": "\(error)"])
                 deliveriesError = error
-                cancelConsumer()  // end the other subscriptions, so their readers return
+                // End the other subscriptions, so their readers return (and no prefetch change
+                // starts new ones: it checks stopRequested under the same lock).
+                state.withLock { $0.stopRequested = true }
+                cancelConsumer()
             }
             let deadline = ContinuousClock.now + configuration.shutdownGrace
             shutdownDeadline.withLock { $0 = deadline }
@@ -332,36 +337,53 @@ package final class JobConsumer: Sendable {
 
     /// A lower tier's pool: every ``AdmissionControl/decideInterval``, the grant for now;
     /// when it changes, the limiter at once and the prefetch by subscribing each lane again
-    /// (fresh channels) and cancelling the old subscriptions, whose deliveries still run.
-    /// Ends once the consumer stops.
-    private func adapt(lanes: [(tier: Tier, lane: Int)], inbox: TierInbox, limiter: Limiter, until ended: StopFlag) async {
+    /// (on a freed channel or a new one) and cancelling the old subscription, whose deliveries
+    /// still run. An old subscription whose cancel failed (the connection was down) stays in
+    /// the state's tags, which ``stop()`` cancels, and is cancelled again next round. Ends once
+    /// the consumer stops, with the limiter back at the configured concurrency (so the
+    /// dispatch loop, waiting for a slot, sees the inbox end without waiting on a long job).
+    private func adapt(lanes: [(tier: Tier, lane: Int, tag: String)], inbox: TierInbox, limiter: Limiter, until ended: StopFlag) async {
         var applied = configuration.prefetch
+        var current = lanes.map(\.tag)
+        var leftovers: [String] = []
+        defer { limiter.resize(to: configuration.concurrency) }
         await withDiscardingTaskGroup { fills in
             while !stopping.isSet, !ended.isSet {
                 try? await Task.sleep(for: AdmissionControl.decideInterval)
                 if stopping.isSet || ended.isSet { break }
-                let grant = admission.decide()
+                if !leftovers.isEmpty { leftovers = await cancelSubscriptions(leftovers) }
+                var backlog = false
+                if admission.quiet() {
+                    let watched = admission.watched
+                    backlog = (try? await connection.withControl { control in try watched.contains { try control.readyCount($0) > 0 } }) ?? true
+                }
+                let grant = admission.decide(watchedBacklog: backlog)
                 if let grant {
                     limiter.resize(to: grant.concurrency)
-                    logger.info("admission changed: giving way to a higher tier behind its target", metadata: [
+                    logger.info("admission changed", metadata: [
                         "concurrency": "\(grant.concurrency)", "prefetch": "\(grant.prefetch)", "admission": "\(admission.statusJSON)",
                     ])
                 }
                 let wanted = admission.granted.prefetch
                 guard wanted != applied else { continue }
                 do {
-                    for (index, subscription) in lanes.enumerated() {
+                    for (index, lane) in lanes.enumerated() {
                         guard !stopping.isSet, !ended.isSet else { break }
-                        let deliveries = try await subscribe(subscription.tier, lane: subscription.lane, prefetch: wanted)
+                        let deliveries = try await subscribe(lane.tier, lane: lane.lane, prefetch: wanted)
                         inbox.opened()
-                        fills.addTask { await inbox.fill(subscription.tier, lane: subscription.lane, from: deliveries) }
-                        let old = state.withLock { state -> String? in
-                            guard !state.stopRequested, index < state.consumerTags.count else { return nil }
-                            defer { state.consumerTags[index] = deliveries.consumerTag }
-                            return state.consumerTags[index]
+                        fills.addTask { await inbox.fill(lane.tier, lane: lane.lane, from: deliveries) }
+                        let stoppingNow = state.withLock { state -> Bool in
+                            if state.stopRequested { return true }
+                            state.consumerTags.append(deliveries.consumerTag)
+                            return false
                         }
-                        // Stopping already: the new one goes too (stop cancelled the old one).
-                        try await connection.cancel(consumerTag: old ?? deliveries.consumerTag)
+                        if stoppingNow {
+                            // stop() took its list before this one: it is ours to cancel.
+                            _ = await cancelSubscriptions([deliveries.consumerTag])
+                            break
+                        }
+                        leftovers = await cancelSubscriptions(leftovers + [current[index]])
+                        current[index] = deliveries.consumerTag
                     }
                     applied = wanted
                 } catch {
@@ -369,6 +391,22 @@ package final class JobConsumer: Sendable {
                 }
             }
         }
+    }
+
+    /// Cancels `tags` (each dropped from the state's list once cancelled); returns those whose
+    /// cancel failed.
+    private func cancelSubscriptions(_ tags: [String]) async -> [String] {
+        var failed: [String] = []
+        for tag in tags {
+            do {
+                try await connection.cancel(consumerTag: tag)
+                state.withLock { $0.consumerTags.removeAll { $0 == tag } }
+            } catch {
+                logger.warning("cannot cancel a replaced subscription yet; trying again", metadata: ["error": "\(error)", "consumer_tag": "\(tag)"])
+                failed.append(tag)
+            }
+        }
+        return failed
     }
 
     // MARK: - Admin port
@@ -903,6 +941,9 @@ final class Limiter: Sendable {
         }
         for waiter in waiters { waiter.resume() }
     }
+
+    /// Slots taken and tasks waiting for one, now.
+    var usage: (inUse: Int, waiting: Int) { state.withLock { ($0.inUse, $0.waiters.count) } }
 
     func resize(to limit: Int) {
         let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in

@@ -24,6 +24,8 @@ package enum ControlMessage: Sendable, Equatable {
         }
         var properties = AMQPProperties()
         properties.contentType = "application/json"
+        // A report older than a board keeps one is of no use: a lagging control queue drops it.
+        if case .pressure = self { properties.expiration = "2000" }
         return AMQPOutgoingMessage(exchange: Topology.controlExchange, routingKey: "", properties: properties,
                                    body: Array(body.utf8), mandatory: false)
     }

@@ -101,16 +101,20 @@ struct AdmissionTests {
         #expect(latencies.drain().isEmpty)
     }
 
-    @Test func reportsGoOnlyForTiersWithATargetAndReadBackAsSent() throws {
+    @Test func reportsGoForEveryTierButFreeAndReadBackAsSent() throws {
         var configuration = ConsumerConfiguration(tier: .enterprise)
         configuration.consumerID = "host-1-\"enterprise\""
         let admission = AdmissionControl(configuration: configuration)
         admission.latencies.record(.enterprise, milliseconds: 12)
         admission.latencies.record(.free, milliseconds: 900)
+        var own = ConsumerConfiguration(tier: .premium)
+        own.tierTargets = TierTargets([:])
+        #expect(AdmissionControl(configuration: own).reports(consumerID: "p").isEmpty, "nothing started, nothing to report")
         let reports = admission.reports(consumerID: configuration.consumerID)
         #expect(reports == [PressureReport(tier: .enterprise, consumerID: "host-1-\"enterprise\"", p99Milliseconds: 12, jobs: 1)])
         let message = ControlMessage.pressure(reports[0]).outgoing
         #expect(message.exchange == Topology.controlExchange)
+        #expect(message.properties.expiration == "2000", "a lagging control queue drops stale reports")
         #expect(ControlMessage(body: message.body) == .pressure(reports[0]))
         #expect(ControlMessage(body: Array(#"{"action":"pressure","tier":"enterprise","consumer_id":"x","p99_ms":-3,"jobs":1}"#.utf8)) == nil)
         #expect(ControlMessage(body: Array(#"{"action":"pressure","tier":"gold","consumer_id":"x","p99_ms":3,"jobs":1}"#.utf8)) == nil)
@@ -142,17 +146,36 @@ struct AdmissionTests {
                     admitted.value.add(1, ordering: .relaxed)
                 }
             }
+            await TestClock.waitUntil { limiter.usage.waiting == 3 }
+            #expect([limiter.usage.inUse, limiter.usage.waiting] == [Int]([1, 3]))
             limiter.resize(to: 3)
-            await TestClock.waitUntil { admitted.value.load(ordering: .relaxed) == 2 }
-            #expect(admitted.value.load(ordering: .relaxed) == 2, "1 held + 2 new = 3")
+            #expect([limiter.usage.inUse, limiter.usage.waiting] == [Int]([3, 1]), "1 held + 2 admitted at once")
             limiter.resize(to: 1)
             limiter.release()
             limiter.release()
-            #expect(admitted.value.load(ordering: .relaxed) == 2, "2 still in use, over the new limit of 1: nobody else")
+            #expect([limiter.usage.inUse, limiter.usage.waiting] == [Int]([1, 1]), "1 still in use, at the new limit of 1: the last waiter still waits")
             limiter.release()
+            #expect([limiter.usage.inUse, limiter.usage.waiting] == [Int]([1, 0]), "a slot under the limit: the last waiter is in")
             await TestClock.waitUntil { admitted.value.load(ordering: .relaxed) == 3 }
             #expect(admitted.value.load(ordering: .relaxed) == 3)
         }
+    }
+
+    @Test func aQuietWatchedTierWithJobsWaitingGrowsBackStepByStepNotAtOnce() {
+        var configuration = ConsumerConfiguration(tier: .free, concurrency: 16, prefetch: 1_000)
+        configuration.tierTargets = TierTargets([.enterprise: .milliseconds(50)])
+        let admission = AdmissionControl(configuration: configuration)
+        for second in 0..<4 {
+            admission.receive(PressureReport(tier: .enterprise, consumerID: "e", p99Milliseconds: 500, jobs: 1), at: at(second * 1_000))
+            _ = admission.decide(at: at(second * 1_000 + 10))
+        }
+        #expect(admission.granted.concurrency == 1)
+        #expect(!admission.quiet(at: at(3_500)), "a report is still fresh")
+        #expect(admission.quiet(at: at(6_000)))
+        #expect(admission.decide(at: at(6_000), watchedBacklog: true) == nil, "clear only since now")
+        #expect(admission.decide(at: at(7_000), watchedBacklog: true).map(\.concurrency) == 2, "one step")
+        #expect(admission.decide(at: at(7_100), watchedBacklog: false).map(\.concurrency) == 16, "idle with nothing waiting: all of it")
+        #expect(!admission.quiet(at: at(7_200)), "at its full grant there is nothing to ask")
     }
 }
 

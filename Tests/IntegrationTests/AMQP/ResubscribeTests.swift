@@ -19,13 +19,25 @@ struct ResubscribeTests {
         var count: Int { counts.withLock { $0.count } }
     }
 
-    /// Reads `deliveries` until the stream ends, acking each and counting it by its body.
-    static func read(_ deliveries: AMQPDeliveries, on connection: AMQPConnection, into seen: Seen) async throws {
-        for try await delivery in deliveries {
-            try await connection.ack(delivery)
-            if delivery.redelivered { seen.redelivered.add(1, ordering: .relaxed) }
-            seen.counts.withLock { $0[String(decoding: delivery.body, as: UTF8.self), default: 0] += 1 }
+    /// Reads `deliveries` until the stream ends, acking `batch` at a time (one call, with
+    /// `multiple` where the tags allow, as the result writer does) and counting each by its body.
+    static func read(_ deliveries: AMQPDeliveries, on connection: AMQPConnection, into seen: Seen, batch: Int) async throws {
+        var held: [AMQPDelivery] = []
+        func ack() async throws {
+            guard !held.isEmpty else { return }
+            let stale = try await connection.ack(held)
+            #expect(stale.isEmpty, "acks refused as stale: \(stale.count)")
+            for delivery in held {
+                if delivery.redelivered { seen.redelivered.add(1, ordering: .relaxed) }
+                seen.counts.withLock { $0[String(decoding: delivery.body, as: UTF8.self), default: 0] += 1 }
+            }
+            held.removeAll()
         }
+        for try await delivery in deliveries {
+            held.append(delivery)
+            if held.count >= batch { try await ack() }
+        }
+        try await ack()
     }
 
     @Test func consumersReplacedWhileMessagesFlowLoseNothingAndLeaveNothingUnacked() async throws {
@@ -35,9 +47,9 @@ struct ResubscribeTests {
                 let seen = Seen()
                 var current = try await connection.consume(queue: queue, prefetch: 100)
                 var readers: [Task<Void, any Error>] = []
-                func start(_ deliveries: AMQPDeliveries) -> Task<Void, any Error> {
+                func start(_ deliveries: AMQPDeliveries, batch: Int = 1) -> Task<Void, any Error> {
                     Task {
-                        try await Self.read(deliveries, on: connection, into: seen)
+                        try await Self.read(deliveries, on: connection, into: seen, batch: batch)
                         seen.ended.add(1, ordering: .relaxed)
                     }
                 }
@@ -57,7 +69,17 @@ struct ResubscribeTests {
                     try await TestServices.waitUntil(timeout: .seconds(30), "more deliveries") {
                         seen.count >= min(total - 200, before + 100)
                     }
+                    // Prefetch 7 acked one by one, prefetch 100 acked five at a time, on channels
+                    // that are reused as the old consumers retire.
                     let next = try await connection.consume(queue: queue, prefetch: swaps % 2 == 0 ? 7 : 100)
+                    readers.append(start(next, batch: swaps % 2 == 0 ? 1 : 5))
+                    try await connection.cancel(consumerTag: current.consumerTag)
+                    current = next
+                    swaps += 1
+                }
+                if swaps % 2 == 0 {
+                    // The last reader acks in fives: one acking each, so none waits for a fifth.
+                    let next = try await connection.consume(queue: queue, prefetch: 7)
                     readers.append(start(next))
                     try await connection.cancel(consumerTag: current.consumerTag)
                     current = next
