@@ -38,24 +38,29 @@ extension Tier {
 
 /// One consumer's report of a tier's pressure, sent on `warren.control` every
 /// ``AdmissionControl/reportInterval`` while it starts jobs of that tier: the p99 of their
-/// start latencies in the window. Every consumer's control queue gets every report.
+/// start latencies in the window, and whether the consumer was *saturated*: every slot busy,
+/// or more of the tier's deliveries held than it can start (at least max(concurrency,
+/// prefetch/2)). Every consumer's control queue gets every report.
 package struct PressureReport: Sendable, Equatable {
     package var tier: Tier
     package var consumerID: String
     package var p99Milliseconds: Int
     package var jobs: Int
+    /// Its own capacity held the tier's jobs back: a backlog it drains as fast as it can.
+    package var saturated: Bool
 
-    package init(tier: Tier, consumerID: String, p99Milliseconds: Int, jobs: Int) {
+    package init(tier: Tier, consumerID: String, p99Milliseconds: Int, jobs: Int, saturated: Bool = false) {
         self.tier = tier
         self.consumerID = consumerID
         self.p99Milliseconds = p99Milliseconds
         self.jobs = jobs
+        self.saturated = saturated
     }
 }
 
 /// A tier's pressure as the reports say: the worst p99 among the consumers that reported in
-/// the last `freshFor` (a consumer that stopped starting jobs stops reporting, and its
-/// report ages out). Pure: the caller passes the clock.
+/// the last `freshFor` and were not saturated (a consumer that stopped starting jobs stops
+/// reporting, and its report ages out). Pure: the caller passes the clock.
 package struct PressureBoard: Sendable {
     private var latest: [String: (report: PressureReport, at: ContinuousClock.Instant)] = [:]
     package let freshFor: Duration
@@ -66,10 +71,14 @@ package struct PressureBoard: Sendable {
         latest["\(report.tier.rawValue)/\(report.consumerID)"] = (report, now)
     }
 
-    /// The worst fresh p99 of `tier`, nil when no consumer of it reported lately.
+    /// The worst fresh p99 of `tier` among consumers that had room, nil when none reported
+    /// lately: 0 when every fresh report is of a saturated consumer (its own capacity is what
+    /// holds the tier back, and the tiers below giving way would not help it).
     package mutating func pressure(of tier: Tier, at now: ContinuousClock.Instant) -> Int? {
         latest = latest.filter { now - $0.value.at < freshFor }
-        return latest.values.filter { $0.report.tier == tier }.map(\.report.p99Milliseconds).max()
+        let reports = latest.values.filter { $0.report.tier == tier }.map(\.report)
+        guard !reports.isEmpty else { return nil }
+        return reports.filter { !$0.saturated }.map(\.p99Milliseconds).max() ?? 0
     }
 }
 
@@ -157,13 +166,18 @@ final class StartLatencies: Sendable {
 
 /// One consumer's part in adaptive admission between tiers.
 ///
-/// - It reports: every ``reportInterval`` it sends, for each tier with a target whose jobs it
-///   started, the p99 of their start latencies (first deliveries only: no retries, deferrals,
-///   keyed or rate-limited jobs, whose waits are their own) on `warren.control`.
+/// - It reports: every ``reportInterval`` it sends, for each paid tier whose jobs it started,
+///   the p99 of their start latencies (first deliveries only: no retries, deferrals, keyed or
+///   rate-limited jobs, whose waits are their own) and whether it was saturated, on
+///   `warren.control`.
 /// - It listens: every consumer hears every report (``receive(_:)``).
-/// - A pool of a lower tier decides (``decide(at:)``): while a watched tier's worst fresh p99
-///   is over its target it halves its granted concurrency and prefetch (``AdmissionPolicy``),
-///   and grows back once they are all under. The consumer applies the grant: its job limiter
+/// - A pool of a lower tier decides (``decide(at:watchedBacklog:)``): while a watched tier's
+///   worst fresh p99 among consumers with room is over its target it halves its granted
+///   concurrency and prefetch (``AdmissionPolicy``), and grows back once they are all under.
+///   A tier whose consumers are saturated is behind because of its own capacity (a backlog
+///   drained as fast as they can: more consumers or an overflow pool help it, shedding
+///   protects it); the tiers below do not give way to it, which would only serialize a
+///   mixed backlog (the e2e benchmark drained at half its rate when they did). The consumer applies the grant: its job limiter
 ///   at once, its prefetch by consuming again (on a freed channel or a new one) and
 ///   cancelling the old subscriptions (their deliveries still run and are acked; nothing is
 ///   handed back).
@@ -213,10 +227,11 @@ final class AdmissionControl: Sendable {
     var adapts: Bool { !watched.isEmpty }
 
     /// The reports to send now (and the windows start again): every tier but free, whatever
-    /// this consumer's own targets (the pools below decide with theirs).
-    func reports(consumerID: String) -> [PressureReport] {
+    /// this consumer's own targets (the pools below decide with theirs). `saturated` says, per
+    /// tier, whether this consumer's own capacity is what holds its jobs back now.
+    func reports(consumerID: String, saturated: (Tier) -> Bool = { _ in false }) -> [PressureReport] {
         latencies.drain().filter { $0.tier != .free }.map {
-            PressureReport(tier: $0.tier, consumerID: consumerID, p99Milliseconds: $0.p99, jobs: $0.jobs)
+            PressureReport(tier: $0.tier, consumerID: consumerID, p99Milliseconds: $0.p99, jobs: $0.jobs, saturated: saturated($0.tier))
         }
     }
 

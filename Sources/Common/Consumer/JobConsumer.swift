@@ -165,15 +165,15 @@ package final class JobConsumer: Sendable {
         let controlTask = Task { await listen(to: controlMessages) }
         let pollTask = Task { await pollCancellations() }
         let leaseTask = Task { await refreshLeases() }
-        let reportTask = Task { await reportPressure() }
+        // A free slot takes the highest tier's delivery, lanes in turn (see TierInbox).
+        let inbox = TierInbox(tiers: configuration.tiers)
+        let reportTask = Task { await reportPressure(inbox: inbox) }
         let idleMonitor = configuration.exitWhenIdle.map { idle in Task { await watchForIdle(idle) } }
         let limiter = Limiter(limit: configuration.concurrency)
 
         let shutdownDeadline = Mutex(ContinuousClock.now)
         var deliveriesError: (any Error)?
         await withDiscardingTaskGroup { jobs in
-            // A free slot takes the highest tier's delivery, lanes in turn (see TierInbox).
-            let inbox = TierInbox(tiers: configuration.tiers)
             for subscription in subscriptions {
                 jobs.addTask { await inbox.fill(subscription.tier, lane: subscription.lane, from: subscription.deliveries) }
             }
@@ -322,11 +322,16 @@ package final class JobConsumer: Sendable {
 
     // MARK: - Adaptive admission
 
-    /// Sends this consumer's pressure reports (see ``AdmissionControl``) until cancelled.
-    private func reportPressure() async {
+    /// Sends this consumer's pressure reports (see ``AdmissionControl``) until cancelled. A
+    /// tier is saturated here while every slot is busy or more of its deliveries wait in the
+    /// inbox than max(concurrency, prefetch/2).
+    private func reportPressure(inbox: TierInbox) async {
+        let concurrency = configuration.concurrency
+        let backlog = max(concurrency, Int(configuration.prefetch) / 2)
         while !Task.isCancelled {
             try? await Task.sleep(for: AdmissionControl.reportInterval)
-            let reports = admission.reports(consumerID: configuration.consumerID)
+            let busy = state.withLock { $0.inFlight } >= concurrency
+            let reports = admission.reports(consumerID: configuration.consumerID) { busy || inbox.held($0) >= backlog }
             guard !reports.isEmpty, !Task.isCancelled else { continue }
             let results = await connection.publish(reports.map { ControlMessage.pressure($0).outgoing })
             if case .failure(let error)? = results.first(where: { if case .failure = $0 { true } else { false } }) {

@@ -71,6 +71,12 @@ final class TierInbox: Sendable {
         return (waiter, delivery)
     }
 
+    /// Deliveries of `tier` held here, not started yet.
+    func held(_ tier: Tier) -> Int {
+        guard let index = order.firstIndex(of: tier) else { return 0 }
+        return state.withLock { $0.held[index].reduce(0) { $0 + $1.count } }
+    }
+
     /// The first error a subscription ended with.
     var failure: (any Error)? { state.withLock { $0.failure } }
 

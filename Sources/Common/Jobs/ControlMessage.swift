@@ -7,9 +7,9 @@ import Foundation
 /// - `{"action":"cancel","job_id":"<uuid>","tier":"<tier>"}`: a cancellation request. Control
 ///   messages are hints for speed; a cancellation is also in Postgres, which consumers poll,
 ///   so one lost while a consumer reconnects is picked up a few seconds later.
-/// - `{"action":"pressure","tier":"<tier>","consumer_id":"...","p99_ms":12,"jobs":40}`: a
-///   consumer's start-latency p99 of one tier over its last report window (see
-///   ``AdmissionControl``). Lost ones only age the picture: the next comes within a second.
+/// - `{"action":"pressure","tier":"<tier>","consumer_id":"...","p99_ms":12,"jobs":40,"saturated":false}`:
+///   a consumer's start-latency p99 of one tier over its last report window, and whether its
+///   own capacity held the tier back (see ``AdmissionControl``). Lost ones only age the picture: the next comes within a second.
 package enum ControlMessage: Sendable, Equatable {
     case cancel(job: UUID, tier: Tier)
     case pressure(PressureReport)
@@ -20,7 +20,7 @@ package enum ControlMessage: Sendable, Equatable {
         case .cancel(let job, let tier):
             body = JSONText.object(["action": "cancel", "job_id": job.lowercasedString, "tier": tier.rawValue])
         case .pressure(let report):
-            body = #"{"action":"pressure","tier":"\#(report.tier.rawValue)","consumer_id":\#(JSONText.quoted(report.consumerID)),"p99_ms":\#(report.p99Milliseconds),"jobs":\#(report.jobs)}"#
+            body = #"{"action":"pressure","tier":"\#(report.tier.rawValue)","consumer_id":\#(JSONText.quoted(report.consumerID)),"p99_ms":\#(report.p99Milliseconds),"jobs":\#(report.jobs),"saturated":\#(report.saturated)}"#
         }
         var properties = AMQPProperties()
         properties.contentType = "application/json"
@@ -41,7 +41,8 @@ package enum ControlMessage: Sendable, Equatable {
         case "pressure":
             guard let consumer = fields.string("consumer_id"), let p99 = fields.int("p99_ms"), p99 >= 0,
                   let jobs = fields.int("jobs"), jobs >= 0 else { return nil }
-            self = .pressure(PressureReport(tier: tier, consumerID: consumer, p99Milliseconds: p99, jobs: jobs))
+            self = .pressure(PressureReport(tier: tier, consumerID: consumer, p99Milliseconds: p99, jobs: jobs,
+                                            saturated: fields.bool("saturated") ?? false))
         default:
             return nil
         }

@@ -73,6 +73,21 @@ struct AdmissionTests {
         #expect(board.pressure(of: .premium, at: at(2_700)) == nil)
     }
 
+    @Test func aSaturatedConsumersLatencyDoesNotMakeTheTiersBelowGiveWay() {
+        var board = PressureBoard(freshFor: .seconds(2))
+        board.receive(PressureReport(tier: .enterprise, consumerID: "a", p99Milliseconds: 9_000, jobs: 500, saturated: true), at: at(0))
+        #expect(board.pressure(of: .enterprise, at: at(10)) == 0, "heard, but only from a consumer draining a backlog")
+        board.receive(PressureReport(tier: .enterprise, consumerID: "b", p99Milliseconds: 70, jobs: 5), at: at(20))
+        #expect(board.pressure(of: .enterprise, at: at(30)) == 70, "a consumer with room that is late")
+        var configuration = ConsumerConfiguration(tier: .free)
+        configuration.tierTargets = TierTargets([.enterprise: .milliseconds(50)])
+        let admission = AdmissionControl(configuration: configuration)
+        admission.receive(PressureReport(tier: .enterprise, consumerID: "a", p99Milliseconds: 9_000, jobs: 500, saturated: true), at: at(0))
+        #expect(admission.decide(at: at(10)) == nil, "full grant kept")
+        let report = PressureReport(tier: .enterprise, consumerID: "a", p99Milliseconds: 9_000, jobs: 500, saturated: true)
+        #expect(ControlMessage(body: ControlMessage.pressure(report).outgoing.body) == .pressure(report))
+    }
+
     @Test func targetsComeFromTheEnvironmentAndZeroStopsWatchingATier() throws {
         #expect(TierTargets().watched(by: .free) == [.enterprise, .premium])
         #expect(TierTargets().watched(by: .premium) == [.enterprise])
