@@ -58,16 +58,19 @@ struct ServeCommand: AsyncParsableCommand {
         let rateLimits: [Tier: RateLimiter.Limit]
         let shedPolicy: ShedPolicy
         let shedPoll: Int
+        let leaseTimeout: Int
         do {
             rateLimits = try RateLimiter.limits(environment: environment)
             shedPolicy = try ShedPolicy(environment: environment)
             shedPoll = try reader.integer("WARREN_SHED_POLL_MS", 50...60_000) ?? 500
+            leaseTimeout = try reader.integer("WARREN_RATE_LIMIT_LEASE_TIMEOUT_MS", 10...60_000) ?? 500
         } catch {
             throw ValidationError("\(error)")
         }
         let pressure = TierPressure(policy: shedPolicy, amqp: amqp, interval: .milliseconds(shedPoll), logger: logger)
         let api = JobsAPI(publisher: publisher, pool: pool, tokenCacheTTL: .seconds(tokenCacheSeconds),
-                          rateLimiter: SharedRateLimiter(limits: rateLimits, store: RateBucketStore(pool: pool), logger: logger),
+                          rateLimiter: SharedRateLimiter(limits: rateLimits, store: RateBucketStore(pool: pool),
+                                                         leaseTimeout: .milliseconds(leaseTimeout), logger: logger),
                           pressure: pressure,
                           knownTypes: Set(HandlerRegistry.standardTypes + extraTypes.filter { !$0.isEmpty }),
                           maxBodyBytes: maxBody, logger: logger)

@@ -90,8 +90,9 @@ package final class SharedRateLimiter: Sendable {
         self.logger = logger
     }
 
-    package convenience init(limits: [Tier: RateLimiter.Limit] = RateLimiter.defaults, store: RateBucketStore, logger: Logger) {
-        self.init(limits: limits, logger: logger) { key, rate, burst, want in
+    package convenience init(limits: [Tier: RateLimiter.Limit] = RateLimiter.defaults, store: RateBucketStore,
+                             leaseTimeout: Duration = .milliseconds(500), logger: Logger) {
+        self.init(limits: limits, leaseTimeout: leaseTimeout, logger: logger) { key, rate, burst, want in
             try await store.take(key: "token:" + key, rate: rate, burst: burst, want: want)
         }
     }

@@ -8,7 +8,11 @@ import Testing
 struct SharedRateLimitTests {
     @Test func twoReplicasTogetherAdmitTheTokensRate() async throws {
         let (rate, burst) = (10.0, 10.0)
-        try await APIServer.with(extra: ["WARREN_RATE_LIMIT_FREE": "\(Int(rate)),\(Int(burst))"]) { server, _, _ in
+        // The lease may take 10 s here: on a loaded CI machine the default 500 ms let the
+        // replicas fall back to their own buckets (61 admitted where 56 were allowed). The
+        // fallback has a test of its own below.
+        try await APIServer.with(extra: ["WARREN_RATE_LIMIT_FREE": "\(Int(rate)),\(Int(burst))",
+                                         "WARREN_RATE_LIMIT_LEASE_TIMEOUT_MS": "10000"]) { server, _, _ in
             let second = try RunningProduct("producer", ["serve"], environment: server.environment)
             defer { second.signal(SIGKILL) }
             let secondBase = "http://127.0.0.1:\(try await second.listeningPort("http_port", timeout: .seconds(90)))"
@@ -38,7 +42,7 @@ struct SharedRateLimitTests {
             let accepted = statuses.count { $0 == 202 }
             let allowed = burst + rate * seconds
             #expect(Set(statuses).isSubset(of: [202, 429]), "\(Set(statuses))")
-            #expect(statuses.count > 4 * Int(allowed), "the clients asked for far more than the limit: \(statuses.count)")
+            #expect(statuses.count > 2 * Int(allowed), "the clients asked for far more than the limit: \(statuses.count)")
             // Each replica alone would admit the whole of it: 2x on the old per-process buckets.
             #expect(Double(accepted) <= allowed.rounded(.down), "\(accepted) accepted in \(elapsed); the limit allows \(allowed)")
             #expect(Double(accepted) >= 0.9 * allowed - 1, "\(accepted) accepted in \(elapsed); the limit allows \(allowed)")
