@@ -39,8 +39,9 @@ extension Tier {
 /// One consumer's report of a tier's pressure, sent on `warren.control` every
 /// ``AdmissionControl/reportInterval`` while it starts jobs of that tier: the p99 of their
 /// start latencies in the window, and whether the consumer was *saturated*: every slot busy,
-/// or more of the tier's deliveries held than it can start (at least max(concurrency,
-/// prefetch/2)). Every consumer's control queue gets every report.
+/// more of the tier's deliveries held than it can start (at least max(concurrency,
+/// prefetch/2)), or ready jobs of the tier waiting at the broker. Every consumer's control
+/// queue gets every report.
 package struct PressureReport: Sendable, Equatable {
     package var tier: Tier
     package var consumerID: String
@@ -148,6 +149,9 @@ final class StartLatencies: Sendable {
     func record(_ tier: Tier, milliseconds: Int) {
         windows.withLock { $0[tier, default: []].append(milliseconds) }
     }
+
+    /// The tiers with starts in the current window.
+    var tiers: [Tier] { windows.withLock { window in Tier.allCases.filter { window[$0]?.isEmpty == false } } }
 
     /// Per tier with starts: the window's p99 and its count; the windows start again.
     func drain() -> [(tier: Tier, p99: Int, jobs: Int)] {

@@ -323,15 +323,22 @@ package final class JobConsumer: Sendable {
     // MARK: - Adaptive admission
 
     /// Sends this consumer's pressure reports (see ``AdmissionControl``) until cancelled. A
-    /// tier is saturated here while every slot is busy or more of its deliveries wait in the
-    /// inbox than max(concurrency, prefetch/2).
+    /// tier is saturated here while every slot is busy, more of its deliveries wait in the
+    /// inbox than max(concurrency, prefetch/2), or its queues hold ready jobs at the broker
+    /// (a backlog its consumers have not taken yet: asked only when there is a report to send).
     private func reportPressure(inbox: TierInbox) async {
         let concurrency = configuration.concurrency
         let backlog = max(concurrency, Int(configuration.prefetch) / 2)
         while !Task.isCancelled {
             try? await Task.sleep(for: AdmissionControl.reportInterval)
             let busy = state.withLock { $0.inFlight } >= concurrency
-            let reports = admission.reports(consumerID: configuration.consumerID) { busy || inbox.held($0) >= backlog }
+            let started = admission.latencies.tiers.filter { $0 != .free }
+            var queued: Set<Tier> = []
+            if !busy, !started.isEmpty {
+                let counts = try? await connection.withControl { control in try started.map { ($0, try control.readyCount($0)) } }
+                queued = Set((counts ?? []).filter { $0.1 > 0 }.map(\.0))
+            }
+            let reports = admission.reports(consumerID: configuration.consumerID) { busy || queued.contains($0) || inbox.held($0) >= backlog }
             guard !reports.isEmpty, !Task.isCancelled else { continue }
             let results = await connection.publish(reports.map { ControlMessage.pressure($0).outgoing })
             if case .failure(let error)? = results.first(where: { if case .failure = $0 { true } else { false } }) {
