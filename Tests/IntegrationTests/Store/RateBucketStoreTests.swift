@@ -23,8 +23,9 @@ struct RateBucketStoreTests {
             #expect(try await store.take(key: "other", rate: 0.001, burst: 1, want: 1).granted == 1, "keys are apart")
 
             // A fast bucket refills: set its last touch a second back.
-            _ = try await store.take(key: "fast", rate: 100, burst: 1_000, want: 1_000)
+            // The clock starts before the first take: its statement's now() is where the bucket's time begins.
             let before = ContinuousClock.now
+            _ = try await store.take(key: "fast", rate: 100, burst: 1_000, want: 1_000)
             try await pool.query("UPDATE rate_buckets SET updated_at = updated_at - interval '1 second' WHERE key = 'fast'")
             let refilled = try await store.take(key: "fast", rate: 100, burst: 1_000, want: 1_000)
             // One second at 100/s, plus whatever passed between the statements (a loaded machine).
