@@ -121,12 +121,11 @@ struct ConsumerCommand: AsyncParsableCommand {
         if notify.url == nil {
             logger.warning("\(NotifyConfiguration.Key.url) is not set: message.send jobs will fail permanently")
         }
-        let nice = consumerConfiguration.nice ?? ProcessPriority.defaultNice(for: consumerConfiguration)
-        if nice != 0 {
-            logger.info("lower scheduling priority", metadata: ["nice": "\(nice)", "threads": "\(ProcessPriority.keep(at: nice))"])
-        }
+        let priority = consumerConfiguration.nice.map { PriorityKeeper(fixed: $0) }
+            ?? PriorityKeeper(adaptive: ProcessPriority.defaultNice(for: consumerConfiguration))
+        priority.start(logger: logger)
         let consumer = JobConsumer(configuration: consumerConfiguration, amqp: amqp, database: database,
-                                   handlers: .standard(notifier: notifier), logger: logger)
+                                   handlers: .standard(notifier: notifier), priority: priority, logger: logger)
         let adminBound = OneShot<Int>()
         let adminServer = AdminServer.service(host: admin.host, port: admin.port, ready: { await consumer.unreachable() },
                                               status: { await consumer.statusJSON(extra: [("notify", notifier.statusJSON())]) },

@@ -81,6 +81,13 @@ package struct PressureBoard: Sendable {
         guard !reports.isEmpty else { return nil }
         return reports.filter { !$0.saturated }.map(\.p99Milliseconds).max() ?? 0
     }
+
+    /// Whether a consumer of `tier` with room reported in the last `freshFor`: the tier has
+    /// jobs whose start latency the cores, not its own capacity, decide.
+    package mutating func hasRoom(_ tier: Tier, at now: ContinuousClock.Instant) -> Bool {
+        latest = latest.filter { now - $0.value.at < freshFor }
+        return latest.values.contains { $0.report.tier == tier && !$0.report.saturated }
+    }
 }
 
 /// The admission a lower tier's pool grants itself: a level 1/2^k of its configured
@@ -199,7 +206,7 @@ final class AdmissionControl: Sendable {
     let latencies = StartLatencies()
     private let pool: Tier
     private let configured: (concurrency: Int, prefetch: UInt16)
-    private let state: Mutex<(board: PressureBoard, policy: AdmissionPolicy, pressure: [Tier: Int])>
+    private let state: Mutex<(board: PressureBoard, policy: AdmissionPolicy, pressure: [Tier: Int], yielding: Bool)>
     private let pressureGauges: [Tier: Gauge]
     private let levelGauge: Gauge
     private let concurrencyGauge: Gauge
@@ -211,7 +218,7 @@ final class AdmissionControl: Sendable {
         watched = configuration.tiers.count == 1 ? configuration.tierTargets.watched(by: configuration.tier) : []
         pool = configuration.tier
         configured = (configuration.concurrency, configuration.prefetch)
-        state = Mutex((PressureBoard(), AdmissionPolicy(), [:]))
+        state = Mutex((PressureBoard(), AdmissionPolicy(), [:], false))
         var pressureGauges: [Tier: Gauge] = [:]
         for tier in watched {
             pressureGauges[tier] = Gauge(label: "warren_tier_pressure_ms", dimensions: [("tier", tier.rawValue)])
@@ -269,6 +276,7 @@ final class AdmissionControl: Sendable {
             state.pressure = pressure
             if signal == .idle, watchedBacklog { signal = .clear }
             let changed = state.policy.update(signal, at: now)
+            state.yielding = state.policy.shift > 0 || watched.contains { state.board.hasRoom($0, at: now) }
             return (changed, state.policy.level, state.policy.granted(concurrency: configured.concurrency, prefetch: configured.prefetch), pressure)
         }
         for tier in watched { pressureGauges[tier]?.record(pressure[tier] ?? -1) }
@@ -279,6 +287,11 @@ final class AdmissionControl: Sendable {
         return grant
     }
 
+    /// Whether this pool gives way now, as of the last ``decide(at:watchedBacklog:)``: its grant
+    /// is below everything, or a watched tier has consumers with room starting jobs (what an
+    /// adaptive ``PriorityKeeper`` lowers the process's priority for).
+    var yielding: Bool { state.withLock { $0.yielding } }
+
     /// The concurrency and prefetch granted now.
     var granted: (concurrency: Int, prefetch: UInt16) {
         state.withLock { $0.policy.granted(concurrency: configured.concurrency, prefetch: configured.prefetch) }
@@ -286,11 +299,11 @@ final class AdmissionControl: Sendable {
 
     /// `/status`'s `admission` member.
     var statusJSON: String {
-        let (policy, pressure) = state.withLock { ($0.policy, $0.pressure) }
+        let (policy, pressure, yielding) = state.withLock { ($0.policy, $0.pressure, $0.yielding) }
         let grant = policy.granted(concurrency: configured.concurrency, prefetch: configured.prefetch)
         let watching = watched.map { tier in
             #""\#(tier.rawValue)":{"target_ms":\#(targets.targets[tier]?.milliseconds ?? 0),"p99_ms":\#(pressure[tier].map(String.init) ?? "null")}"#
         }.joined(separator: ",")
-        return #"{"level":\#(policy.level),"concurrency":\#(grant.concurrency),"prefetch":\#(grant.prefetch),"watching":{\#(watching)}}"#
+        return #"{"level":\#(policy.level),"yielding":\#(yielding),"concurrency":\#(grant.concurrency),"prefetch":\#(grant.prefetch),"watching":{\#(watching)}}"#
     }
 }

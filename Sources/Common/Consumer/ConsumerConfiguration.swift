@@ -37,7 +37,8 @@ package struct ConsumerConfiguration: Sendable {
     package var consumerID: String
     /// Fleet-wide limits on job types (see ``OutboundLimits``).
     package var outboundLimits: OutboundLimits
-    /// The process's OS scheduling priority (nice, 0-19); nil: ``ProcessPriority/defaultNice(for:)``.
+    /// The process's OS scheduling priority (nice, 0-19) at all times; nil: adaptive, the
+    /// tier's ``ProcessPriority/defaultNice(for:)`` only while it gives way (``PriorityKeeper``).
     package var nice: Int32?
     /// How long a keyed job's concurrency slot outlives its last refresh (refreshed every
     /// third of it while the job runs): how soon a slot of a crashed consumer frees.

@@ -91,8 +91,11 @@ package final class JobConsumer: Sendable {
         var stoppedBecauseIdle = false
     }
 
+    /// The process's scheduling priority, told when this pool gives way (see ``PriorityKeeper``).
+    private let priority: PriorityKeeper?
+
     package init(configuration: ConsumerConfiguration, amqp: AMQPConfiguration, database: PostgresConfiguration,
-                 handlers: HandlerRegistry, logger: Logger) {
+                 handlers: HandlerRegistry, priority: PriorityKeeper? = nil, logger: Logger) {
         var logger = logger
         logger[metadataKey: "tier"] = "\(configuration.poolName)"
         logger[metadataKey: "consumer_id"] = "\(configuration.consumerID)"
@@ -117,6 +120,7 @@ package final class JobConsumer: Sendable {
         writer = ResultWriter(store: store, connection: connection, maxRows: configuration.batchMaxRows,
                               maxDelay: configuration.batchMaxDelay, metrics: metrics, logger: logger)
         admission = AdmissionControl(configuration: configuration)
+        self.priority = priority
         let stopping = StopFlag()
         self.stopping = stopping
         gate = StartGate(store: store, logger: logger, stopping: { stopping.isSet })
@@ -370,6 +374,7 @@ package final class JobConsumer: Sendable {
                     backlog = (try? await connection.withControl { control in try watched.contains { try control.readyCount($0) > 0 } }) ?? true
                 }
                 let grant = admission.decide(watchedBacklog: backlog)
+                priority?.yield(admission.yielding)
                 if let grant {
                     limiter.resize(to: grant.concurrency)
                     logger.info("admission changed", metadata: [
@@ -436,7 +441,7 @@ package final class JobConsumer: Sendable {
     package func statusJSON(extra: [(name: String, json: String)] = []) async -> String {
         let (inFlight, stopping) = state.withLock { ($0.inFlight, $0.stopRequested) }
         let members = extra.map { ",\(JSONText.quoted($0.name)):\($0.json)" }.joined()
-        return #"{"service":"consumer","consumer_id":\#(JSONText.quoted(configuration.consumerID)),"tier":"\#(configuration.tier.rawValue)","queue":"\#(configuration.tier.queueName)","lanes":\#(Tier.lanes),"tiers":[\#(configuration.tiers.map { "\"\($0.rawValue)\"" }.joined(separator: ","))],"subscription_priority":\#(configuration.subscriptionPriority.map(String.init) ?? "0"),"concurrency":\#(configuration.concurrency),"prefetch":\#(configuration.prefetch),"admission":\#(admission.statusJSON),"in_flight":\#(inFlight),"unwritten_results":\#(writer.pending),"cancellation_requests":\#(cancellations.count),"broker_connected":\#(connection.isConnected),"stopping":\#(stopping)\#(members)}"#
+        return #"{"service":"consumer","consumer_id":\#(JSONText.quoted(configuration.consumerID)),"tier":"\#(configuration.tier.rawValue)","queue":"\#(configuration.tier.queueName)","lanes":\#(Tier.lanes),"tiers":[\#(configuration.tiers.map { "\"\($0.rawValue)\"" }.joined(separator: ","))],"subscription_priority":\#(configuration.subscriptionPriority.map(String.init) ?? "0"),"concurrency":\#(configuration.concurrency),"prefetch":\#(configuration.prefetch),"admission":\#(admission.statusJSON),"nice":\#(priority?.current ?? 0),"in_flight":\#(inFlight),"unwritten_results":\#(writer.pending),"cancellation_requests":\#(cancellations.count),"broker_connected":\#(connection.isConnected),"stopping":\#(stopping)\#(members)}"#
     }
 
     // MARK: - Cancellation requests

@@ -88,6 +88,50 @@ struct AdmissionTests {
         #expect(ControlMessage(body: ControlMessage.pressure(report).outgoing.body) == .pressure(report))
     }
 
+    @Test func aPoolGivesWayWhileAWatchedTierHasConsumersWithRoomOrItsGrantIsCut() {
+        var configuration = ConsumerConfiguration(tier: .free)
+        configuration.tierTargets = TierTargets([.enterprise: .milliseconds(50)])
+        let admission = AdmissionControl(configuration: configuration)
+        _ = admission.decide(at: at(0))
+        #expect(!admission.yielding, "nothing heard")
+        admission.receive(PressureReport(tier: .enterprise, consumerID: "a", p99Milliseconds: 9_000, jobs: 500, saturated: true), at: at(0))
+        _ = admission.decide(at: at(10))
+        #expect(!admission.yielding, "only a saturated consumer: the cores would not help it")
+        admission.receive(PressureReport(tier: .enterprise, consumerID: "b", p99Milliseconds: 3, jobs: 50), at: at(20))
+        _ = admission.decide(at: at(30))
+        #expect(admission.yielding, "a consumer with room, under its target")
+        #expect(admission.statusJSON.contains(#""yielding":true"#), "\(admission.statusJSON)")
+        admission.receive(PressureReport(tier: .enterprise, consumerID: "b", p99Milliseconds: 80, jobs: 50), at: at(500))
+        #expect(admission.decide(at: at(510)) != nil)
+        admission.receive(PressureReport(tier: .enterprise, consumerID: "b", p99Milliseconds: 9_000, jobs: 500, saturated: true), at: at(1_000))
+        _ = admission.decide(at: at(1_010))
+        #expect(admission.yielding, "saturated now, but the grant is still cut")
+        _ = admission.decide(at: at(3_100))
+        #expect(!admission.yielding, "every report aged out: idle, everything back")
+
+        var watchingNothing = ConsumerConfiguration(tier: .free)
+        watchingNothing.tierTargets = TierTargets([:])
+        let unwatched = AdmissionControl(configuration: watchingNothing)
+        unwatched.receive(PressureReport(tier: .enterprise, consumerID: "b", p99Milliseconds: 3, jobs: 50), at: at(0))
+        _ = unwatched.decide(at: at(10))
+        #expect(!unwatched.yielding, "a tier without a target is not given way to")
+    }
+
+    @Test func anAdaptiveKeeperFollowsTheYieldAndAFixedOneDoesNot() {
+        let adaptive = PriorityKeeper(adaptive: 10)
+        #expect(adaptive.current == 0)
+        adaptive.yield(true)
+        #expect(adaptive.current == 10)
+        adaptive.yield(false)
+        #expect(adaptive.current == 0)
+        let fixed = PriorityKeeper(fixed: 10)
+        fixed.yield(false)
+        #expect(fixed.current == 10)
+        let enterprise = PriorityKeeper(adaptive: 0)
+        enterprise.yield(true)
+        #expect(enterprise.current == 0)
+    }
+
     @Test func targetsComeFromTheEnvironmentAndZeroStopsWatchingATier() throws {
         #expect(TierTargets().watched(by: .free) == [.enterprise, .premium])
         #expect(TierTargets().watched(by: .premium) == [.enterprise])
