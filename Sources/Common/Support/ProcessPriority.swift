@@ -46,77 +46,149 @@ package enum ProcessPriority {
         return (0, 0)
         #endif
     }
+
+    /// The main thread's nice (its thread id is the pid): the process's own before anything
+    /// here changed it (set by `nice -n`, systemd's `Nice=` or a container runtime). Not the
+    /// calling thread's: a pool thread may have come at its QoS's priority.
+    package static var current: Int32 {
+        #if canImport(Glibc)
+        errno = 0
+        let value = getpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(getpid()))
+        return errno == 0 ? value : 0
+        #else
+        return 0
+        #endif
+    }
+
+    /// Whether this process may lower a thread's nice to `nice` (Linux `can_nice`): its
+    /// `RLIMIT_NICE` soft limit reaches `20 - nice`, or it holds `CAP_SYS_NICE` (root has it
+    /// unless dropped from its capability sets).
+    package static func mayLower(to nice: Int32) -> Bool {
+        #if canImport(Glibc)
+        var limit = rlimit()
+        if getrlimit(__rlimit_resource_t(__RLIMIT_NICE.rawValue), &limit) == 0,
+           limit.rlim_cur == rlim_t.max || Int64(limit.rlim_cur) >= Int64(20 - nice) {
+            return true
+        }
+        // CapEff in /proc/self/status is hexadecimal; CAP_SYS_NICE is bit 23.
+        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("CapEff:") }),
+              let mask = UInt64(line.dropFirst("CapEff:".count).trimmingCharacters(in: .whitespaces), radix: 16) else {
+            return false
+        }
+        return mask & (1 << 23) != 0
+        #else
+        return false
+        #endif
+    }
 }
 
 /// Keeps the process's threads at the nice wanted now, on a thread of its own (the syscalls
 /// stay off Swift's cooperative pool).
 ///
-/// - **Fixed** (`WARREN_NICE=N`): always N.
-/// - **Adaptive** (the default for a lower tier's pool): the tier's ``ProcessPriority/defaultNice(for:)``
-///   only while the pool gives way (``yield(_:)``: a tier above it has consumers with room
-///   starting jobs, whose latency the cores decide), and 0 otherwise. When every tier drains a
-///   backlog, each consumer's own capacity is what holds it back, and a niced consumer only
-///   makes the broker wait for its acks (the e2e benchmark drained at 0.73 of its rate with
-///   free at 10 and premium at 5 throughout).
+/// The process's own nice when it starts is the base (`nice -n 5 consumer` or systemd's
+/// `Nice=5`: 5); the keeper adds to it, never overrides it.
 ///
-/// Back to 0 needs the privilege to lower a nice (root, as in the compose services, or
-/// `RLIMIT_NICE`); without it the threads stay niced, and it says so once.
+/// - **Fixed** (`WARREN_NICE=N`): always N, whatever the base.
+/// - **Adaptive** (the default for a lower tier's pool): base + the tier's
+///   ``ProcessPriority/defaultNice(for:)`` only while the pool gives way (``yield(_:)``: a tier
+///   above it has consumers with room starting jobs, whose latency the cores decide), and the
+///   base otherwise. When every tier drains a backlog, each consumer's own capacity is what
+///   holds it back, and a niced consumer only makes the broker wait for its acks (the e2e
+///   benchmark drained at 0.73 of its rate with free at 10 and premium at 5 throughout).
+///   Going back to the base needs the privilege to lower a nice (`CAP_SYS_NICE`, which root
+///   has, as in the compose services, or a `RLIMIT_NICE` that reaches it): a process without it
+///   is never niced by the keeper, and says so once at startup (`WARREN_NICE=N` still pins).
 ///
-/// Metric: `warren_consumer_nice` (the nice wanted now).
+/// Every thread is reniced once a second, whatever the nice: a thread that libdispatch starts
+/// comes at its QoS's priority, and one started by a thread still at the old nice during a
+/// change inherits the old one.
+///
+/// ``current`` and the metric `warren_consumer_nice` are the nice applied, not the one wanted.
 package final class PriorityKeeper: Sendable {
-    /// The nice while yielding (adaptive) or always (fixed).
+    /// What is added to the base while yielding (adaptive), or the nice (fixed).
     package let nice: Int32
+    /// Whether the nice follows ``yield(_:)``; false when fixed, or when the base could not be
+    /// restored after yielding.
     package let adaptive: Bool
+    /// The process's nice when the keeper was made.
+    package let base: Int32
+    /// Why an adaptive keeper was turned off, said once at ``start(logger:)``.
+    private let refusal: String?
     private let wanted: Atomic<Int32>
+    private let applied: Atomic<Int32>
     private let gauge = Gauge(label: "warren_consumer_nice")
 
     package init(fixed nice: Int32) {
         self.nice = nice
         adaptive = false
-        wanted = Atomic(nice)
-        gauge.record(Int(nice))
+        base = ProcessPriority.current
+        refusal = nil
+        // WARREN_NICE=0 turns the keeper off: the process keeps the nice it was started with.
+        wanted = Atomic(nice == 0 ? base : nice)
+        applied = Atomic(base)
+        gauge.record(Int(base))
     }
 
     package init(adaptive nice: Int32) {
+        let base = ProcessPriority.current
+        self.base = base
         self.nice = nice
-        adaptive = nice != 0
-        wanted = Atomic(0)
-        gauge.record(0)
+        if nice != 0, base < 19, !ProcessPriority.mayLower(to: base) {
+            adaptive = false
+            refusal = "adaptive scheduling priority is off: nice \(base) could not be restored after yielding (needs CAP_SYS_NICE or RLIMIT_NICE >= \(20 - base)); WARREN_NICE=N pins a nice"
+        } else {
+            adaptive = nice != 0 && base < 19
+            refusal = nil
+        }
+        wanted = Atomic(base)
+        applied = Atomic(base)
+        gauge.record(Int(base))
     }
 
-    /// Whether the pool gives way now (ignored when fixed).
+    /// Whether the pool gives way now (ignored unless adaptive).
     package func yield(_ yielding: Bool) {
         guard adaptive else { return }
-        let value: Int32 = yielding ? nice : 0
-        if wanted.exchange(value, ordering: .relaxed) != value { gauge.record(Int(value)) }
+        wanted.store(yielding ? min(19, base + nice) : base, ordering: .relaxed)
     }
 
-    /// The nice wanted now.
-    package var current: Int32 { wanted.load(ordering: .relaxed) }
+    /// The nice wanted now, applied at the next pass.
+    package var target: Int32 { wanted.load(ordering: .relaxed) }
 
-    /// Starts the keeping thread (nothing to keep when the nice is never other than 0): a
-    /// change is applied within a quarter of a second, and every thread is reniced once a
-    /// second while the nice is not 0.
+    /// The nice applied to every thread at the last pass.
+    package var current: Int32 { applied.load(ordering: .relaxed) }
+
+    /// Starts the keeping thread (none when nothing is ever changed): a change is applied
+    /// within a quarter of a second, and every thread is reniced once a second.
     package func start(logger: Logger) {
-        guard nice != 0 else { return }
-        let first = ProcessPriority.renice(to: current)
-        logger.info("scheduling priority", metadata: ["nice": "\(nice)", "adaptive": "\(adaptive)", "threads": "\(first.changed)"])
+        if let refusal { logger.warning("\(refusal)") }
+        guard adaptive || (nice != 0 && nice != base) else { return }
         let thread = Thread { [self] in
-            var applied = current
             var ticks = 0
             var warned = false
+            var last = base
             while true {
-                Thread.sleep(forTimeInterval: 0.25)
-                ticks += 1
-                let now = current
-                guard now != applied || (now != 0 && ticks % 4 == 0) else { continue }
-                let result = ProcessPriority.renice(to: now)
-                if now < applied, result.refused > 0, !warned {
-                    warned = true
-                    logger.warning("cannot raise the scheduling priority back (needs CAP_SYS_NICE or RLIMIT_NICE): threads stay niced; WARREN_NICE=0 turns it off",
-                                   metadata: ["nice": "\(now)", "refused": "\(result.refused)"])
+                let now = wanted.load(ordering: .relaxed)
+                if ticks == 0 || now != last || ticks % 4 == 0 {
+                    let result = ProcessPriority.renice(to: now)
+                    if result.refused == 0 {
+                        applied.store(now, ordering: .relaxed)
+                        gauge.record(Int(now))
+                    } else if !warned {
+                        warned = true
+                        logger.warning("cannot set the scheduling priority (lowering a nice needs CAP_SYS_NICE or RLIMIT_NICE)",
+                                       metadata: ["nice": "\(now)", "refused": "\(result.refused)"])
+                    }
+                    if ticks == 0 {
+                        logger.info("scheduling priority", metadata: [
+                            "nice": "\(applied.load(ordering: .relaxed))", "adaptive": "\(adaptive)",
+                            "yielding_nice": "\(adaptive ? min(19, base + nice) : nice)", "threads": "\(result.changed)",
+                        ])
+                    }
+                    last = now
                 }
-                applied = now
+                ticks += 1
+                Thread.sleep(forTimeInterval: 0.25)
             }
         }
         thread.name = "renice"

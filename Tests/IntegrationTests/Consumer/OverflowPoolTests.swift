@@ -12,9 +12,10 @@ struct OverflowPoolTests {
     /// subscribed (`body` gets its `/status` and its pid); stopped with SIGTERM afterwards,
     /// which must exit 0.
     func withConsumer<T: Sendable>(_ world: World, id: String, _ arguments: [String], environment extra: [String: String] = [:],
+                                   launcher: [String] = [],
                                    _ body: (_ status: @Sendable () async -> [String: Any], _ pid: Int32) async throws -> T) async throws -> T {
         let environment = world.environment.merging(["WARREN_ADMIN_HOST": "127.0.0.1", "WARREN_CONSUMER_ID": id]) { $1 }.merging(extra) { $1 }
-        let consumer = try RunningProduct("consumer", arguments + ["--admin-port", "0"], environment: environment)
+        let consumer = try RunningProduct("consumer", arguments + ["--admin-port", "0"], environment: environment, launcher: launcher)
         defer { consumer.signal(SIGKILL) }
         let port = try await consumer.listeningPort("admin_port")
         try await TestServices.waitUntil(timeout: .seconds(60), "\(id) is subscribed") {

@@ -88,10 +88,17 @@ final class RunningProduct: Sendable {
     private let collected: OutputCollector
     private let exit: AsyncStream<Int32>
 
-    init(_ product: String, _ arguments: [String], environment: [String: String] = [:]) throws {
+    /// Starts `product`, or `launcher` with the product's path first among its arguments (a
+    /// command that execs it, as `nice -n 3` or `setpriv` do, so the pid stays the product's).
+    init(_ product: String, _ arguments: [String], environment: [String: String] = [:], launcher: [String] = []) throws {
         process = Process()
-        process.executableURL = try Products.url(product)
-        process.arguments = arguments
+        if let command = launcher.first {
+            process.executableURL = URL(fileURLWithPath: command)
+            process.arguments = launcher.dropFirst() + [try Products.url(product).path] + arguments
+        } else {
+            process.executableURL = try Products.url(product)
+            process.arguments = arguments
+        }
         process.environment = ProcessInfo.processInfo.environment.merging(["WARREN_ADMIN_PORT": "0"].merging(environment) { $1 }) { $1 }
         let out = Pipe(), err = Pipe()
         process.standardOutput = out
