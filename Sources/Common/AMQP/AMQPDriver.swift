@@ -372,7 +372,7 @@ final class AMQPDriver: @unchecked Sendable {
                 lose(replyError(reply, "amqp_read_message", code: .connectionLost))
                 return
             }
-            let delivery = AMQPDelivery(
+            var delivery = AMQPDelivery(
                 deliveryTag: deliver.delivery_tag,
                 redelivered: deliver.redelivered != 0,
                 exchange: String(amqpBytes: deliver.exchange),
@@ -383,6 +383,7 @@ final class AMQPDriver: @unchecked Sendable {
                 channel: frame.channel,
                 generation: generation)
             amqp_destroy_message(&message)
+            delivery.receivedAt = .now()
             if let consumer = consumers[delivery.consumerTag] {
                 consumer.tags.receive(delivery.deliveryTag)
                 if consumer.finished {

@@ -12,6 +12,12 @@ package struct ConsumerMetrics: Sendable {
     let writeDuration: Metrics.Timer
     let writeFailures: Counter
     let inFlight: Gauge
+    /// Enqueued-at to the start of work, of first deliveries (a retry's, a deferral's, a key's
+    /// or a rate limit's wait is its own) ...
+    let startLatency: Metrics.Timer
+    /// ... and its first part: enqueued-at to the delivery read off the connection (publisher,
+    /// broker and network); the rest is the consumer's own (inbox, a free slot).
+    let deliveryLatency: Metrics.Timer
 
     static let outcomeNames = ["succeeded", "retried", "deferred", "failed", "dead", "cancelled", "duplicate", "malformed", "handed_back",
                                "unstorable", "abandoned"]
@@ -28,7 +34,15 @@ package struct ConsumerMetrics: Sendable {
         writeDuration = Metrics.Timer(label: "warren_consumer_batch_write_seconds", dimensions: [tierDimension], preferredDisplayUnit: .seconds)
         writeFailures = Counter(label: "warren_consumer_batch_write_failures_total", dimensions: [tierDimension])
         inFlight = Gauge(label: "warren_consumer_jobs_in_flight", dimensions: [tierDimension])
+        startLatency = Metrics.Timer(label: Self.startLatencyLabel, dimensions: [tierDimension], preferredDisplayUnit: .seconds)
+        deliveryLatency = Metrics.Timer(label: Self.deliveryLatencyLabel, dimensions: [tierDimension], preferredDisplayUnit: .seconds)
     }
+
+    package static let startLatencyLabel = "warren_consumer_start_latency_seconds"
+    package static let deliveryLatencyLabel = "warren_consumer_delivery_latency_seconds"
+    /// The latency histograms' buckets: a paid tier's start is a few ms.
+    package static let latencyBuckets: [Duration] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000]
+        .map { .milliseconds($0) }
 
     func count(_ outcome: String) { outcomes[outcome]?.increment() }
 }
@@ -744,7 +758,11 @@ package final class JobConsumer: Sendable {
         } else if job.seq == 0, !delivery.redelivered, job.concurrencyKey == nil {
             // The tier's pressure: how long first deliveries waited (a retry's, a deferral's or
             // a key's wait is its own).
-            admission.latencies.record(job.tier, milliseconds: Int(max(0, startedAt.microseconds - job.enqueuedAt.microseconds) / 1_000))
+            let waited = max(0, startedAt.microseconds - job.enqueuedAt.microseconds)
+            admission.latencies.record(job.tier, milliseconds: Int(waited / 1_000))
+            // Wall clocks of two hosts: a skewed one reads as 0, never negative.
+            metrics.startLatency.recordNanoseconds(waited * 1_000)
+            metrics.deliveryLatency.recordNanoseconds(min(waited, max(0, delivery.receivedAt.microseconds - job.enqueuedAt.microseconds)) * 1_000)
         }
         let clockStart = ContinuousClock.now
         let outcome: JobOutcome

@@ -14,7 +14,11 @@ package enum Observability {
     package static func bootstrap(service: String, environment: [String: String] = ProcessInfo.processInfo.environment) -> Logger {
         let level = environment["LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0.lowercased()) } ?? .info
         LoggingSystem.bootstrap { label in JSONLogHandler(label: label, level: level) }
-        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        var factory = PrometheusMetricsFactory(registry: registry)
+        for label in [ConsumerMetrics.startLatencyLabel, ConsumerMetrics.deliveryLatencyLabel] {
+            factory.durationHistogramBuckets[label] = ConsumerMetrics.latencyBuckets
+        }
+        MetricsSystem.bootstrap(factory)
         var logger = Logger(label: "warren.\(service)")
         logger[metadataKey: "service"] = "\(service)"
         return logger

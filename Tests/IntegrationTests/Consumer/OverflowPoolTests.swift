@@ -14,6 +14,18 @@ struct OverflowPoolTests {
     func withConsumer<T: Sendable>(_ world: World, id: String, _ arguments: [String], environment extra: [String: String] = [:],
                                    launcher: [String] = [],
                                    _ body: (_ status: @Sendable () async -> [String: Any], _ pid: Int32) async throws -> T) async throws -> T {
+        try await withConsumerAdmin(world, id: id, arguments, environment: extra, launcher: launcher) { port, pid in
+            try await body({
+                guard let (_, _, text) = try? await HTTP.request("GET", "http://127.0.0.1:\(port)/status") else { return [:] }
+                return HTTP.object(text)
+            }, pid)
+        }
+    }
+
+    /// A consumer started for `body`, given its admin port, then stopped gracefully.
+    func withConsumerAdmin<T: Sendable>(_ world: World, id: String, _ arguments: [String], environment extra: [String: String] = [:],
+                                        launcher: [String] = [],
+                                        _ body: (_ adminPort: Int, _ pid: Int32) async throws -> T) async throws -> T {
         let environment = world.environment.merging(["WARREN_ADMIN_HOST": "127.0.0.1", "WARREN_CONSUMER_ID": id]) { $1 }.merging(extra) { $1 }
         let consumer = try RunningProduct("consumer", arguments + ["--admin-port", "0"], environment: environment, launcher: launcher)
         defer { consumer.signal(SIGKILL) }
@@ -21,10 +33,7 @@ struct OverflowPoolTests {
         try await TestServices.waitUntil(timeout: .seconds(60), "\(id) is subscribed") {
             (try? await HTTP.request("GET", "http://127.0.0.1:\(port)/readyz").0) == 200
         }
-        let value = try await body({
-            guard let (_, _, text) = try? await HTTP.request("GET", "http://127.0.0.1:\(port)/status") else { return [:] }
-            return HTTP.object(text)
-        }, consumer.pid)
+        let value = try await body(port, consumer.pid)
         consumer.signal(SIGTERM)
         #expect(try await consumer.wait(timeout: .seconds(60)) == 0, "graceful stop: \(consumer.stderr.suffix(2_000))")
         return value
