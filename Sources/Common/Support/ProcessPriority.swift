@@ -60,26 +60,35 @@ package enum ProcessPriority {
         #endif
     }
 
-    /// Whether this process may lower a thread's nice to `nice` (Linux `can_nice`): its
-    /// `RLIMIT_NICE` soft limit reaches `20 - nice`, or it holds `CAP_SYS_NICE` (root has it
-    /// unless dropped from its capability sets).
+    /// Whether this process may lower a thread's nice back to `nice`, found by trying: the
+    /// calling thread goes to `nice + 1` and back. The kernel's own answer, whatever grants it
+    /// (`CAP_SYS_NICE` in the host's user namespace, not just in `CapEff`; a `RLIMIT_NICE` that
+    /// reaches it). When it cannot, the calling thread is left at `nice + 1`: call it on a
+    /// thread of its own.
     package static func mayLower(to nice: Int32) -> Bool {
         #if canImport(Glibc)
-        var limit = rlimit()
-        if getrlimit(__rlimit_resource_t(__RLIMIT_NICE.rawValue), &limit) == 0,
-           limit.rlim_cur == rlim_t.max || Int64(limit.rlim_cur) >= Int64(20 - nice) {
-            return true
-        }
-        // CapEff in /proc/self/status is hexadecimal; CAP_SYS_NICE is bit 23.
-        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
-              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("CapEff:") }),
-              let mask = UInt64(line.dropFirst("CapEff:".count).trimmingCharacters(in: .whitespaces), radix: 16) else {
-            return false
-        }
-        return mask & (1 << 23) != 0
+        guard nice < 19 else { return true }
+        let which = __priority_which_t(PRIO_PROCESS.rawValue)
+        let me: id_t = 0  // PRIO_PROCESS with 0: the calling thread
+        guard setpriority(which, me, nice + 1) == 0 else { return false }
+        return setpriority(which, me, nice) == 0
         #else
         return false
         #endif
+    }
+
+    /// ``mayLower(to:)`` asked on a throwaway thread, waited for (tests and tools; a service
+    /// asks on its keeper's own thread).
+    package static func mayLowerFromAnyThread(to nice: Int32) -> Bool {
+        let answer = Mutex<Bool?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        let thread = Thread {
+            answer.withLock { $0 = mayLower(to: nice) }
+            done.signal()
+        }
+        thread.start()
+        done.wait()
+        return answer.withLock { $0 } ?? false
     }
 }
 
@@ -96,9 +105,10 @@ package enum ProcessPriority {
 ///   base otherwise. When every tier drains a backlog, each consumer's own capacity is what
 ///   holds it back, and a niced consumer only makes the broker wait for its acks (the e2e
 ///   benchmark drained at 0.73 of its rate with free at 10 and premium at 5 throughout).
-///   Going back to the base needs the privilege to lower a nice (`CAP_SYS_NICE`, which root
-///   has, as in the compose services, or a `RLIMIT_NICE` that reaches it): a process without it
-///   is never niced by the keeper, and says so once at startup (`WARREN_NICE=N` still pins).
+///   Going back to the base needs the privilege to lower a nice (`CAP_SYS_NICE` in the host's
+///   user namespace, or a `RLIMIT_NICE` that reaches it); the keeper's thread tries it on
+///   itself first, and without it no thread is ever niced by the keeper and it says so once
+///   at startup (`WARREN_NICE=N` still pins).
 ///
 /// Every thread is reniced once a second, whatever the nice: a thread that libdispatch starts
 /// comes at its QoS's priority, and one started by a thread still at the old nice during a
@@ -108,13 +118,14 @@ package enum ProcessPriority {
 package final class PriorityKeeper: Sendable {
     /// What is added to the base while yielding (adaptive), or the nice (fixed).
     package let nice: Int32
-    /// Whether the nice follows ``yield(_:)``; false when fixed, or when the base could not be
-    /// restored after yielding.
+    /// Whether the nice follows ``yield(_:)`` (false when fixed); it stops following it when
+    /// the keeper's thread finds the base could not be restored after yielding.
     package let adaptive: Bool
     /// The process's nice when the keeper was made.
     package let base: Int32
-    /// Why an adaptive keeper was turned off, said once at ``start(logger:)``.
-    private let refusal: String?
+    /// Set by the keeper's thread when it finds it could not lower a nice back to the base:
+    /// then it never nices, and ``yield(_:)`` is ignored.
+    private let refused = Atomic(false)
     private let wanted: Atomic<Int32>
     private let applied: Atomic<Int32>
     private let gauge = Gauge(label: "warren_consumer_nice")
@@ -123,7 +134,6 @@ package final class PriorityKeeper: Sendable {
         self.nice = nice
         adaptive = false
         base = ProcessPriority.current
-        refusal = nil
         // WARREN_NICE=0 turns the keeper off: the process keeps the nice it was started with.
         wanted = Atomic(nice == 0 ? base : nice)
         applied = Atomic(base)
@@ -134,13 +144,7 @@ package final class PriorityKeeper: Sendable {
         let base = ProcessPriority.current
         self.base = base
         self.nice = nice
-        if nice != 0, base < 19, !ProcessPriority.mayLower(to: base) {
-            adaptive = false
-            refusal = "adaptive scheduling priority is off: nice \(base) could not be restored after yielding (needs CAP_SYS_NICE or RLIMIT_NICE >= \(20 - base)); WARREN_NICE=N pins a nice"
-        } else {
-            adaptive = nice != 0 && base < 19
-            refusal = nil
-        }
+        adaptive = nice != 0 && base < 19
         wanted = Atomic(base)
         applied = Atomic(base)
         gauge.record(Int(base))
@@ -148,7 +152,7 @@ package final class PriorityKeeper: Sendable {
 
     /// Whether the pool gives way now (ignored unless adaptive).
     package func yield(_ yielding: Bool) {
-        guard adaptive else { return }
+        guard adaptive, !refused.load(ordering: .relaxed) else { return }
         wanted.store(yielding ? min(19, base + nice) : base, ordering: .relaxed)
     }
 
@@ -161,9 +165,15 @@ package final class PriorityKeeper: Sendable {
     /// Starts the keeping thread (none when nothing is ever changed): a change is applied
     /// within a quarter of a second, and every thread is reniced once a second.
     package func start(logger: Logger) {
-        if let refusal { logger.warning("\(refusal)") }
         guard adaptive || (nice != 0 && nice != base) else { return }
         let thread = Thread { [self] in
+            if adaptive, !ProcessPriority.mayLower(to: base) {
+                // This thread is left at base + 1 and ends: no thread is niced by the keeper.
+                refused.store(true, ordering: .relaxed)
+                wanted.store(base, ordering: .relaxed)
+                logger.warning("adaptive scheduling priority is off: nice \(base) could not be restored after yielding (needs CAP_SYS_NICE or RLIMIT_NICE >= \(20 - base)); WARREN_NICE=N pins a nice")
+                return
+            }
             var ticks = 0
             var warned = false
             var last = base
