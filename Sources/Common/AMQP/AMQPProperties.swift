@@ -95,6 +95,7 @@ package struct AMQPDelivery: Sendable {
     package var channel: UInt16
     package var generation: UInt64
     /// When the connection's thread read it off the socket (wall clock, comparable with a
-    /// job's enqueued-at): what came before is the broker's and the network's part of a wait.
+    /// job's enqueued-at): what came before is the publisher's, the broker's and the network's
+    /// part of a wait, and that thread's own wait for a core.
     package var receivedAt = Timestamp(microseconds: 0)
 }

@@ -16,7 +16,8 @@ package struct ConsumerMetrics: Sendable {
     /// or a rate limit's wait is its own) ...
     let startLatency: Metrics.Timer
     /// ... and its first part: enqueued-at to the delivery read off the connection (publisher,
-    /// broker and network); the rest is the consumer's own (inbox, a free slot).
+    /// broker, network, and the connection thread's wait for a core); the rest is the
+    /// consumer's own (inbox, a free slot).
     let deliveryLatency: Metrics.Timer
 
     static let outcomeNames = ["succeeded", "retried", "deferred", "failed", "dead", "cancelled", "duplicate", "malformed", "handed_back",
