@@ -32,13 +32,16 @@ struct AdmissionIntegrationTests {
     }
 
     /// Enterprise jobs that arrive 400 ms late (enqueued-at in the past, as if a slow host or a
-    /// starved process held them), 25 a second, to an enterprise consumer with room to spare.
-    func lateEnterpriseTrickle(_ world: World, seconds: Int) -> Task<Void, any Error> {
+    /// starved process held them), 25 a second, to an enterprise consumer with room to spare,
+    /// until the task is cancelled (at most 120 s): the test ends it once it has seen what it
+    /// waits for, so a slow machine cannot run out of late jobs before the free pool has given way.
+    func lateEnterpriseTrickle(_ world: World) -> Task<Void, any Error> {
         Task {
-            for _ in 0..<(seconds * 25) {
+            let deadline = ContinuousClock.now + .seconds(120)
+            while !Task.isCancelled, ContinuousClock.now < deadline {
                 let late = Timestamp(microseconds: Timestamp.now().microseconds - 400_000)
                 try await world.publish([JobEnvelope(type: "sleep", tier: .enterprise, payload: Array(#"{"ms":1}"#.utf8), enqueuedAt: late)])
-                try await Task.sleep(for: .milliseconds(40))
+                try? await Task.sleep(for: .milliseconds(40))
             }
         }
     }
@@ -62,7 +65,7 @@ struct AdmissionIntegrationTests {
                     #expect(await admission(free)["concurrency"] as? Int == 8, "at full before enterprise has work")
                     // Enterprise's consumer has room (16 slots, 1 ms jobs, 25/s), but its jobs
                     // start 400 ms after they were enqueued: past the 100 ms target.
-                    let trickle = lateEnterpriseTrickle(world, seconds: 14)
+                    let trickle = lateEnterpriseTrickle(world)
                     defer { trickle.cancel() }
                     try await TestServices.waitUntil(timeout: .seconds(30), "the free pool is down to one job at a time") {
                         await admission(free)["concurrency"] as? Int == 1
@@ -73,13 +76,27 @@ struct AdmissionIntegrationTests {
                     }
                     // At the broker: one consumer per free lane, each with the new prefetch
                     // (the old subscriptions were cancelled, not left beside the new ones).
-                    try await TestServices.waitUntil(timeout: .seconds(20), "the broker sees 8 free consumers with prefetch 1") {
-                        try await brokerPrefetches(world, .free) == Array(repeating: 1, count: Tier.lanes)
+                    var seen: [Int] = []
+                    let resubscribed = try await TestServices.holds(within: .seconds(20)) {
+                        seen = try await brokerPrefetches(world, .free)
+                        return seen == Array(repeating: 1, count: Tier.lanes)
+                    }
+                    guard resubscribed else {
+                        Issue.record("the broker did not show 8 free consumers with prefetch 1 within 20 s; last seen \(seen), admission \(await admission(free))")
+                        return
                     }
                     let status = await admission(free)
                     let watching = (status["watching"] as? [String: Any])?["enterprise"] as? [String: Any]
                     #expect(watching?["target_ms"] as? Int == 100, "\(status)")
                     #expect((watching?["p99_ms"] as? Int ?? 0) > 100, "\(status)")
+                    // Enterprise stays behind while free goes on at its smallest grant for a
+                    // while (20 of its jobs after the shrink settled), then goes idle.
+                    try await TestServices.waitUntil(timeout: .seconds(30), "20 free jobs run at the smallest grant") {
+                        try await world.count("""
+                            SELECT count(*) FROM job_runs WHERE tier = 'free' AND started_at > '\(shrunk)'::timestamptz + interval '500 ms'
+                            """) >= 20
+                    }
+                    trickle.cancel()
                     try await trickle.value
                     // Between the shrink (plus a moment for the jobs already running) and the
                     // last enterprise start, counted from the rows: the most free jobs running at once.
