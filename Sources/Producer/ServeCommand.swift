@@ -58,16 +58,19 @@ struct ServeCommand: AsyncParsableCommand {
         let rateLimits: [Tier: RateLimiter.Limit]
         let shedPolicy: ShedPolicy
         let shedPoll: Int
+        let shedTargets: TierTargets?
         let leaseTimeout: Int
         do {
             rateLimits = try RateLimiter.limits(environment: environment)
             shedPolicy = try ShedPolicy(environment: environment)
             shedPoll = try reader.integer("WARREN_SHED_POLL_MS", 50...60_000) ?? 500
+            shedTargets = try reader.integer("WARREN_SHED_ON_LATENCY", 0...1) == 0 ? nil : try TierTargets(environment: environment)
             leaseTimeout = try reader.integer("WARREN_RATE_LIMIT_LEASE_TIMEOUT_MS", 10...60_000) ?? 500
         } catch {
             throw ValidationError("\(error)")
         }
-        let pressure = TierPressure(policy: shedPolicy, amqp: amqp, interval: .milliseconds(shedPoll), logger: logger)
+        let pressure = TierPressure(policy: shedPolicy, amqp: amqp, interval: .milliseconds(shedPoll),
+                                    latencyTargets: shedTargets, logger: logger)
         let api = JobsAPI(publisher: publisher, pool: pool, tokenCacheTTL: .seconds(tokenCacheSeconds),
                           rateLimiter: SharedRateLimiter(limits: rateLimits, store: RateBucketStore(pool: pool),
                                                          leaseTimeout: .milliseconds(leaseTimeout), logger: logger),

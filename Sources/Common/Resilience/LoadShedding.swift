@@ -53,16 +53,47 @@ package struct ShedPolicy: Sendable, Equatable {
         let load = load(for: tier, backlog: backlog)
         return wasShedding ? load * 10 >= threshold * 9 : load >= threshold
     }
+
+    /// The tiers shed because a tier above them is behind its start-latency target, given each
+    /// paid tier's pressure (the worst fresh p99, in ms, among its consumers with room, as the
+    /// consumers report it on `warren.control`: ``PressureBoard``). Free is shed while premium
+    /// or enterprise is over its target; premium while enterprise is over twice its target;
+    /// enterprise never (its own latency is not helped by refusing it).
+    package static func shedForLatency(pressure: [Tier: Int], targets: TierTargets) -> Set<Tier> {
+        func over(_ tier: Tier, times factor: Int) -> Bool {
+            guard let p99 = pressure[tier], let target = targets.targets[tier] else { return false }
+            return p99 > Int(target.milliseconds) * factor
+        }
+        var shed = Set<Tier>()
+        if over(.enterprise, times: 1) || over(.premium, times: 1) { shed.insert(.free) }
+        if over(.enterprise, times: 2) { shed.insert(.premium) }
+        return shed
+    }
 }
 
-/// Each tier queue's backlog as `producer serve` last saw it, and which tiers it sheds.
+/// Why `producer serve` refuses a tier's new work.
+package enum ShedReason: String, Sendable, Equatable {
+    /// The ready messages counted against the tier reached its threshold.
+    case backlog
+    /// A tier above it is behind its start-latency target.
+    case latency
+}
+
+/// Each tier queue's backlog as `producer serve` last saw it, the paid tiers' start latency as
+/// their consumers report it, and which tiers it sheds.
 ///
 /// A ``Service``: every `interval` it asks the broker for the ready-message count of the three
 /// tier queues (a passive declare, on a connection of its own that never publishes, so a
-/// broker blocking publishers does not stall it) and applies the ``ShedPolicy``. When it has
-/// no answer younger than `staleAfter` (broker unreachable) it sheds nothing: publishing then
-/// fails on its own, with its own answer. Metrics: `warren_tier_backlog{tier}`,
-/// `warren_shed_threshold{tier}`, `warren_shedding{tier}` (1 while shed).
+/// broker blocking publishers does not stall it) and applies the ``ShedPolicy``. With
+/// `latencyTargets`, it also hears the consumers' pressure reports on `warren.control` (a queue
+/// of its own, deleted with its connection) and sheds the tiers below one that is behind its
+/// target (``ShedPolicy/shedForLatency(pressure:targets:)``), decided again on every report
+/// and held for `latencyHold` after the last one that was behind, so it does not flap
+/// between reports. When it has no backlog answer younger than `staleAfter` (broker
+/// unreachable) it sheds nothing: publishing then fails on its own, with its own answer.
+/// Metrics: `warren_tier_backlog{tier}`, `warren_shed_threshold{tier}`, `warren_shedding{tier}`
+/// (1 while shed, for either reason), `warren_shedding_for_latency{tier}`,
+/// `warren_tier_pressure_ms{tier}` (-1: no fresh report) and `warren_tier_target_ms{tier}`.
 package final class TierPressure: Service, Sendable {
     package struct Snapshot: Sendable, Equatable {
         package var backlog: [Tier: Int]
@@ -70,17 +101,33 @@ package final class TierPressure: Service, Sendable {
         package var at: ContinuousClock.Instant
     }
 
+    private struct State {
+        var snapshot: Snapshot?
+        var forBacklog: Set<Tier> = []
+        var board = PressureBoard()
+        var latencyShedUntil: [Tier: ContinuousClock.Instant] = [:]
+        var forLatency: Set<Tier> = []
+    }
+
     package let policy: ShedPolicy
+    /// The start-latency targets shedding keeps (nil: shedding by backlog only).
+    package let latencyTargets: TierTargets?
+    private let latencyHold: Duration
     private let amqp: AMQPConfiguration
     private let interval: Duration
     private let staleAfter: Duration
     private let logger: Logger
-    private let latest = Mutex<Snapshot?>(nil)
+    private let state = Mutex(State())
     private let backlogGauges: [Tier: Gauge]
     private let sheddingGauges: [Tier: Gauge]
+    private let latencySheddingGauges: [Tier: Gauge]
+    private let pressureGauges: [Tier: Gauge]
 
-    package init(policy: ShedPolicy, amqp: AMQPConfiguration, interval: Duration = .milliseconds(500), logger: Logger) {
+    package init(policy: ShedPolicy, amqp: AMQPConfiguration, interval: Duration = .milliseconds(500),
+                 latencyTargets: TierTargets? = nil, latencyHold: Duration = .seconds(1), logger: Logger) {
         self.policy = policy
+        self.latencyTargets = latencyTargets
+        self.latencyHold = latencyHold
         var amqp = amqp
         amqp.connectionName += " (tier pressure)"
         self.amqp = amqp
@@ -89,44 +136,105 @@ package final class TierPressure: Service, Sendable {
         self.logger = logger
         var backlogGauges: [Tier: Gauge] = [:]
         var sheddingGauges: [Tier: Gauge] = [:]
+        var latencySheddingGauges: [Tier: Gauge] = [:]
+        var pressureGauges: [Tier: Gauge] = [:]
         for tier in Tier.allCases {
-            backlogGauges[tier] = Gauge(label: "warren_tier_backlog", dimensions: [("tier", tier.rawValue)])
-            sheddingGauges[tier] = Gauge(label: "warren_shedding", dimensions: [("tier", tier.rawValue)])
-            Gauge(label: "warren_shed_threshold", dimensions: [("tier", tier.rawValue)]).record(policy.thresholds[tier] ?? 0)
+            let dimensions = [("tier", tier.rawValue)]
+            backlogGauges[tier] = Gauge(label: "warren_tier_backlog", dimensions: dimensions)
+            sheddingGauges[tier] = Gauge(label: "warren_shedding", dimensions: dimensions)
+            Gauge(label: "warren_shed_threshold", dimensions: dimensions).record(policy.thresholds[tier] ?? 0)
+            guard let latencyTargets else { continue }
+            latencySheddingGauges[tier] = Gauge(label: "warren_shedding_for_latency", dimensions: dimensions)
+            latencySheddingGauges[tier]?.record(0)
+            if let target = latencyTargets.targets[tier] {
+                pressureGauges[tier] = Gauge(label: "warren_tier_pressure_ms", dimensions: dimensions)
+                pressureGauges[tier]?.record(-1)
+                Gauge(label: "warren_tier_target_ms", dimensions: dimensions).record(target.milliseconds)
+            }
         }
         self.backlogGauges = backlogGauges
         self.sheddingGauges = sheddingGauges
+        self.latencySheddingGauges = latencySheddingGauges
+        self.pressureGauges = pressureGauges
     }
 
     /// The last answer, if it is recent enough to act on.
     package var current: Snapshot? {
-        guard let snapshot = latest.withLock({ $0 }), ContinuousClock.now - snapshot.at < staleAfter else { return nil }
+        guard let snapshot = state.withLock({ $0.snapshot }), ContinuousClock.now - snapshot.at < staleAfter else { return nil }
         return snapshot
     }
 
     /// Whether new work of `tier` is refused right now.
-    package func isShedding(_ tier: Tier) -> Bool { current?.shedding.contains(tier) ?? false }
+    package func isShedding(_ tier: Tier) -> Bool { shedReason(tier) != nil }
+
+    /// Why new work of `tier` is refused right now (nil: it is not); a backlog over its
+    /// threshold is named before a tier above behind its target.
+    package func shedReason(_ tier: Tier) -> ShedReason? {
+        let (snapshot, forBacklog, forLatency) = state.withLock { ($0.snapshot, $0.forBacklog, $0.forLatency) }
+        guard let snapshot, ContinuousClock.now - snapshot.at < staleAfter, snapshot.shedding.contains(tier) else { return nil }
+        return forBacklog.contains(tier) ? .backlog : forLatency.contains(tier) ? .latency : nil
+    }
 
     package func run() async throws {
         await cancelWhenGracefulShutdown {
-            // Once connected, the connection reconnects by itself; until then, a fresh one
-            // each round.
+            // Once connected, the connection reconnects by itself (declaring the control queue
+            // again and subscribing to it again); until then, a fresh one each round.
+            let controlQueue = "warren.control.serve.\(JobID.make().lowercasedString.prefix(12))"
+            let listens = self.latencyTargets != nil
+            var setup: AMQPConnection.Setup?
+            if listens {
+                setup = { control in
+                    try control.declareExchange(Topology.controlExchange, type: "fanout")
+                    try control.declareQueue(controlQueue, durable: false, exclusive: true, autoDelete: true)
+                    try control.bindQueue(controlQueue, exchange: Topology.controlExchange, routingKey: "")
+                }
+            }
             var connection: AMQPConnection?
+            var listener: Task<Void, Never>?
             while !Task.isCancelled {
                 if connection == nil {
-                    let candidate = AMQPConnection(configuration: self.amqp, logger: self.logger)
+                    let candidate = AMQPConnection(configuration: self.amqp, logger: self.logger, setup: setup)
                     do {
                         try await candidate.connect()
+                        if listens {
+                            let reports = try await candidate.consume(queue: controlQueue, prefetch: 256)
+                            listener = Task { await self.listen(to: reports, on: candidate) }
+                        }
                         connection = candidate
                     } catch {
+                        await candidate.close()
                         self.logger.debug("tier pressure: cannot connect", metadata: ["error": "\(error)"])
                     }
                 }
                 if let connection { await self.poll(connection) }
                 try? await Task.sleep(for: self.interval)
             }
+            listener?.cancel()
             await connection?.close()
+            await listener?.value
         }
+    }
+
+    /// The consumers' pressure reports, as they come.
+    private func listen(to messages: AMQPDeliveries, on connection: AMQPConnection) async {
+        do {
+            for try await message in messages {
+                if case .pressure(let report)? = ControlMessage(body: message.body) { receive(report) }
+                try? await connection.ack(message)
+            }
+        } catch {
+            if !Task.isCancelled { logger.warning("tier pressure: the consumers' reports ended", metadata: ["error": "\(error)"]) }
+        }
+    }
+
+    /// One consumer's report: the latency part of the decision, taken again.
+    package func receive(_ report: PressureReport, at now: ContinuousClock.Instant = .now) {
+        guard latencyTargets != nil else { return }
+        let changes = state.withLock { state -> [(Tier, Bool)] in
+            state.board.receive(report, at: now)
+            return decide(&state, at: now)
+        }
+        publish(changes)
     }
 
     /// One round: read the depths and decide.
@@ -142,26 +250,55 @@ package final class TierPressure: Service, Sendable {
     }
 
     private func record(_ backlog: [Tier: Int]) {
-        let (snapshot, changed) = latest.withLock { latest -> (Snapshot, [Tier: Bool]) in
-            let before = latest?.shedding ?? []
-            var shedding = Set<Tier>()
-            for tier in Tier.allCases where policy.sheds(tier, backlog: backlog, wasShedding: before.contains(tier)) {
-                shedding.insert(tier)
+        let now = ContinuousClock.now
+        let changes = state.withLock { state -> [(Tier, Bool)] in
+            var forBacklog = Set<Tier>()
+            for tier in Tier.allCases where policy.sheds(tier, backlog: backlog, wasShedding: state.forBacklog.contains(tier)) {
+                forBacklog.insert(tier)
             }
-            let snapshot = Snapshot(backlog: backlog, shedding: shedding, at: .now)
-            latest = snapshot
-            var changed: [Tier: Bool] = [:]
-            for tier in Tier.allCases where before.contains(tier) != shedding.contains(tier) { changed[tier] = shedding.contains(tier) }
-            return (snapshot, changed)
+            state.forBacklog = forBacklog
+            state.snapshot = Snapshot(backlog: backlog, shedding: state.snapshot?.shedding ?? [], at: now)
+            return decide(&state, at: now)
         }
+        for tier in Tier.allCases { backlogGauges[tier]?.record(backlog[tier] ?? 0) }
+        publish(changes)
+    }
+
+    /// Takes the latency part again (the board as of `now`) and joins it with the backlog
+    /// part: the tiers whose shedding changed, and whether it is on now.
+    private func decide(_ state: inout State, at now: ContinuousClock.Instant) -> [(Tier, Bool)] {
+        if let latencyTargets {
+            var pressure: [Tier: Int] = [:]
+            for tier in latencyTargets.targets.keys { pressure[tier] = state.board.pressure(of: tier, at: now) }
+            for tier in ShedPolicy.shedForLatency(pressure: pressure, targets: latencyTargets) {
+                state.latencyShedUntil[tier] = now + latencyHold
+            }
+            state.latencyShedUntil = state.latencyShedUntil.filter { $0.value > now }
+            state.forLatency = Set(state.latencyShedUntil.keys)
+            for tier in Tier.allCases { pressureGauges[tier]?.record(pressure[tier] ?? -1) }
+        }
+        guard var snapshot = state.snapshot else { return [] }
+        let before = snapshot.shedding
+        snapshot.shedding = state.forBacklog.union(state.forLatency)
+        state.snapshot = snapshot
+        return Tier.allCases.filter { before.contains($0) != snapshot.shedding.contains($0) }.map { ($0, snapshot.shedding.contains($0)) }
+    }
+
+    /// Gauges and a log line per change.
+    private func publish(_ changes: [(Tier, Bool)]) {
+        let (snapshot, forLatency) = state.withLock { ($0.snapshot, $0.forLatency) }
         for tier in Tier.allCases {
-            backlogGauges[tier]?.record(snapshot.backlog[tier] ?? 0)
-            sheddingGauges[tier]?.record(snapshot.shedding.contains(tier) ? 1 : 0)
+            sheddingGauges[tier]?.record(snapshot?.shedding.contains(tier) == true ? 1 : 0)
+            latencySheddingGauges[tier]?.record(forLatency.contains(tier) ? 1 : 0)
         }
-        for (tier, on) in changed.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
-            logger.warning(on ? "shedding new work of a tier" : "no longer shedding new work of a tier",
-                           metadata: ["tier": "\(tier.rawValue)", "load": "\(policy.load(for: tier, backlog: backlog))",
-                                      "threshold": "\(policy.thresholds[tier] ?? 0)"])
+        for (tier, on) in changes {
+            var metadata: Logger.Metadata = ["tier": "\(tier.rawValue)"]
+            if let backlog = snapshot?.backlog {
+                metadata["load"] = "\(policy.load(for: tier, backlog: backlog))"
+                metadata["threshold"] = "\(policy.thresholds[tier] ?? 0)"
+            }
+            if on { metadata["reason"] = "\(shedReason(tier)?.rawValue ?? "backlog")" }
+            logger.warning(on ? "shedding new work of a tier" : "no longer shedding new work of a tier", metadata: metadata)
         }
     }
 }

@@ -150,10 +150,13 @@ struct JobsAPI: Sendable {
     /// ``ShedPolicy``); counted in `warren_http_shed_total{tier}`. Jobs for later are not
     /// shed: they add nothing to a queue now.
     func admit(_ tier: Tier) throws(APIError) {
-        guard let pressure, pressure.isShedding(tier) else { return }
-        Counter(label: "warren_http_shed_total", dimensions: [("tier", tier.rawValue)]).increment()
-        throw APIError(.serviceUnavailable, "shed",
-                       "the queues are backed up and new \(tier.rawValue) work is being shed; retry after \(Self.shedRetryAfter) s",
+        guard let reason = pressure?.shedReason(tier) else { return }
+        Counter(label: "warren_http_shed_total", dimensions: [("tier", tier.rawValue), ("reason", reason.rawValue)]).increment()
+        let why = switch reason {
+        case .backlog: "the queues are backed up"
+        case .latency: "a higher tier is behind its start-latency target"
+        }
+        throw APIError(.serviceUnavailable, "shed", "\(why) and new \(tier.rawValue) work is being shed; retry after \(Self.shedRetryAfter) s",
                        retryAfter: Self.shedRetryAfter)
     }
 

@@ -51,4 +51,20 @@ struct ShedPolicyTests {
             "\(error)".contains("WARREN_SHED_BACKLOG_ENTERPRISE")
         }
     }
+
+    @Test func aPaidTierBehindItsTargetShedsFreeAndEnterpriseFarBehindShedsPremium() {
+        let targets = TierTargets([.enterprise: .milliseconds(50), .premium: .milliseconds(250)])
+        #expect(ShedPolicy.shedForLatency(pressure: [:], targets: targets) == [])
+        #expect(ShedPolicy.shedForLatency(pressure: [.enterprise: 50, .premium: 250], targets: targets) == [], "at the target is not behind")
+        #expect(ShedPolicy.shedForLatency(pressure: [.enterprise: 51], targets: targets) == [.free])
+        #expect(ShedPolicy.shedForLatency(pressure: [.premium: 251], targets: targets) == [.free])
+        #expect(ShedPolicy.shedForLatency(pressure: [.enterprise: 100], targets: targets) == [.free])
+        #expect(ShedPolicy.shedForLatency(pressure: [.enterprise: 101], targets: targets) == [.free, .premium])
+        #expect(ShedPolicy.shedForLatency(pressure: [.premium: 100_000], targets: targets) == [.free], "premium never sheds premium")
+        #expect(ShedPolicy.shedForLatency(pressure: [.enterprise: 100_000, .free: 100_000], targets: targets) == [.free, .premium],
+                "enterprise is never shed for latency")
+        #expect(ShedPolicy.shedForLatency(pressure: [.enterprise: 100_000], targets: TierTargets([.premium: .milliseconds(250)])) == [],
+                "a tier without a target is not watched")
+    }
 }
+

@@ -1,5 +1,6 @@
 import Common
 import Foundation
+import Synchronization
 import Testing
 
 /// Shedding at the front door by tier: `producer serve` reads the tier queues' backlogs from the
@@ -87,7 +88,7 @@ struct LoadSheddingTests {
             let metrics = try await server.request("GET", "/metrics").2
             #expect(metrics.contains(#"warren_shedding{tier="free"} 1"#), "\(metrics)")
             #expect(metrics.contains(#"warren_shed_threshold{tier="premium"} 1000"#))
-            #expect(metrics.contains(#"warren_http_shed_total{tier="enterprise"}"#))
+            #expect(metrics.contains(#"warren_http_shed_total{tier="enterprise",reason="backlog"}"#))
             #expect(metrics.contains(#"warren_tier_backlog{tier="enterprise"}"#))
 
             // Drained below 90% of each threshold, every tier is served again.
@@ -135,6 +136,105 @@ struct LoadSheddingTests {
                 return status == 503 && !body.contains(#""code":"shed""#)
             }
             #expect(cleared, "still answered \(last)")
+        }
+    }
+
+    /// What the consumers would send on `warren.control`, as a test sets it: sent every 200 ms
+    /// (a consumer reports every 500 ms) until the task is cancelled.
+    final class Reporter: Sendable {
+        let reports = Mutex<[PressureReport]>([])
+        /// Rounds of reports the broker confirmed.
+        let rounds = Atomic(0)
+        func set(_ reports: [PressureReport]) { self.reports.withLock { $0 = reports } }
+
+        func run(_ connection: AMQPConnection) -> Task<Void, Never> {
+            Task {
+                while !Task.isCancelled {
+                    let messages = reports.withLock { $0 }.map { ControlMessage.pressure($0).outgoing }
+                    if !messages.isEmpty, await connection.publish(messages).allSatisfy({ (try? $0.get()) != nil }) {
+                        rounds.add(1, ordering: .relaxed)
+                    }
+                    try? await Task.sleep(for: .milliseconds(200))
+                }
+            }
+        }
+    }
+
+    @Test func whileAPaidTierIsBehindItsTargetFreeIsShedThenPremiumAndEnterpriseNever() async throws {
+        var extra = Self.thresholds
+        extra["WARREN_TIER_TARGET_MS_ENTERPRISE"] = "100"
+        extra["WARREN_TIER_TARGET_MS_PREMIUM"] = "200"
+        try await APIServer.with(extra: extra) { server, connection, _ in
+            var tokens: [Tier: String] = [:]
+            for tier in Tier.allCases { tokens[tier] = try await server.token(tier: tier.rawValue, scopes: "jobs:write") }
+            try await waitFor([.enterprise: 202, .premium: 202, .free: 202], server, tokens, "nothing is shed before any report")
+            // Bad control messages are skipped, and the reports after them still count.
+            let junk = [Array("not json".utf8), Array(#"{"action":"pressure","tier":"enterprise","p99_ms":"fast"}"#.utf8)]
+            for body in junk {
+                for result in await connection.publish([AMQPOutgoingMessage(exchange: Topology.controlExchange, routingKey: "", body: body, mandatory: false)]) {
+                    try result.get()
+                }
+            }
+            let reporter = Reporter()
+            let reporting = reporter.run(connection)
+            defer { reporting.cancel() }
+
+            // An enterprise consumer with room whose jobs start 150 ms after they were enqueued.
+            reporter.set([PressureReport(tier: .enterprise, consumerID: "e1", p99Milliseconds: 150, jobs: 40)])
+            try await waitFor([.enterprise: 202, .premium: 202, .free: 503], server, tokens, "free is shed for enterprise's latency")
+            let (_, _, body) = try await server.request("POST", "/v1/jobs", token: tokens[.free], body: #"{"type":"noop"}"#)
+            #expect(body.contains("start-latency target"), "\(body)")
+            let metrics = try await server.request("GET", "/metrics").2
+            #expect(metrics.contains(#"warren_shedding_for_latency{tier="free"} 1"#), "\(metrics)")
+            #expect(metrics.contains(#"warren_tier_pressure_ms{tier="enterprise"} 150"#), "\(metrics)")
+            #expect(metrics.contains(#"warren_tier_target_ms{tier="enterprise"} 100"#), "\(metrics)")
+            #expect(metrics.contains(#"warren_http_shed_total{tier="free",reason="latency"}"#), "\(metrics)")
+
+            // Over twice its target: premium gives way too; enterprise is still served.
+            reporter.set([PressureReport(tier: .enterprise, consumerID: "e1", p99Milliseconds: 250, jobs: 40)])
+            try await waitFor([.enterprise: 202, .premium: 503, .free: 503], server, tokens, "then premium")
+
+            // The same latency from a saturated consumer (its own slots hold its jobs back):
+            // refusing the tiers below would not start them sooner, nothing is shed.
+            reporter.set([PressureReport(tier: .enterprise, consumerID: "e1", p99Milliseconds: 250, jobs: 40, saturated: true)])
+            try await waitFor([.enterprise: 202, .premium: 202, .free: 202], server, tokens, "a saturated tier sheds nothing")
+
+            // Premium behind its own target: only free gives way.
+            reporter.set([PressureReport(tier: .premium, consumerID: "p1", p99Milliseconds: 300, jobs: 40)])
+            try await waitFor([.enterprise: 202, .premium: 202, .free: 503], server, tokens, "premium's latency sheds free")
+
+            // The reports stop (no job of a paid tier started lately): they age out, all served.
+            reporter.set([])
+            try await waitFor([.enterprise: 202, .premium: 202, .free: 202], server, tokens, "served again once the reports stop")
+        }
+    }
+
+    @Test func latencySheddingTurnsOffWithZero() async throws {
+        var extra = Self.thresholds
+        extra["WARREN_TIER_TARGET_MS_ENTERPRISE"] = "100"
+        extra["WARREN_SHED_BACKLOG_FREE"] = "0"
+        extra["WARREN_SHED_ON_LATENCY"] = "0"
+        try await APIServer.with(extra: extra) { server, connection, _ in
+            let free = try await server.token(tier: "free", scopes: "jobs:write")
+            let premium = try await server.token(tier: "premium", scopes: "jobs:write")
+            let reporter = Reporter()
+            reporter.set([PressureReport(tier: .enterprise, consumerID: "e1", p99Milliseconds: 5_000, jobs: 40)])
+            let reporting = reporter.run(connection)
+            defer { reporting.cancel() }
+            // Premium shed by the backlog: the server is reading the broker; and five more
+            // rounds of reports of an enterprise 50x over its target: it would have heard them.
+            try await fill(connection, .enterprise, 1_200)
+            try await TestServices.waitUntil(timeout: .seconds(20), "premium is shed for the backlog") {
+                try await server.request("POST", "/v1/jobs", token: premium, body: #"{"type":"noop"}"#).0 == 503
+            }
+            let heard = reporter.rounds.load(ordering: .relaxed) + 5
+            try await TestServices.waitUntil(timeout: .seconds(20), "five more rounds of reports") {
+                reporter.rounds.load(ordering: .relaxed) >= heard
+            }
+            let (status, _, body) = try await server.request("POST", "/v1/jobs", token: free, body: #"{"type":"noop"}"#)
+            #expect(status == 202, "\(body)")
+            let metrics = try await server.request("GET", "/metrics").2
+            #expect(!metrics.contains("warren_shedding_for_latency"), "\(metrics)")
         }
     }
 }
