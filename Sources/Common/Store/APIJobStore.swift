@@ -15,28 +15,83 @@ package struct APIJobStore: Sendable {
         case claimed
         /// The key was used within the window: the first job.
         case existing(id: UUID, pending: Bool)
+        /// Asked to be unique while running, and a job of its concurrency key is unfinished:
+        /// nothing recorded. `holder` is that job when it is the same tenant's (another
+        /// tenant's job is not named).
+        case keyBusy(holder: UUID?)
     }
+
+    /// Thrown inside a claim's transaction to roll it back when the key is busy.
+    private struct KeyBusy: Error { var holder: UUID?; var tenant: String }
 
     /// Records `job` for `tenant`; with an idempotency key used in the last 24 h, returns the
     /// first job instead (one statement, so concurrent requests agree). A claimed job is also
     /// an outbox entry (``Outbox/hold(_:leaseSeconds:on:)`` with a lease, same commit):
     /// the caller publishes it, then ``Outbox/markPublished(_:)``; if the confirm never
     /// comes, the scheduler's leader publishes it again under the same id once the lease ends.
-    package func claim(_ job: JobEnvelope, tenant: String, requestID: String) async throws -> Claim {
-        try await pool.withTransaction { connection in
-            let claim = try await Self.claim(job, tenant: tenant, requestID: requestID, state: "pending", on: connection)
-            if claim == .claimed { try await Outbox.hold(job, leaseSeconds: Outbox.publishLeaseSeconds, on: connection) }
-            return claim
+    ///
+    /// With `unique` (the job's `concurrency_key` is set), the key is taken in the same commit
+    /// (``takeUniqueKey(_:job:on:)``), or the claim is ``Claim/keyBusy(holder:)`` and nothing is
+    /// recorded. An idempotency key is looked at first: a retried request gets its own job back.
+    package func claim(_ job: JobEnvelope, tenant: String, requestID: String, unique: Bool = false) async throws -> Claim {
+        try await Self.busyAsClaim(tenant: tenant) {
+            try await pool.withTransaction { connection in
+                let claim = try await Self.claim(job, tenant: tenant, requestID: requestID, state: "pending", on: connection)
+                guard claim == .claimed else { return claim }
+                if unique { try await Self.takeUniqueKey(job.concurrencyKey, job: job.id, on: connection) }
+                try await Outbox.hold(job, leaseSeconds: Outbox.publishLeaseSeconds, on: connection)
+                return claim
+            }
         }
     }
 
     /// A delayed job (run_at / delay_seconds): its row, recorded `published` (accepted for
     /// good), and its `delayed_jobs` row, in one transaction; or the first job of its key.
-    package func hold(_ job: JobEnvelope, tenant: String, requestID: String) async throws -> Claim {
-        try await pool.withTransaction { connection in
-            let claim = try await Self.claim(job, tenant: tenant, requestID: requestID, state: "published", on: connection)
-            if claim == .claimed { try await Outbox.hold(job, on: connection) }
-            return claim
+    /// `unique` as in ``claim(_:tenant:requestID:unique:)``: a scheduled job holds its key.
+    package func hold(_ job: JobEnvelope, tenant: String, requestID: String, unique: Bool = false) async throws -> Claim {
+        try await Self.busyAsClaim(tenant: tenant) {
+            try await pool.withTransaction { connection in
+                let claim = try await Self.claim(job, tenant: tenant, requestID: requestID, state: "published", on: connection)
+                guard claim == .claimed else { return claim }
+                if unique { try await Self.takeUniqueKey(job.concurrencyKey, job: job.id, on: connection) }
+                try await Outbox.hold(job, on: connection)
+                return claim
+            }
+        }
+    }
+
+    private static func busyAsClaim(tenant: String, _ body: () async throws -> Claim) async throws -> Claim {
+        do {
+            return try await body()
+        } catch let busy as KeyBusy {
+            return .keyBusy(holder: busy.tenant == tenant ? busy.holder : nil)
+        }
+    }
+
+    /// Makes `job` the holder of `key` in `unique_keys`, or throws ``KeyBusy`` while the holder
+    /// is unfinished. A key nobody holds is inserted (two requests at once: the second waits
+    /// for the first's commit, then sees its job); a finished holder's row (succeeded, failed,
+    /// dead, cancelled, or gone past retention) is taken over under a row lock.
+    private static func takeUniqueKey(_ key: String?, job: UUID, on connection: PostgresConnection) async throws {
+        guard let key else { preconditionFailure("unique needs a concurrency key (checked at intake)") }
+        while true {
+            let inserted = try await connection.query("""
+                INSERT INTO unique_keys (key, job_id) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING RETURNING 1
+                """, [key, job]).rows
+            if !inserted.isEmpty { return }
+            let holder = try await connection.query("""
+                SELECT u.job_id, a.tenant,
+                       \(reportedStatus) IN ('succeeded', 'failed', 'dead', 'cancelled') OR \(expired)
+                FROM unique_keys u
+                JOIN api_jobs a ON a.job_id = u.job_id
+                LEFT JOIN job_runs r ON r.job_id = a.job_id AND r.enqueued_at = a.enqueued_at
+                WHERE u.key = $1
+                FOR UPDATE OF u
+                """, [key]).rows
+            guard let row = holder.first else { continue }  // its job went (and the row with it) meanwhile: insert again
+            guard try row.bool(2) else { throw KeyBusy(holder: try row.uuid(0), tenant: row[1] ?? "") }
+            try await connection.query("UPDATE unique_keys SET job_id = $2, created_at = now() WHERE key = $1", [key, job])
+            return
         }
     }
 

@@ -333,5 +333,18 @@ package enum Schema {
             -- Delayed and outbox jobs keep their key until published.
             ALTER TABLE delayed_jobs ADD COLUMN concurrency_key text, ADD COLUMN concurrency_limit integer;
             """),
+        Migration(version: 17, name: "unique_keys: one unfinished job per concurrency key, for unique: running", sql: """
+            -- POST /v1/jobs with "unique": "running" records its concurrency key here, in the
+            -- commit that accepts the job; a second such job of the key is refused (409 key_busy)
+            -- while this row's job is unfinished (scheduled, queued, running or retrying), and
+            -- takes the row over once it has finished. A job gone from api_jobs (its publish
+            -- refused, or pruned) frees its key with it.
+            CREATE TABLE unique_keys (
+                key        text        PRIMARY KEY,
+                job_id     uuid        NOT NULL REFERENCES api_jobs (job_id) ON DELETE CASCADE,
+                created_at timestamptz NOT NULL DEFAULT now()
+            );
+            CREATE INDEX unique_keys_job_idx ON unique_keys (job_id);
+            """),
     ]
 }

@@ -112,16 +112,24 @@ struct JobsAPI: Sendable {
     private func acceptJob(_ request: Request, token: APIToken, requestID: String) async throws(APIError) -> (Response, String?) {
         let body = try await jsonBody(request)
         let request = try parseJob(body, token: token, allowed: ["type", "payload", "idempotency_key", "run_at", "delay_seconds",
-                                                                  "concurrency_key", "concurrency_limit"])
+                                                                  "concurrency_key", "concurrency_limit", "unique"])
+        let unique = try parseUnique(body, concurrencyKey: request.concurrencyKey)
         var job = request.envelope(correlationID: requestID)
         if let runAt = try parseRunAt(body, now: job.enqueuedAt), runAt > job.enqueuedAt {
             job.enqueuedAt = runAt  // it enters its queue then (and job_runs' partition of that day)
-            return try await acceptDelayed(job, token: token, requestID: requestID)
+            return try await acceptDelayed(job, token: token, requestID: requestID, unique: unique)
         }
         try admit(job.tier)
-        guard job.idempotencyKey != nil else { return try await acceptUnkeyed(job, token: token, requestID: requestID) }
-        let claim = try await database(message: "cannot record the job right now; retry later") { try await jobs.claim(job, tenant: token.tenant, requestID: requestID) }
-        if case .existing(let id, let pending) = claim { return try await duplicate(of: id, pending: pending, token: token) }
+        // A unique job goes the keyed way: its key is taken in the commit that holds its outbox entry.
+        guard job.idempotencyKey != nil || unique else { return try await acceptUnkeyed(job, token: token, requestID: requestID) }
+        let claim = try await database(message: "cannot record the job right now; retry later") {
+            try await jobs.claim(job, tenant: token.tenant, requestID: requestID, unique: unique)
+        }
+        switch claim {
+        case .claimed: break
+        case .existing(let id, let pending): return try await duplicate(of: id, pending: pending, token: token)
+        case .keyBusy(let holder): throw keyBusy(job, holder: holder)
+        }
         do {
             try await publisher.publish(job)
         } catch {
@@ -162,11 +170,40 @@ struct JobsAPI: Sendable {
 
     /// A job to run later: held in Postgres (`delayed_jobs`, with its `api_jobs` row in the
     /// same commit) until the scheduler's leader publishes it at `run_at`.
-    private func acceptDelayed(_ job: JobEnvelope, token: APIToken, requestID: String) async throws(APIError) -> (Response, String?) {
-        let claim = try await database(message: "cannot record the job right now; retry later") { try await jobs.hold(job, tenant: token.tenant, requestID: requestID) }
-        if case .existing(let id, let pending) = claim { return try await duplicate(of: id, pending: pending, token: token) }
+    private func acceptDelayed(_ job: JobEnvelope, token: APIToken, requestID: String, unique: Bool) async throws(APIError) -> (Response, String?) {
+        let claim = try await database(message: "cannot record the job right now; retry later") {
+            try await jobs.hold(job, tenant: token.tenant, requestID: requestID, unique: unique)
+        }
+        switch claim {
+        case .claimed: break
+        case .existing(let id, let pending): return try await duplicate(of: id, pending: pending, token: token)
+        case .keyBusy(let holder): throw keyBusy(job, holder: holder)
+        }
         return (json(.accepted, #"{"id":"\#(job.id.lowercasedString)","status":"scheduled","type":\#(JSONText.quoted(job.type)),"tier":"\#(job.tier.rawValue)","run_at":"\#(job.enqueuedAt.iso8601)"}"#),
                 token.tenant)
+    }
+
+    /// `"unique": "running"` (or absent / null): refuse the job while another job of its
+    /// `concurrency_key` is unfinished. Only with a `concurrency_key`.
+    func parseUnique(_ body: [UInt8], concurrencyKey: String?) throws(APIError) -> Bool {
+        guard let members = try? JSONScanner.objectMembers(body),
+              let member = members.first(where: { $0.key == "unique" && $0.kind != .null }) else { return false }
+        guard member.kind == .string, (try? JSONScanner.string(body, at: member.value)) == "running" else {
+            throw APIError(.unprocessableContent, "invalid_field", #"'unique' must be "running" (or absent)"#, field: "unique")
+        }
+        guard concurrencyKey != nil else {
+            throw APIError(.unprocessableContent, "invalid_field", "unique needs a concurrency_key", field: "unique")
+        }
+        return true
+    }
+
+    /// 409 `key_busy`: a unique job's key is held by an unfinished job, named when it is the
+    /// caller's own (`job_id`).
+    func keyBusy(_ job: JobEnvelope, holder: UUID?) -> APIError {
+        let key = job.concurrencyKey ?? ""
+        return APIError(.conflict, "key_busy",
+                        "a job of concurrency key '\(key)' is not finished (scheduled, queued, running or retrying); nothing was accepted",
+                        field: "concurrency_key", extra: holder.map { #""job_id":"\#($0.lowercasedString)""# })
     }
 
     /// The answer to a request whose idempotency key names an earlier job: 200 with that job
