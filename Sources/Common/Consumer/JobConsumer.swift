@@ -78,6 +78,7 @@ package final class JobConsumer: Sendable {
     private let running = HeldLeases()
     /// ... and the jobs waiting for one, woken when a job of their key ends here.
     private let keyWakeups = KeyWakeups()
+    private let freedKeys = FreedKeys()
     private let keyWaiting: GaugedCount
     /// Decides in Postgres whether a delivery may start (see ``StartGate``).
     private let gate: StartGate
@@ -184,6 +185,7 @@ package final class JobConsumer: Sendable {
         let controlTask = Task { await listen(to: controlMessages) }
         let pollTask = Task { await pollCancellations() }
         let leaseTask = Task { await refreshLeases() }
+        let freedKeysTask = Task { await announceFreedKeys() }
         // A free slot takes the highest tier's delivery, lanes in turn (see TierInbox).
         let inbox = TierInbox(tiers: configuration.tiers)
         let reportTask = Task { await reportPressure(inbox: inbox) }
@@ -246,6 +248,7 @@ package final class JobConsumer: Sendable {
         controlTask.cancel()
         pollTask.cancel()
         leaseTask.cancel()
+        freedKeysTask.cancel()
         reportTask.cancel()
 
         // Flush what finished, ack it, then close (unacked deliveries go back to the queue).
@@ -469,16 +472,23 @@ package final class JobConsumer: Sendable {
         if !ids.isEmpty { logger.info("loaded cancellation requests", metadata: ["count": "\(ids.count)"]) }
     }
 
-    /// Control messages from `warren.control`: cancellation requests, the moment they are made.
+    /// Control messages from `warren.control`: cancellation requests the moment they are made,
+    /// the fleet's pressure reports, and concurrency keys freed by other consumers.
     private func listen(to messages: AMQPDeliveries) async {
         do {
             for try await message in messages {
-                if case .pressure(let report)? = ControlMessage(body: message.body) {
+                switch ControlMessage(body: message.body) {
+                case .pressure(let report)?:
                     admission.receive(report)
-                } else if case .cancel(let job, let tier)? = ControlMessage(body: message.body), configuration.tiers.contains(tier) {
+                case .keysFree(let keys, let from)?:
+                    guard from != configuration.consumerID else { break }  // its own, woken already
+                    for key in keys { keyWakeups.wakeOne(key) }
+                case .cancel(let job, let tier)? where configuration.tiers.contains(tier):
                     let running = cancellations.request([job])
                     logger.info("cancellation requested", metadata: ["job_id": "\(job.lowercasedString)",
                                                                      "running": "\(running > 0)"])
+                case .cancel?, nil:
+                    break
                 }
                 try? await connection.ack(message)
             }
@@ -625,7 +635,8 @@ package final class JobConsumer: Sendable {
                 jobLogger.warning("cannot give back the job's concurrency slot; it expires on its own",
                                   metadata: ["error": "\(error)", "lease_seconds": "\(configuration.keyLeaseTTL.milliseconds / 1_000)"])
             }
-            keyWakeups.wake(key)
+            keyWakeups.wakeOne(key)
+            freedKeys.add(key)  // and jobs of the key waiting in other consumers
         case .deferred(let plan):
             await carryOut(plan, job, delivery: delivery, startedAt: .now(), logger: jobLogger)
         case .handedBack:
@@ -643,9 +654,10 @@ package final class JobConsumer: Sendable {
     }
 
     /// Waits for a slot of `key` (see ``ConcurrencyLeases``) without holding a worker slot:
-    /// called with one; while the key is busy it gives it back, waits (woken when a job of the
-    /// key ends here, else asking again after 25 ms, doubling to 500 ms), and takes one again
-    /// before it asks. Returns holding a worker slot.
+    /// called with one; while the key is busy it gives it back, waits (woken, longest waiting
+    /// first, when a slot of the key is given back here or by another consumer, see
+    /// ``announceFreedKeys()``; else asking again after 25 ms, doubling to 2 s), and takes one
+    /// again before it asks. Returns holding a worker slot.
     private func keyTurn(_ key: String, job: JobEnvelope, limiter: Limiter, logger: Logger) async -> KeyTurn {
         var random = SystemRandomNumberGenerator()
         var pause = Duration.milliseconds(25)
@@ -672,11 +684,26 @@ package final class JobConsumer: Sendable {
             }
             limiter.release()
             await keyWakeups.wait(key, upTo: pause)
-            pause = min(pause * 2, .milliseconds(500))
+            pause = min(pause * 2, Self.longestKeyPause)
             await limiter.acquire()
             if stopping.isSet { return .handedBack }
         }
     }
+
+    /// Tells every consumer which concurrency keys' slots were given back here, so their jobs
+    /// waiting for those keys ask at once (a hint: without it they ask at their next poll).
+    private func announceFreedKeys() async {
+        while let keys = await freedKeys.next() {
+            if case .failure(let error)? = await connection.publish([ControlMessage.keysFree(keys, from: configuration.consumerID).outgoing]).first {
+                logger.debug("cannot announce freed concurrency keys", metadata: ["error": "\(error)", "keys": "\(keys.count)"])
+            }
+        }
+    }
+
+    /// The longest a job waiting for its key goes without asking: slots given back wake a
+    /// waiting job at once (here, or through ``announceFreedKeys()``), so the poll only covers a
+    /// lost announcement or a dead holder's lease running out.
+    static let longestKeyPause = Duration.seconds(2)
 
     /// Refreshes the leases of the keyed jobs running here, every third of their lifetime.
     private func refreshLeases() async {
@@ -1008,15 +1035,85 @@ final class HeldLeases: Sendable {
     var jobs: [UUID] { leases.withLock { $0.map(\.job) } }
 }
 
-/// Jobs waiting for a slot of their concurrency key, by key: each wakes when a job of its key
-/// ends in this consumer (``wake(_:)``), or after its pause at the latest.
+/// Concurrency keys whose slots were given back here and not yet announced on
+/// `warren.control` (``ControlMessage/keysFree(_:from:)``): collected while an announcement is out,
+/// so a busy consumer sends one message for many keys.
+final class FreedKeys: Sendable {
+    private struct State {
+        var keys: [String] = []
+        var pending: Set<String> = []
+        var waiter: CheckedContinuation<[String]?, Never>?
+        var closed = false
+    }
+
+    /// The most keys in one announcement.
+    static let maxPerMessage = 256
+
+    private let state = Mutex(State())
+
+    func add(_ key: String) {
+        let waiter = state.withLock { state -> CheckedContinuation<[String]?, Never>? in
+            guard !state.closed else { return nil }
+            if let waiter = state.waiter {
+                state.waiter = nil
+                return waiter
+            }
+            if state.pending.insert(key).inserted { state.keys.append(key) }
+            return nil
+        }
+        waiter?.resume(returning: [key])
+    }
+
+    /// Whether a reader waits in ``next()``.
+    var hasReader: Bool { state.withLock { $0.waiter != nil } }
+
+    /// The keys freed since the last call (waiting for one); nil once the caller is cancelled.
+    func next() async -> [String]? {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<[String]?, Never>) in
+                let ready = state.withLock { state -> [String]?? in
+                    if state.closed { return .some(nil) }
+                    guard !state.keys.isEmpty else {
+                        state.waiter = continuation
+                        return nil
+                    }
+                    let taken = Array(state.keys.prefix(Self.maxPerMessage))
+                    state.keys.removeFirst(taken.count)
+                    state.pending.subtract(taken)
+                    return .some(taken)
+                }
+                if let ready { continuation.resume(returning: ready) }
+            }
+        } onCancel: {
+            let waiter = state.withLock { state -> CheckedContinuation<[String]?, Never>? in
+                state.closed = true
+                defer { state.waiter = nil }
+                return state.waiter
+            }
+            waiter?.resume(returning: nil)
+        }
+    }
+}
+
+/// Jobs waiting for a slot of their concurrency key, by key, in the order they began to wait.
+/// A slot given back (here, or announced by another consumer) wakes the longest waiting job of
+/// its key (``wakeOne(_:)``): one slot serves one job, and waking them all would send every
+/// waiting job to Postgres to find the slot taken. Each also asks again after its pause.
 final class KeyWakeups: Sendable {
-    private let waiters = Mutex<[String: [UUID: CheckedContinuation<Void, Never>]]>([:])
+    private struct Waiter {
+        var id: UInt64
+        var continuation: CheckedContinuation<Void, Never>
+    }
+
+    private let state = Mutex<(next: UInt64, waiters: [String: [Waiter]])>((0, [:]))
 
     func wait(_ key: String, upTo pause: Duration) async {
-        let id = UUID()
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            waiters.withLock { $0[key, default: [:]][id] = continuation }
+            let id = state.withLock { state -> UInt64 in
+                state.next += 1
+                state.waiters[key, default: []].append(Waiter(id: state.next, continuation: continuation))
+                return state.next
+            }
             Task {
                 try? await Task.sleep(for: pause)
                 self.resume(key, id)
@@ -1024,18 +1121,28 @@ final class KeyWakeups: Sendable {
         }
     }
 
-    private func resume(_ key: String, _ id: UUID) {
-        let continuation = waiters.withLock { waiters -> CheckedContinuation<Void, Never>? in
-            defer { if waiters[key]?.isEmpty == true { waiters[key] = nil } }
-            return waiters[key]?.removeValue(forKey: id)
+    private func resume(_ key: String, _ id: UInt64) {
+        let waiter = state.withLock { state -> Waiter? in
+            guard let index = state.waiters[key]?.firstIndex(where: { $0.id == id }) else { return nil }
+            defer { if state.waiters[key]?.isEmpty == true { state.waiters[key] = nil } }
+            return state.waiters[key]?.remove(at: index)
         }
-        continuation?.resume()
+        waiter?.continuation.resume()
     }
 
-    /// Wakes every job waiting for `key` here (one of them gets the slot; the others wait again).
-    func wake(_ key: String) {
-        let woken = waiters.withLock { $0.removeValue(forKey: key) } ?? [:]
-        for continuation in woken.values { continuation.resume() }
+    /// How many jobs wait for `key` here.
+    func waiting(_ key: String) -> Int { state.withLock { $0.waiters[key]?.count ?? 0 } }
+
+    /// Wakes the job that has waited longest for `key` here, if any (it asks for the slot; if
+    /// another took it first, it waits again).
+    func wakeOne(_ key: String) {
+        let waiter = state.withLock { state -> Waiter? in
+            guard var waiting = state.waiters[key], !waiting.isEmpty else { return nil }
+            let first = waiting.removeFirst()
+            state.waiters[key] = waiting.isEmpty ? nil : waiting
+            return first
+        }
+        waiter?.continuation.resume()
     }
 }
 

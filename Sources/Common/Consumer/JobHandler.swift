@@ -188,4 +188,17 @@ package struct PayloadFields {
         guard let member = member(key, .string) else { return nil }
         return try? JSONScanner.string(bytes, at: member.value)
     }
+
+    /// An array of strings (`{"keys": ["a", "b"]}`); nil when absent, or not all strings.
+    package func strings(_ key: String) -> [String]? {
+        guard let member = member(key, .array) else { return nil }
+        let array = Array(bytes[member.value])
+        guard let elements = try? JSONScanner.arrayElements(array) else { return nil }
+        var strings: [String] = []
+        for element in elements {
+            guard element.kind == .string, let string = try? JSONScanner.string(array, at: element.value) else { return nil }
+            strings.append(string)
+        }
+        return strings
+    }
 }

@@ -10,9 +10,13 @@ import Foundation
 /// - `{"action":"pressure","tier":"<tier>","consumer_id":"...","p99_ms":12,"jobs":40,"saturated":false}`:
 ///   a consumer's start-latency p99 of one tier over its last report window, and whether its
 ///   own capacity held the tier back (see ``AdmissionControl``). Lost ones only age the picture: the next comes within a second.
+/// - `{"action":"keys_free","keys":["ingest:acme",...],"consumer_id":"..."}`: a slot of each of
+///   these concurrency keys was given back by that consumer, so a job waiting for one elsewhere
+///   asks now instead of at its next poll. Lost ones only cost a poll's wait.
 package enum ControlMessage: Sendable, Equatable {
     case cancel(job: UUID, tier: Tier)
     case pressure(PressureReport)
+    case keysFree([String], from: String)
 
     package var outgoing: AMQPOutgoingMessage {
         let body: String
@@ -21,11 +25,18 @@ package enum ControlMessage: Sendable, Equatable {
             body = JSONText.object(["action": "cancel", "job_id": job.lowercasedString, "tier": tier.rawValue])
         case .pressure(let report):
             body = #"{"action":"pressure","tier":"\#(report.tier.rawValue)","consumer_id":\#(JSONText.quoted(report.consumerID)),"p99_ms":\#(report.p99Milliseconds),"jobs":\#(report.jobs),"saturated":\#(report.saturated)}"#
+        case .keysFree(let keys, let consumer):
+            body = #"{"action":"keys_free","keys":[\#(keys.map(JSONText.quoted).joined(separator: ","))],"consumer_id":\#(JSONText.quoted(consumer))}"#
         }
         var properties = AMQPProperties()
         properties.contentType = "application/json"
+        switch self {
         // A report older than a board keeps one is of no use: a lagging control queue drops it.
-        if case .pressure = self { properties.expiration = "2000" }
+        case .pressure: properties.expiration = "2000"
+        // Past a poll's longest pause the waiters have asked anyway.
+        case .keysFree: properties.expiration = "2000"
+        case .cancel: break
+        }
         return AMQPOutgoingMessage(exchange: Topology.controlExchange, routingKey: "", properties: properties,
                                    body: Array(body.utf8), mandatory: false)
     }
@@ -33,7 +44,13 @@ package enum ControlMessage: Sendable, Equatable {
     /// Parses a control message body; nil for anything this version does not understand
     /// (a newer fleet may send more kinds).
     package init?(body: [UInt8]) {
-        guard let fields = PayloadFields(body), let tier = fields.string("tier").flatMap(Tier.init(rawValue:)) else { return nil }
+        guard let fields = PayloadFields(body) else { return nil }
+        if fields.string("action") == "keys_free" {
+            guard let keys = fields.strings("keys"), let consumer = fields.string("consumer_id") else { return nil }
+            self = .keysFree(keys, from: consumer)
+            return
+        }
+        guard let tier = fields.string("tier").flatMap(Tier.init(rawValue:)) else { return nil }
         switch fields.string("action") {
         case "cancel":
             guard let id = fields.string("job_id").flatMap(UUID.init(uuidString:)) else { return nil }

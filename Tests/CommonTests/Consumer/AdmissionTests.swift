@@ -181,6 +181,12 @@ struct AdmissionTests {
         #expect(ControlMessage(body: message.body) == .pressure(reports[0]))
         #expect(ControlMessage(body: Array(#"{"action":"pressure","tier":"enterprise","consumer_id":"x","p99_ms":-3,"jobs":1}"#.utf8)) == nil)
         #expect(ControlMessage(body: Array(#"{"action":"pressure","tier":"gold","consumer_id":"x","p99_ms":3,"jobs":1}"#.utf8)) == nil)
+        let freed = ControlMessage.keysFree(["ingest:acme", "quote\"d"], from: "c-1")
+        #expect(ControlMessage(body: freed.outgoing.body) == freed, "keys_free round-trips")
+        #expect(freed.outgoing.properties.expiration == "2000")
+        #expect(ControlMessage(body: Array(#"{"action":"keys_free","keys":["a",2],"consumer_id":"c"}"#.utf8)) == nil)
+        #expect(ControlMessage(body: Array(#"{"action":"keys_free","keys":{},"consumer_id":"c"}"#.utf8)) == nil)
+        #expect(ControlMessage(body: Array(#"{"action":"keys_free","keys":["a"]}"#.utf8)) == nil, "names its consumer")
         let cancel = ControlMessage.cancel(job: UUID(), tier: .free)
         #expect(ControlMessage(body: cancel.outgoing.body) == cancel)
     }

@@ -1,5 +1,6 @@
 import Common
 import Foundation
+import Synchronization
 import Testing
 
 /// Per-key concurrency across consumers: at most `limit` jobs of a key run at once, counted
@@ -78,6 +79,46 @@ struct ConcurrencyKeyTests {
                 """)
             #expect(early == 10, "only \(early) of the 10 jobs without a key ran while the keyed ones waited")
             #expect(try await peak(world, "busy") == 1)
+        }
+    }
+
+    /// A slot given back is announced on `warren.control` (`keys_free`), so jobs of the key
+    /// waiting in other consumers ask at once; announcements a consumer cannot read are ignored.
+    @Test func aFreedKeyIsAnnouncedToTheFleetAndJunkAnnouncementsAreIgnored() async throws {
+        try await ConsumerIntegrationTests().withWorld { world in
+            let listener = "test.control.\(UUID().uuidString.prefix(8))"
+            try await world.connection.withControl { control in
+                try Topology.standard.declare(on: control)
+                try control.declareQueue(listener, durable: false, exclusive: true, autoDelete: true)
+                try control.bindQueue(listener, exchange: Topology.controlExchange, routingKey: "")
+            }
+            let worker = try consumer(world, id: "keys-announce", concurrency: 4)
+            defer { worker.signal(SIGKILL) }
+            try await TestServices.waitUntil(timeout: .seconds(60), "the consumer is subscribed") {
+                try await world.connection.withControl { try $0.queueDepth(Tier.free.queueName).consumers } == 1
+            }
+            for junk in [#"{"action":"keys_free","keys":[1,2]}"#, #"{"action":"keys_free"}"#, #"{"action":"keys_free","keys":"k"}"#] {
+                try await world.connection.publish(AMQPOutgoingMessage(exchange: Topology.controlExchange, routingKey: "",
+                                                                       body: Array(junk.utf8), mandatory: false))
+            }
+            try await world.publish(keyed("told", 3, ms: 1) + keyed(nil, 2, ms: 1))
+            try await TestServices.waitUntil(timeout: .seconds(60), "all 5 jobs succeeded") {
+                try await world.count("SELECT count(*) FROM job_runs WHERE status = 'succeeded'") == 5
+            }
+            let announced = Mutex<Set<String>>([])
+            let messages = try await world.connection.consume(queue: listener, prefetch: 100)
+            let collector = Task {
+                for try await message in messages {
+                    if case .keysFree(let keys, "keys-announce")? = ControlMessage(body: message.body) { announced.withLock { $0.formUnion(keys) } }
+                }
+            }
+            defer { collector.cancel() }
+            try await TestServices.waitUntil(timeout: .seconds(20), "the freed key was announced") {
+                announced.withLock { $0.contains("told") }
+            }
+            #expect(announced.withLock { $0 } == ["told"], "only keyed jobs free a key")
+            worker.signal(SIGTERM)
+            #expect(try await worker.wait(timeout: .seconds(60)) == 0, "the junk did not stop it: \(worker.stderr.suffix(2_000))")
         }
     }
 
