@@ -34,14 +34,8 @@ package struct APIJobStore: Sendable {
     /// (``takeUniqueKey(_:job:on:)``), or the claim is ``Claim/keyBusy(holder:)`` and nothing is
     /// recorded. An idempotency key is looked at first: a retried request gets its own job back.
     package func claim(_ job: JobEnvelope, tenant: String, requestID: String, unique: Bool = false) async throws -> Claim {
-        try await Self.busyAsClaim(tenant: tenant) {
-            try await pool.withTransaction { connection in
-                let claim = try await Self.claim(job, tenant: tenant, requestID: requestID, state: "pending", on: connection)
-                guard claim == .claimed else { return claim }
-                if unique { try await Self.takeUniqueKey(job.concurrencyKey, job: job.id, on: connection) }
-                try await Outbox.hold(job, leaseSeconds: Outbox.publishLeaseSeconds, on: connection)
-                return claim
-            }
+        try await record(job, tenant: tenant, requestID: requestID, state: "pending", unique: unique) { connection in
+            try await Outbox.hold(job, leaseSeconds: Outbox.publishLeaseSeconds, on: connection)
         }
     }
 
@@ -49,20 +43,23 @@ package struct APIJobStore: Sendable {
     /// good), and its `delayed_jobs` row, in one transaction; or the first job of its key.
     /// `unique` as in ``claim(_:tenant:requestID:unique:)``: a scheduled job holds its key.
     package func hold(_ job: JobEnvelope, tenant: String, requestID: String, unique: Bool = false) async throws -> Claim {
-        try await Self.busyAsClaim(tenant: tenant) {
-            try await pool.withTransaction { connection in
-                let claim = try await Self.claim(job, tenant: tenant, requestID: requestID, state: "published", on: connection)
-                guard claim == .claimed else { return claim }
-                if unique { try await Self.takeUniqueKey(job.concurrencyKey, job: job.id, on: connection) }
-                try await Outbox.hold(job, on: connection)
-                return claim
-            }
+        try await record(job, tenant: tenant, requestID: requestID, state: "published", unique: unique) { connection in
+            try await Outbox.hold(job, on: connection)
         }
     }
 
-    private static func busyAsClaim(tenant: String, _ body: () async throws -> Claim) async throws -> Claim {
+    /// One transaction: the `api_jobs` row, the unique key if asked, then `entry` (the outbox
+    /// row); a busy key rolls it all back and is answered as ``Claim/keyBusy(holder:)``.
+    private func record(_ job: JobEnvelope, tenant: String, requestID: String, state: String, unique: Bool,
+                        entry: @escaping @Sendable (PostgresConnection) async throws -> Void) async throws -> Claim {
         do {
-            return try await body()
+            return try await pool.withTransaction { connection in
+                let claim = try await Self.claim(job, tenant: tenant, requestID: requestID, state: state, on: connection)
+                guard claim == .claimed else { return claim }
+                if unique { try await Self.takeUniqueKey(job.concurrencyKey, job: job.id, on: connection) }
+                try await entry(connection)
+                return claim
+            }
         } catch let busy as KeyBusy {
             return .keyBusy(holder: busy.tenant == tenant ? busy.holder : nil)
         }

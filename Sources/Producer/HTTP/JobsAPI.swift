@@ -125,11 +125,7 @@ struct JobsAPI: Sendable {
         let claim = try await database(message: "cannot record the job right now; retry later") {
             try await jobs.claim(job, tenant: token.tenant, requestID: requestID, unique: unique)
         }
-        switch claim {
-        case .claimed: break
-        case .existing(let id, let pending): return try await duplicate(of: id, pending: pending, token: token)
-        case .keyBusy(let holder): throw keyBusy(job, holder: holder)
-        }
+        if let answer = try await earlier(claim, job, token: token) { return answer }
         do {
             try await publisher.publish(job)
         } catch {
@@ -174,13 +170,19 @@ struct JobsAPI: Sendable {
         let claim = try await database(message: "cannot record the job right now; retry later") {
             try await jobs.hold(job, tenant: token.tenant, requestID: requestID, unique: unique)
         }
-        switch claim {
-        case .claimed: break
-        case .existing(let id, let pending): return try await duplicate(of: id, pending: pending, token: token)
-        case .keyBusy(let holder): throw keyBusy(job, holder: holder)
-        }
+        if let answer = try await earlier(claim, job, token: token) { return answer }
         return (json(.accepted, #"{"id":"\#(job.id.lowercasedString)","status":"scheduled","type":\#(JSONText.quoted(job.type)),"tier":"\#(job.tier.rawValue)","run_at":"\#(job.enqueuedAt.iso8601)"}"#),
                 token.tenant)
+    }
+
+    /// The answer when `claim` found an earlier job (its idempotency key's: 200 or 409
+    /// `idempotency_in_progress`; its unique key's: 409 `key_busy`); nil when this one is recorded.
+    private func earlier(_ claim: APIJobStore.Claim, _ job: JobEnvelope, token: APIToken) async throws(APIError) -> (Response, String?)? {
+        switch claim {
+        case .claimed: nil
+        case .existing(let id, let pending): try await duplicate(of: id, pending: pending, token: token)
+        case .keyBusy(let holder): throw keyBusy(job, holder: holder)
+        }
     }
 
     /// `"unique": "running"` (or absent / null): refuse the job while another job of its
