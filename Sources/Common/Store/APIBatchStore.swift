@@ -161,7 +161,7 @@ package struct APIBatchStore: Sendable {
                   AND NOT EXISTS (
                       SELECT 1 FROM api_jobs a LEFT JOIN job_runs r ON r.job_id = a.job_id AND r.enqueued_at = a.enqueued_at
                       WHERE a.batch_id = b.batch_id
-                        AND \(APIJobStore.reportedStatus) NOT IN ('succeeded', 'failed', 'dead', 'cancelled'))
+                        AND \(APIJobStore.reportedStatus) NOT IN \(JobStatus.terminalSQL))
                 ORDER BY b.created_at
                 LIMIT $1
                 FOR UPDATE OF b SKIP LOCKED

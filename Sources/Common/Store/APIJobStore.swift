@@ -56,7 +56,10 @@ package struct APIJobStore: Sendable {
             return try await pool.withTransaction { connection in
                 let claim = try await Self.claim(job, tenant: tenant, requestID: requestID, state: state, on: connection)
                 guard claim == .claimed else { return claim }
-                if unique { try await Self.takeUniqueKey(job.concurrencyKey, job: job.id, on: connection) }
+                if unique {
+                    guard let key = job.concurrencyKey else { throw JobError(field: "unique", message: "unique needs a concurrency_key") }
+                    try await Self.takeUniqueKey(key, job: job.id, on: connection)
+                }
                 try await entry(connection)
                 return claim
             }
@@ -69,8 +72,7 @@ package struct APIJobStore: Sendable {
     /// is unfinished. A key nobody holds is inserted (two requests at once: the second waits
     /// for the first's commit, then sees its job); a finished holder's row (succeeded, failed,
     /// dead, cancelled, or gone past retention) is taken over under a row lock.
-    private static func takeUniqueKey(_ key: String?, job: UUID, on connection: PostgresConnection) async throws {
-        guard let key else { preconditionFailure("unique needs a concurrency key (checked at intake)") }
+    private static func takeUniqueKey(_ key: String, job: UUID, on connection: PostgresConnection) async throws {
         while true {
             let inserted = try await connection.query("""
                 INSERT INTO unique_keys (key, job_id) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING RETURNING 1
@@ -78,7 +80,7 @@ package struct APIJobStore: Sendable {
             if !inserted.isEmpty { return }
             let holder = try await connection.query("""
                 SELECT u.job_id, a.tenant,
-                       \(reportedStatus) IN ('succeeded', 'failed', 'dead', 'cancelled') OR \(expired)
+                       \(reportedStatus) IN \(JobStatus.terminalSQL) OR \(expired)
                 FROM unique_keys u
                 JOIN api_jobs a ON a.job_id = u.job_id
                 LEFT JOIN job_runs r ON r.job_id = a.job_id AND r.enqueued_at = a.enqueued_at
@@ -282,7 +284,7 @@ package struct APIJobStore: Sendable {
               -- past retention its job_runs row is gone: the request is not open, however it looks
               AND c.enqueued_at >= \(Retention.horizonSQL)
               AND NOT EXISTS (SELECT 1 FROM job_runs r WHERE r.job_id = c.job_id AND r.enqueued_at = c.enqueued_at
-                                AND r.status IN ('succeeded', 'failed', 'dead', 'cancelled'))
+                                AND r.status IN \(JobStatus.terminalSQL))
             """, [tier.rawValue, withinSeconds]).rows.map { try $0.uuid(0) }
     }
 

@@ -7,6 +7,9 @@ package enum JobStatus: String, Sendable, CaseIterable {
 
     /// Terminal statuses: a redelivered job in one of these is not run again.
     package var isTerminal: Bool { self == .succeeded || self == .failed || self == .dead || self == .cancelled }
+
+    /// The terminal statuses as an SQL list, `('succeeded', 'failed', 'dead', 'cancelled')`.
+    package static let terminalSQL = "(" + allCases.filter(\.isTerminal).map { "'\($0.rawValue)'" }.joined(separator: ", ") + ")"
 }
 
 /// An event in `message_logs`.
@@ -230,7 +233,7 @@ package struct JobRunStore: Sendable {
         ON CONFLICT (job_id, enqueued_at) DO UPDATE SET
             status = 'running', attempts = EXCLUDED.attempts, seq = EXCLUDED.seq, consumer_id = EXCLUDED.consumer_id,
             started_at = EXCLUDED.started_at, finished_at = NULL, result = NULL, updated_at = now()
-        WHERE job_runs.status NOT IN ('succeeded', 'failed', 'dead', 'cancelled')
+        WHERE job_runs.status NOT IN \(JobStatus.terminalSQL)
           AND (EXCLUDED.seq > job_runs.seq OR (EXCLUDED.seq = job_runs.seq AND \(condition)))
         RETURNING job_id
         """
@@ -348,7 +351,7 @@ package struct JobRunStore: Sendable {
             status = EXCLUDED.status, attempts = EXCLUDED.attempts, result = EXCLUDED.result, error = EXCLUDED.error,
             consumer_id = EXCLUDED.consumer_id, started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
             seq = EXCLUDED.seq, updated_at = now()
-        WHERE job_runs.status NOT IN ('succeeded', 'failed', 'dead', 'cancelled')
+        WHERE job_runs.status NOT IN \(JobStatus.terminalSQL)
           AND EXCLUDED.seq >= job_runs.seq
         """
 
