@@ -5,6 +5,10 @@ import PackageDescription
 let swiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("ExistentialAny"),
     .enableUpcomingFeature("MemberImportVisibility"),
+    // The layers are separate modules: let the optimizer inline and specialize `package` code
+    // across them in release builds, as it did when they were one module (BENCHMARKS.md,
+    // 2026-12-04: e2e 0.85 of the single module without it).
+    .unsafeFlags(["-package-cmo", "-allow-non-resilient-access"], .when(configuration: .release)),
 ]
 
 let package = Package(
@@ -41,28 +45,176 @@ let package = Package(
         ),
         // glibc's malloc.h (mallopt): part of libc, nothing to link.
         .systemLibrary(name: "CMalloc"),
+        // The layers, one way down (docs/architecture.md, "Layers"): each folder of Sources/Common
+        // is a target, and a target imports only those below it.
+        // Time (`Timestamp`, `CivilDate`, cron), JSON text, backoff, waiting primitives, process
+        // set-up: no jobs, no I/O of its own.
         .target(
-            name: "Common",
+            name: "WarrenSupport",
             dependencies: [
-                "CRabbitMQ",
-                "CLibPQ",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .target(name: "CMalloc", condition: .when(platforms: [.linux])),
+            ],
+            path: "Sources/Common/Support",
+            swiftSettings: swiftSettings
+        ),
+        // Reading settings from the environment.
+        .target(
+            name: "WarrenConfig",
+            dependencies: [
+            ],
+            path: "Sources/Common/Config",
+            swiftSettings: swiftSettings
+        ),
+        // Our AMQP 0-9-1 client over librabbitmq: knows nothing of jobs.
+        .target(
+            name: "WarrenAMQP",
+            dependencies: [
+                "WarrenSupport",
+                "CRabbitMQ",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/Common/AMQP",
+            swiftSettings: swiftSettings
+        ),
+        // Our Postgres client over libpq, and the migrator: knows nothing of jobs.
+        .target(
+            name: "WarrenPostgres",
+            dependencies: [
+                "WarrenSupport",
+                "CLibPQ",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/Common/Postgres",
+            swiftSettings: swiftSettings
+        ),
+        // Jobs: the envelope, tiers, topology, retry policy, control messages, the handler API, publishing.
+        .target(
+            name: "WarrenJobs",
+            dependencies: [
+                "WarrenAMQP",
+                "WarrenConfig",
+                "WarrenSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/Common/Jobs",
+            swiftSettings: swiftSettings
+        ),
+        // Warren's tables: the schema, job runs, the outbox, API jobs and batches, schedules, contacts, leases.
+        .target(
+            name: "WarrenStore",
+            dependencies: [
+                "WarrenPostgres",
+                "WarrenAMQP",
+                "WarrenJobs",
+                "WarrenConfig",
+                "WarrenSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/Common/Store",
+            swiftSettings: swiftSettings
+        ),
+        // API tokens.
+        .target(
+            name: "WarrenAuth",
+            dependencies: [
+                "WarrenPostgres",
+                "WarrenJobs",
+                "WarrenSupport",
+            ],
+            path: "Sources/Common/Auth",
+            swiftSettings: swiftSettings
+        ),
+        // Breakers, rate limits (local and fleet-wide), outbound limits, load shedding by tier.
+        .target(
+            name: "WarrenResilience",
+            dependencies: [
+                "WarrenStore",
+                "WarrenJobs",
+                "WarrenAMQP",
+                "WarrenConfig",
+                "WarrenSupport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Sources/Common/Resilience",
+            swiftSettings: swiftSettings
+        ),
+        // JSON logs, Prometheus metrics, the admin port.
+        .target(
+            name: "WarrenObservability",
+            dependencies: [
+                "WarrenConfig",
+                "WarrenSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
+            path: "Sources/Common/Observability",
+            swiftSettings: swiftSettings
+        ),
+        // `message.send`: the notification service client and its handler.
+        .target(
+            name: "WarrenNotify",
+            dependencies: [
+                "WarrenJobs",
+                "WarrenResilience",
+                "WarrenConfig",
+                "WarrenSupport",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/Common/Notify",
+            swiftSettings: swiftSettings
+        ),
+        // The worker engine: subscriptions, admission, start gate, running handlers, settlement, result writes.
+        .target(
+            name: "WarrenWorker",
+            dependencies: [
+                "WarrenStore",
+                "WarrenResilience",
+                "WarrenJobs",
+                "WarrenAMQP",
+                "WarrenPostgres",
+                "WarrenConfig",
+                "WarrenSupport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            path: "Sources/Common/Consumer",
+            swiftSettings: swiftSettings
+        ),
+        // The scheduler's leader election.
+        .target(
+            name: "WarrenScheduling",
+            dependencies: [
+                "WarrenStore",
+                "WarrenJobs",
+                "WarrenPostgres",
+                "WarrenAMQP",
+                "WarrenConfig",
+                "WarrenSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/Common/Scheduling",
             swiftSettings: swiftSettings
         ),
         .executableTarget(
             name: "Producer",
             dependencies: [
-                "Common",
+                "WarrenAuth", "WarrenStore", "WarrenResilience", "WarrenObservability", "WarrenJobs", "WarrenPostgres",
+                "WarrenAMQP", "WarrenConfig", "WarrenSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -80,7 +232,8 @@ let package = Package(
         .executableTarget(
             name: "Consumer",
             dependencies: [
-                "Common",
+                "WarrenWorker", "WarrenNotify", "WarrenObservability", "WarrenStore", "WarrenResilience", "WarrenJobs",
+                "WarrenPostgres", "WarrenAMQP", "WarrenConfig", "WarrenSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -91,7 +244,8 @@ let package = Package(
         .executableTarget(
             name: "Scheduler",
             dependencies: [
-                "Common",
+                "WarrenScheduling", "WarrenStore", "WarrenObservability", "WarrenJobs", "WarrenPostgres", "WarrenAMQP",
+                "WarrenConfig", "WarrenSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -114,13 +268,17 @@ let package = Package(
         ),
         .testTarget(
             name: "CommonTests",
-            dependencies: ["Common"],
+            dependencies: [
+                "WarrenSupport", "WarrenConfig", "WarrenAMQP", "WarrenPostgres", "WarrenJobs", "WarrenStore", "WarrenAuth",
+                "WarrenResilience", "WarrenObservability", "WarrenNotify", "WarrenWorker", "WarrenScheduling",
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "Common",
+                "WarrenSupport", "WarrenConfig", "WarrenAMQP", "WarrenPostgres", "WarrenJobs", "WarrenStore", "WarrenAuth",
+                "WarrenResilience", "WarrenObservability", "WarrenNotify", "WarrenWorker", "WarrenScheduling",
                 "Producer",
                 "CRabbitMQ",
                 .product(name: "Logging", package: "swift-log"),

@@ -1,9 +1,18 @@
 import ArgumentParser
-import Common
 import Foundation
 import Logging
 import ServiceLifecycle
 import UnixSignals
+import WarrenAMQP
+import WarrenConfig
+import WarrenJobs
+import WarrenNotify
+import WarrenObservability
+import WarrenPostgres
+import WarrenResilience
+import WarrenStore
+import WarrenSupport
+import WarrenWorker
 
 /// `consumer --tier free`: works one tier's queue until SIGTERM or SIGINT (graceful: no new
 /// deliveries, in-flight jobs finish within the grace period, results flushed and acked).
@@ -51,7 +60,7 @@ struct ConsumerCommand: AsyncParsableCommand {
 
     func run() async throws {
         MallocArenas.limit()
-        let logger = Observability.bootstrap(service: "consumer")
+        let logger = Observability.bootstrap(service: "consumer", durationBuckets: ConsumerMetrics.durationBuckets)
         let environment = ProcessInfo.processInfo.environment
         let consumerConfiguration: ConsumerConfiguration
         let settings: Settings

@@ -1,7 +1,13 @@
 import ArgumentParser
-import Common
 import Foundation
 import Logging
+import WarrenAMQP
+import WarrenConfig
+import WarrenJobs
+import WarrenObservability
+import WarrenPostgres
+import WarrenStore
+import WarrenSupport
 
 /// `producer publish`: one job from flags, or many from a JSON-lines file.
 struct PublishCommand: AsyncParsableCommand {

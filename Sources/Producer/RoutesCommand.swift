@@ -1,7 +1,11 @@
 import ArgumentParser
-import Common
 import Hummingbird
 import Logging
+import WarrenAMQP
+import WarrenJobs
+import WarrenPostgres
+import WarrenResilience
+import WarrenStore
 
 /// `producer routes`: the HTTP API's routes as the server registers them, one `METHOD /path`
 /// per line (path parameters as `{name}`), for checking docs/openapi.yaml against. Connects to

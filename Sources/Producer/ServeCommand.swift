@@ -1,11 +1,18 @@
 import ArgumentParser
-import Common
 import Foundation
 import Hummingbird
 import HummingbirdCore
 import Logging
 import ServiceLifecycle
 import UnixSignals
+import WarrenAMQP
+import WarrenConfig
+import WarrenJobs
+import WarrenObservability
+import WarrenPostgres
+import WarrenResilience
+import WarrenStore
+import WarrenSupport
 
 /// `producer serve`: the HTTP API (see docs/architecture.md). Configuration from the
 /// environment: `WARREN_HTTP_PORT` (8080; 0 picks a free one, logged at start as `http_port`), `WARREN_HTTP_HOST` (0.0.0.0), `WARREN_HTTP_MAX_BODY_BYTES`

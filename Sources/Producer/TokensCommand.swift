@@ -1,7 +1,12 @@
 import ArgumentParser
-import Common
 import Foundation
 import Logging
+import WarrenAuth
+import WarrenConfig
+import WarrenJobs
+import WarrenPostgres
+import WarrenStore
+import WarrenSupport
 
 /// `producer tokens create|list|revoke`: API bearer tokens, stored hashed in Postgres.
 struct TokensCommand: AsyncParsableCommand {

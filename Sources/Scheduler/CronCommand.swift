@@ -1,6 +1,6 @@
 import ArgumentParser
-import Common
 import Foundation
+import WarrenSupport
 
 /// `scheduler cron next "0 9 * * *" --tz America/New_York --from 2026-03-07T00:00:00Z --count 5`:
 /// the next fire instants, one per line, in ISO 8601 with the zone's offset, to check a

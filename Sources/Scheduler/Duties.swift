@@ -1,8 +1,12 @@
-import Common
 import Foundation
 import Logging
 import Metrics
 import Synchronization
+import WarrenConfig
+import WarrenJobs
+import WarrenPostgres
+import WarrenStore
+import WarrenSupport
 
 /// Fires the cron schedules: claims the due fires (each under its fire key, with its outbox
 /// entry, in one transaction) and publishes them with confirms; a fire left unconfirmed (the

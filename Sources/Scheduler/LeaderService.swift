@@ -1,9 +1,12 @@
-import Common
 import Foundation
 import Logging
 import Metrics
 import ServiceLifecycle
 import Synchronization
+import WarrenJobs
+import WarrenScheduling
+import WarrenStore
+import WarrenSupport
 
 /// Where the scheduler reads the time: the system clock, or (for tests and rehearsals) a file
 /// holding an ISO 8601 instant, read again at every round (`--clock-file`).

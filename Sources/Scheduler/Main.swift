@@ -1,10 +1,17 @@
 import ArgumentParser
-import Common
 import Foundation
 import Logging
 import ServiceLifecycle
 import Synchronization
 import UnixSignals
+import WarrenAMQP
+import WarrenConfig
+import WarrenJobs
+import WarrenObservability
+import WarrenPostgres
+import WarrenScheduling
+import WarrenStore
+import WarrenSupport
 
 /// `scheduler`: applies migrations, then, while it is the leader (a Postgres advisory lock
 /// on its own connection), fires the cron schedules and contact events exactly once each,
@@ -75,7 +82,7 @@ struct RunCommand: AsyncParsableCommand {
                                        logger: logger)
             let adminServer = AdminServer.service(
                 host: admin.host, port: admin.port,
-                ready: { await AdminServer.unreachable(broker: publisher.connection, database: pool) },
+                ready: { await Readiness.unreachable(broker: publisher.connection, database: pool) },
                 status: { #"{"service":"scheduler",\#(leader.statusJSON())}"# }, logger: logger)
             let group = ServiceGroup.warren([.init(service: leader), .init(service: adminServer)], shutdownWithin: .seconds(30),
                                             logger: logger)

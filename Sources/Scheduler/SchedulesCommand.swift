@@ -1,7 +1,11 @@
 import ArgumentParser
-import Common
 import Foundation
 import Logging
+import WarrenConfig
+import WarrenJobs
+import WarrenPostgres
+import WarrenStore
+import WarrenSupport
 
 /// `scheduler schedules add|list|rm`: cron schedules stored in Postgres.
 struct SchedulesCommand: AsyncParsableCommand {

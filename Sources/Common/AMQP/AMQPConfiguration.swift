@@ -1,3 +1,5 @@
+import WarrenSupport
+
 /// How an ``AMQPConnection`` connects and behaves.
 package struct AMQPConfiguration: Sendable {
     /// Brokers tried in turn (a comma-separated `WARREN_AMQP_URL` gives several).

@@ -1,7 +1,9 @@
+import CDispatch
 import CRabbitMQ
 import Foundation
 import Logging
 import Synchronization
+import WarrenSupport
 
 /// The thread-confined side of an ``AMQPConnection``: it owns the librabbitmq connection
 /// state and is the only code that calls into it.

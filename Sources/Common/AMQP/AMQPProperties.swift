@@ -1,4 +1,5 @@
 import CRabbitMQ
+import WarrenSupport
 
 /// The basic properties of a message (the AMQP content header), copied into Swift storage.
 package struct AMQPProperties: Sendable, Hashable {

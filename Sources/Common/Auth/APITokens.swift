@@ -1,5 +1,8 @@
 import Foundation
 import Synchronization
+import WarrenJobs
+import WarrenPostgres
+import WarrenSupport
 
 /// What a bearer token allows.
 package enum Scope: String, Sendable, CaseIterable {

@@ -40,18 +40,14 @@ package struct Settings: Sendable {
     }
 }
 
-extension Settings {
-    /// The Postgres configuration for `service` (its `application_name`).
-    package func postgres(applicationName: String) -> PostgresConfiguration {
-        var configuration = PostgresConfiguration(url: databaseURL, applicationName: applicationName)
-        if let databaseSchema { configuration.searchPath = databaseSchema }
-        return configuration
-    }
-}
-
 /// A configuration value that cannot be used, naming its environment variable.
 package struct SettingsError: Error, Sendable, CustomStringConvertible {
     package var key: String
     package var message: String
     package var description: String { "\(key) \(message)" }
+
+    package init(key: String, message: String) {
+        self.key = key
+        self.message = message
+    }
 }

@@ -1,4 +1,8 @@
 import Foundation
+import WarrenConfig
+import WarrenJobs
+import WarrenResilience
+import WarrenSupport
 
 /// How one consumer process works its tier's queue. Every field has a `WARREN_*` variable
 /// (see `init(tier:environment:)` and the README) and the `consumer` command's flags win.
@@ -148,4 +152,17 @@ package struct ConsumerConfiguration: Sendable {
     }
 
     package func retryPolicy(for type: String) -> RetryPolicy { retryByType[type] ?? retry }
+}
+
+extension ProcessPriority {
+    /// The nice a pool takes while it gives way (BENCHMARKS.md, tiers): free 10, premium 5,
+    /// enterprise and an overflow pool 0 (an overflow pool yields by its consumer priorities).
+    package static func defaultNice(for configuration: ConsumerConfiguration) -> Int32 {
+        guard configuration.tiers.count == 1, configuration.subscriptionPriority == nil else { return 0 }
+        switch configuration.tier {
+        case .enterprise: return 0
+        case .premium: return 5
+        case .free: return 10
+        }
+    }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import WarrenSupport
 
 /// The cancellation requests one consumer knows of (from `DELETE /v1/jobs/{id}`), and the
 /// running jobs waiting to hear of one.

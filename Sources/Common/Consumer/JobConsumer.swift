@@ -1,8 +1,14 @@
-import Foundation
 import CoreMetrics
+import Foundation
 import Logging
 import Metrics
 import Synchronization
+import WarrenAMQP
+import WarrenJobs
+import WarrenPostgres
+import WarrenResilience
+import WarrenStore
+import WarrenSupport
 
 /// The consumer's metrics, created once (swift-metrics lookups are not free per job).
 package struct ConsumerMetrics: Sendable {
@@ -44,6 +50,10 @@ package struct ConsumerMetrics: Sendable {
     /// The latency histograms' buckets: a paid tier's start is a few ms.
     package static let latencyBuckets: [Duration] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000]
         .map { .milliseconds($0) }
+    /// The latency histograms' buckets by label, for `Observability.bootstrap`.
+    package static var durationBuckets: [String: [Duration]] {
+        [startLatencyLabel: latencyBuckets, deliveryLatencyLabel: latencyBuckets]
+    }
 
     func count(_ outcome: String) { outcomes[outcome]?.increment() }
 }
@@ -451,7 +461,7 @@ package final class JobConsumer: Sendable {
     /// consumer has started taking jobs from its queue.
     package func unreachable() async -> [String] {
         let subscribed = state.withLock { !$0.consumerTags.isEmpty }
-        return await AdminServer.unreachable(broker: connection, database: pool) + (subscribed ? [] : ["subscription"])
+        return await Readiness.unreachable(broker: connection, database: pool) + (subscribed ? [] : ["subscription"])
     }
 
     /// `/status`: this consumer's tier, limits and what it holds right now, plus `extra`

@@ -1,6 +1,11 @@
 import CoreMetrics
 import Logging
 import Synchronization
+import WarrenAMQP
+import WarrenJobs
+import WarrenPostgres
+import WarrenStore
+import WarrenSupport
 
 /// Gathers finished deliveries into batches, writes their outcomes in one transaction, and
 /// only then acks them (invariant 2). One writer per consumer process.

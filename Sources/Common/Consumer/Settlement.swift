@@ -1,3 +1,8 @@
+import WarrenJobs
+import WarrenResilience
+import WarrenStore
+import WarrenSupport
+
 /// What to do with a delivery once its handler decided: a pure function of the job, the
 /// outcome and the retry policy, so every branch is unit-tested without a broker; the
 /// consumer only carries the plan out (publish with confirm, then record, then ack).

@@ -1,5 +1,9 @@
 import Logging
 import Synchronization
+import WarrenJobs
+import WarrenPostgres
+import WarrenStore
+import WarrenSupport
 
 /// Claims deliveries' starts in Postgres before they run (``JobRunStore/claimStarts(_:)``),
 /// as a group commit: the deliveries that arrive together share one statement.

@@ -1,5 +1,7 @@
 import NIOCore
 import Synchronization
+import WarrenAMQP
+import WarrenJobs
 
 /// The deliveries a consumer holds from its queues (every tenant lane of its tier, or of
 /// several tiers for an overflow pool), handed out highest tier first and, within a tier, one

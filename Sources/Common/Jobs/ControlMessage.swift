@@ -1,4 +1,6 @@
 import Foundation
+import WarrenAMQP
+import WarrenSupport
 
 /// A message on the `warren.control` fanout exchange, which every consumer hears through a
 /// queue of its own (exclusive, deleted with its connection).

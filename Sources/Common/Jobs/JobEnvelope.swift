@@ -1,4 +1,6 @@
 import Foundation
+import WarrenAMQP
+import WarrenSupport
 
 /// A job as it travels through RabbitMQ: identity and routing in AMQP properties and
 /// `x-warren-*` headers (so `rabbitmqadmin get` and the management UI show what it is), the

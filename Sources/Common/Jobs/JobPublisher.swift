@@ -1,4 +1,6 @@
 import Logging
+import WarrenAMQP
+import WarrenSupport
 
 /// Publishes jobs to `warren.jobs` with publisher confirms, over a connection that declares
 /// the topology whenever it (re)connects.

@@ -1,4 +1,5 @@
 import Foundation
+import WarrenSupport
 
 /// A request to enqueue one job, as scripts and API clients write it:
 /// `{"type": "email.welcome", "tier": "premium", "payload": {...}, "idempotency_key": "...", "tenant": "...",

@@ -1,4 +1,5 @@
 import Foundation
+import WarrenSupport
 
 /// When and how a failed job is tried again.
 ///

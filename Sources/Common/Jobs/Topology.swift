@@ -1,3 +1,6 @@
+import WarrenAMQP
+import WarrenSupport
+
 /// Warren's RabbitMQ topology: exchanges, quorum queues and bindings.
 ///
 /// Every service declares it at start (idempotent); `infra/rabbitmq/definitions.json` holds

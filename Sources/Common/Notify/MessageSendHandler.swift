@@ -1,3 +1,6 @@
+import WarrenJobs
+import WarrenSupport
+
 /// `message.send`: delivers `{"to": "...", "subject": "...", "body": "...", "kind": "..."}` by
 /// POSTing the payload as it is to the notification service (`WARREN_NOTIFY_URL`) with the
 /// job's idempotency key as `Idempotency-Key`, so a re-run never sends twice.
@@ -11,7 +14,7 @@
 /// Always registered: a consumer without `WARREN_NOTIFY_URL` fails these jobs permanently with
 /// a reason naming the variable, rather than as an unknown type.
 package struct MessageSendHandler: JobHandler {
-    package static let jobType = "message.send"
+    package static let jobType = JobTypes.messageSend
 
     package let type = MessageSendHandler.jobType
     /// The call's own deadline plus a margin, so a slow call ends as the call's timeout (which
@@ -80,5 +83,13 @@ package struct MessageSendHandler: JobHandler {
     private static func snippet(_ body: String) -> String {
         let line = body.split(whereSeparator: \.isNewline).joined(separator: " ")
         return line.count > 200 ? String(line.prefix(200)) + "..." : line
+    }
+}
+
+extension HandlerRegistry {
+    /// What the `consumer` command runs: the built-ins and `message.send` (delivered through
+    /// `notifier`).
+    package static func standard(notifier: Notifier) -> HandlerRegistry {
+        HandlerRegistry(builtInHandlers + [MessageSendHandler(notifier: notifier)])
     }
 }

@@ -6,6 +6,8 @@ import Metrics
 import NIOCore
 import NIOHTTP1
 import Synchronization
+import WarrenResilience
+import WarrenSupport
 
 /// Posts messages to the notification service (`WARREN_NOTIFY_URL`): one shared HTTP client
 /// per consumer process and one ``CircuitBreaker`` per destination (scheme, host and port).

@@ -1,4 +1,6 @@
 import Foundation
+import WarrenConfig
+import WarrenResilience
 
 /// Where and how `message.send` jobs are delivered, from the `WARREN_NOTIFY_*` variables (see
 /// the README's configuration table).

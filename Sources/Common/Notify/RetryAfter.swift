@@ -1,4 +1,5 @@
 import Foundation
+import WarrenSupport
 
 /// Reads an HTTP `Retry-After` value (RFC 9110 §10.2.3): a number of seconds, or an HTTP-date
 /// in any of the three forms a recipient must accept (IMF-fixdate `Sun, 06 Nov 1994 08:49:37

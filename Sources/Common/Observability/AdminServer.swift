@@ -3,6 +3,8 @@ import Hummingbird
 import Logging
 import NIOCore
 import ServiceLifecycle
+import WarrenConfig
+import WarrenSupport
 
 /// The admin port every Warren service serves (the consumers and the scheduler on
 /// `WARREN_ADMIN_PORT`; `producer serve` on its API port): `GET /healthz` (the process is
@@ -76,19 +78,6 @@ package enum AdminServer {
             Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
                      body: ResponseBody(byteBuffer: ByteBuffer(string: Observability.renderMetrics())))
         }
-    }
-
-    /// The usual readiness check: `broker` when `connection` is not connected, `database` when
-    /// `pool` does not answer `SELECT 1`.
-    package static func unreachable(broker connection: AMQPConnection?, database pool: PostgresPool) async -> [String] {
-        var down: [String] = []
-        if let connection, !connection.isConnected { down.append("broker") }
-        do {
-            _ = try await pool.query("SELECT 1")
-        } catch {
-            down.append("database")
-        }
-        return down
     }
 
     package static func jsonResponse(_ status: HTTPResponse.Status, _ body: String) -> Response {

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import WarrenSupport
 
 /// A swift-log handler that writes one JSON object per line to standard error:
 /// `{"ts":"…","level":"info","logger":"warren.consumer","msg":"…", …metadata}`.

@@ -9,15 +9,14 @@ package enum Observability {
     /// The Prometheus registry behind swift-metrics; render it on `/metrics`.
     package static let registry = PrometheusCollectorRegistry()
 
-    /// JSON logs on stderr at `LOG_LEVEL` (default `info`), Prometheus metrics.
-    /// Returns the service's root logger.
-    package static func bootstrap(service: String, environment: [String: String] = ProcessInfo.processInfo.environment) -> Logger {
+    /// JSON logs on stderr at `LOG_LEVEL` (default `info`), Prometheus metrics; `durationBuckets`
+    /// gives timers by label their own histogram buckets. Returns the service's root logger.
+    package static func bootstrap(service: String, durationBuckets: [String: [Duration]] = [:],
+                                  environment: [String: String] = ProcessInfo.processInfo.environment) -> Logger {
         let level = environment["LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0.lowercased()) } ?? .info
         LoggingSystem.bootstrap { label in JSONLogHandler(label: label, level: level) }
         var factory = PrometheusMetricsFactory(registry: registry)
-        for label in [ConsumerMetrics.startLatencyLabel, ConsumerMetrics.deliveryLatencyLabel] {
-            factory.durationHistogramBuckets[label] = ConsumerMetrics.latencyBuckets
-        }
+        for (label, buckets) in durationBuckets { factory.durationHistogramBuckets[label] = buckets }
         MetricsSystem.bootstrap(factory)
         var logger = Logger(label: "warren.\(service)")
         logger[metadataKey: "service"] = "\(service)"

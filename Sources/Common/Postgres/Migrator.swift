@@ -85,17 +85,3 @@ package struct Migrator: Sendable {
         return applied
     }
 }
-
-extension PostgresPool {
-    /// For one-shot commands (`producer tokens`, `scheduler schedules`): a pool on the
-    /// configured database with Warren's migrations applied, closed after `body`.
-    package static func withMigrated<T: Sendable>(applicationName: String, _ body: (PostgresPool) async throws -> T) async throws -> T {
-        var logger = Logger(label: "warren.\(applicationName)")
-        logger.logLevel = .warning
-        let pool = PostgresPool(configuration: try Settings().postgres(applicationName: applicationName), logger: logger)
-        return try await pool.closing { pool in
-            _ = try await Migrator(migrations: Schema.migrations, logger: logger).migrate(pool)
-            return try await body(pool)
-        }
-    }
-}

@@ -1,3 +1,5 @@
+import WarrenSupport
+
 /// How to reach Postgres, and the per-connection settings Warren insists on.
 package struct PostgresConfiguration: Sendable {
     /// A libpq connection URL or keyword string (`postgresql://user:pass@host:port/db`).

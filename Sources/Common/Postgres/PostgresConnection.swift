@@ -1,6 +1,7 @@
 import CLibPQ
 import Foundation
 import Logging
+import WarrenSupport
 
 /// One libpq connection, confined to a ``WorkerThread`` of its own.
 ///
@@ -145,14 +146,5 @@ package final class PostgresConnection: Sendable {
             throw PostgresError(broken ? .connectionFailed : .server, function: function, message: message,
                                 sqlState: sqlState, detail: field(UInt8(ascii: "D")))
         }
-    }
-}
-
-extension String {
-    func trimmingWhitespace() -> String {
-        var scalars = Substring(self)
-        while let last = scalars.last, last.isWhitespace { scalars.removeLast() }
-        while let first = scalars.first, first.isWhitespace { scalars.removeFirst() }
-        return String(scalars)
     }
 }

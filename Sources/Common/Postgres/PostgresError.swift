@@ -72,3 +72,11 @@ package struct PostgresError: Error, Sendable, CustomStringConvertible {
     /// check_violation: a CHECK constraint, or a row that no partition accepts (see ``isNoPartition``).
     package static let checkViolation = "23514"
 }
+
+extension Optional {
+    /// The value, or a decoding error: a query that returns a row did not.
+    package func unwrap() throws -> Wrapped {
+        guard let value = self else { throw PostgresError(.decoding, function: "unwrap", message: "no row returned") }
+        return value
+    }
+}

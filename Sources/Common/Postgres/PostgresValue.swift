@@ -1,4 +1,5 @@
 import Foundation
+import WarrenSupport
 
 /// A value bound to a `$n` parameter, sent in Postgres text format.
 ///

@@ -3,6 +3,10 @@ import Logging
 import Metrics
 import ServiceLifecycle
 import Synchronization
+import WarrenAMQP
+import WarrenConfig
+import WarrenJobs
+import WarrenSupport
 
 /// When `producer serve` refuses new work of a tier (503, `code: "shed"`): the rule, pure.
 ///

@@ -1,4 +1,7 @@
 import Foundation
+import WarrenConfig
+import WarrenJobs
+import WarrenSupport
 
 /// Fleet-wide limits on what jobs call: a limit key with its rate, and the job types that
 /// spend it (`WARREN_RATE_LIMITS=ticket-api=60/min`, `WARREN_RATE_LIMITED_TYPES=ticket.create=ticket-api`).

@@ -1,5 +1,8 @@
 import Foundation
 import Synchronization
+import WarrenConfig
+import WarrenJobs
+import WarrenSupport
 
 /// A token bucket: holds up to `burst` tokens, refilled at `rate` per second; each request
 /// takes one.

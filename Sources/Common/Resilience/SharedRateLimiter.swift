@@ -1,6 +1,9 @@
 import Logging
 import Metrics
 import Synchronization
+import WarrenJobs
+import WarrenStore
+import WarrenSupport
 
 /// Per-key token buckets that hold across every `producer serve` replica.
 ///

@@ -1,5 +1,6 @@
 import Logging
 import Synchronization
+import WarrenPostgres
 
 /// Scheduler leadership: a session-level Postgres advisory lock held on a dedicated
 /// connection (with TCP keepalives, so a dead peer is noticed). The lock lives exactly as long

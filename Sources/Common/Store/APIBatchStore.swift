@@ -1,4 +1,7 @@
 import Foundation
+import WarrenJobs
+import WarrenPostgres
+import WarrenSupport
 
 /// Batches of jobs accepted over HTTP (`api_batches`, with their jobs in `api_jobs`): creating
 /// them, what `GET /v1/batches/{id}` reports, and publishing a batch's `on_complete` job once

@@ -1,3 +1,7 @@
+import WarrenJobs
+import WarrenPostgres
+import WarrenSupport
+
 /// Records jobs accepted over HTTP without an idempotency key (`api_jobs` rows) with group
 /// commit: requests arriving together share one multi-row INSERT (and one WAL flush), so
 /// intake is not bound by one Postgres round trip and commit per request.

@@ -1,4 +1,7 @@
 import Foundation
+import WarrenJobs
+import WarrenPostgres
+import WarrenSupport
 
 /// Jobs accepted over HTTP (`api_jobs`): idempotency-key claims and what `GET /v1/jobs/{id}`
 /// reports, joined with the consumer's `job_runs`.

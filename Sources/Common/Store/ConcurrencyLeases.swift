@@ -1,4 +1,6 @@
 import Foundation
+import WarrenPostgres
+import WarrenSupport
 
 /// Per-key concurrency across every consumer: a job with a `concurrency_key` runs only while
 /// it holds one of its key's `limit` slots, a row of `concurrency_leases`.

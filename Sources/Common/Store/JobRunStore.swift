@@ -1,5 +1,8 @@
 import Foundation
 import Logging
+import WarrenJobs
+import WarrenPostgres
+import WarrenSupport
 
 /// A job's status in `job_runs`.
 package enum JobStatus: String, Sendable, CaseIterable {

@@ -1,5 +1,9 @@
 import Foundation
 import Logging
+import WarrenAMQP
+import WarrenJobs
+import WarrenPostgres
+import WarrenSupport
 
 /// The one outbox (`delayed_jobs`): every job Warren publishes on someone's behalf is first
 /// written here, in the same transaction as the record that decided it, then published with

@@ -1,5 +1,7 @@
 import Foundation
 import Logging
+import WarrenPostgres
+import WarrenSupport
 
 /// Keeps the daily partitions of `job_runs` and `message_logs`: creates them ahead and drops
 /// them after the retention period. Both operations are idempotent and safe to run from

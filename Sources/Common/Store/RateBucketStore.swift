@@ -1,3 +1,6 @@
+import WarrenPostgres
+import WarrenSupport
+
 /// Token buckets in Postgres (`rate_buckets`), shared by every process that takes from them.
 ///
 /// One statement per take: the row is refilled for the time since it was last touched (at

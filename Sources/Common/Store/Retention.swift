@@ -1,3 +1,6 @@
+import WarrenPostgres
+import WarrenSupport
+
 /// The retention horizon: the instant before which job history is gone. The leader's upkeep
 /// (`scheduler`, `UpkeepDuty`) moves it to the start of the UTC day `WARREN_RETENTION_DAYS`
 /// ago before it prunes `api_jobs` and `api_batches` and drops the `job_runs` partitions

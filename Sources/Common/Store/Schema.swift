@@ -1,3 +1,5 @@
+import WarrenPostgres
+
 /// Warren's database schema, as ordered migrations. Append new ones; never edit a shipped one.
 package enum Schema {
     package static let migrations: [Migration] = [

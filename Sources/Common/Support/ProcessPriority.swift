@@ -13,17 +13,6 @@ import Synchronization
 /// A new thread inherits its creator's, except libdispatch's pool threads, which it gives the
 /// priority of their QoS: the keeper renices again every second.
 package enum ProcessPriority {
-    /// The nice a pool takes while it gives way (BENCHMARKS.md, tiers): free 10, premium 5,
-    /// enterprise and an overflow pool 0 (an overflow pool yields by its consumer priorities).
-    package static func defaultNice(for configuration: ConsumerConfiguration) -> Int32 {
-        guard configuration.tiers.count == 1, configuration.subscriptionPriority == nil else { return 0 }
-        switch configuration.tier {
-        case .enterprise: return 0
-        case .premium: return 5
-        case .free: return 10
-        }
-    }
-
     /// Sets every thread's nice to `nice`. Returns how many threads took it and how many
     /// refused (lowering a nice needs `CAP_SYS_NICE` or a `RLIMIT_NICE` that allows it); a
     /// thread that is gone by then counts as neither.
@@ -100,7 +89,7 @@ package enum ProcessPriority {
 ///
 /// - **Fixed** (`WARREN_NICE=N`): always N, whatever the base.
 /// - **Adaptive** (the default for a lower tier's pool): base + the tier's
-///   ``ProcessPriority/defaultNice(for:)`` only while the pool gives way (``yield(_:)``: a tier
+///   `ProcessPriority.defaultNice(for:)` (WarrenWorker) only while the pool gives way (``yield(_:)``: a tier
 ///   above it has consumers with room starting jobs, whose latency the cores decide), and the
 ///   base otherwise. When every tier drains a backlog, each consumer's own capacity is what
 ///   holds it back, and a niced consumer only makes the broker wait for its acks (the e2e

@@ -1,6 +1,8 @@
-import Common
 import Logging
 import ServiceLifecycle
+import WarrenJobs
+import WarrenStore
+import WarrenSupport
 
 /// Runs beside the HTTP server: every `interval`, marks complete the batches whose jobs are
 /// all terminal and publishes each one's on_complete job (claimed in Postgres with its outbox

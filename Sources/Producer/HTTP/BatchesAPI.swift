@@ -1,7 +1,11 @@
-import Common
 import Foundation
 import Hummingbird
 import Logging
+import WarrenAMQP
+import WarrenAuth
+import WarrenJobs
+import WarrenStore
+import WarrenSupport
 
 /// `POST /v1/batches` and `GET /v1/batches/{id}`.
 extension JobsAPI {

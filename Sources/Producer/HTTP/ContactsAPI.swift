@@ -1,6 +1,9 @@
-import Common
 import Foundation
 import Hummingbird
+import WarrenAuth
+import WarrenJobs
+import WarrenStore
+import WarrenSupport
 
 /// `/v1/contacts`: people whose birthday (and anniversary) messages the scheduler sends at
 /// 09:00 in their own time zone, as `message.send` jobs in the token's tier. Scope

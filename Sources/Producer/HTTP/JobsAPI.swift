@@ -1,10 +1,17 @@
-import Common
 import Foundation
 import HTTPTypes
 import Hummingbird
 import Logging
 import Metrics
 import Synchronization
+import WarrenAMQP
+import WarrenAuth
+import WarrenJobs
+import WarrenObservability
+import WarrenPostgres
+import WarrenResilience
+import WarrenStore
+import WarrenSupport
 
 /// The HTTP API's routes (Hummingbird 2). Errors are JSON: `{"error": {"code", "message", "field"?}}`.
 struct JobsAPI: Sendable {
@@ -70,7 +77,7 @@ struct JobsAPI: Sendable {
     // MARK: - Routes
 
     /// What `/readyz` reports down: the broker (connection lost) or the database (no answer).
-    private func ready() async -> [String] { await AdminServer.unreachable(broker: publisher.connection, database: pool) }
+    private func ready() async -> [String] { await Readiness.unreachable(broker: publisher.connection, database: pool) }
 
     private func createJob(_ request: Request, requestID: String) async throws(APIError) -> (Response, String?) {
         try await rateLimited(request, scope: .jobsWrite) { (token) async throws(APIError) in

@@ -1,5 +1,5 @@
-import Common
 import HTTPTypes
+import WarrenSupport
 
 /// The members of a JSON object request body, read with errors that name the member:
 /// 400 when the body is not an object, 422 `unknown_field`, `missing_field` or `invalid_field`.

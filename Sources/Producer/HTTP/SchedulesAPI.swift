@@ -1,6 +1,9 @@
-import Common
 import Foundation
 import Hummingbird
+import WarrenAuth
+import WarrenJobs
+import WarrenStore
+import WarrenSupport
 
 /// `/v1/schedules`: cron schedules in IANA time zones, by name within the tenant, publishing a
 /// job in the token's tier at each fire. Scope `schedules:write` for every route.

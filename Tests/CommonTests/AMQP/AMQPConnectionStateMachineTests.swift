@@ -1,5 +1,5 @@
 import Testing
-@testable import Common
+@testable import WarrenAMQP
 
 /// Every transition of the connection's life, without a broker.
 @Suite struct AMQPConnectionStateMachineTests {

@@ -1,5 +1,5 @@
 import Testing
-@testable import Common
+@testable import WarrenAMQP
 
 @Suite struct ConfirmWindowTests {
     @Test func sequencesStartAtOneAndIncrease() {

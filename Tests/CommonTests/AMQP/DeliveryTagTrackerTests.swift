@@ -1,6 +1,5 @@
 import Testing
-
-@testable import Common
+@testable import WarrenAMQP
 
 @Suite struct DeliveryTagTrackerTests {
     func tracker(receiving tags: ClosedRange<UInt64>) -> DeliveryTagTracker {

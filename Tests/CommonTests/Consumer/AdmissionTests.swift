@@ -1,8 +1,11 @@
 import Foundation
 import Synchronization
 import Testing
-
-@testable import Common
+@testable import WarrenAMQP
+@testable import WarrenConfig
+@testable import WarrenJobs
+@testable import WarrenSupport
+@testable import WarrenWorker
 
 /// Adaptive admission's pure parts: the policy's level, the pressure board, the targets, the
 /// latency windows, the reports on the wire and the resizable limiter.

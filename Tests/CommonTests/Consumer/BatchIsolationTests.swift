@@ -1,6 +1,8 @@
 import Testing
-
-@testable import Common
+@testable import WarrenJobs
+@testable import WarrenStore
+@testable import WarrenSupport
+@testable import WarrenWorker
 
 @Suite struct BatchIsolationTests {
     struct Refused: Error {}

@@ -1,6 +1,8 @@
 import Testing
-
-@testable import Common
+@testable import WarrenConfig
+@testable import WarrenJobs
+@testable import WarrenSupport
+@testable import WarrenWorker
 
 @Suite struct RetryPolicyTests {
     @Test(arguments: [

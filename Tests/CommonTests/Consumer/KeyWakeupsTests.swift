@@ -1,6 +1,7 @@
-@testable import Common
 import Synchronization
 import Testing
+@testable import WarrenSupport
+@testable import WarrenWorker
 
 /// Waiting for a concurrency key's slot: a slot given back wakes the longest waiting job of
 /// that key only, and freed keys are announced in batches without repeats.

@@ -1,6 +1,7 @@
 import Testing
-
-@testable import Common
+@testable import WarrenJobs
+@testable import WarrenStore
+@testable import WarrenWorker
 
 @Suite struct SettlementTests {
     /// Always the lowest backoff: plans are then exact.

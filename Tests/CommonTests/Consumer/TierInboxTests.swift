@@ -1,6 +1,7 @@
 import Testing
-
-@testable import Common
+@testable import WarrenAMQP
+@testable import WarrenJobs
+@testable import WarrenWorker
 
 /// The hand-out order of a consumer's inbox (tiers, then tenant lanes), without a broker:
 /// deliveries are told apart by tag.

@@ -1,6 +1,8 @@
 import Foundation
 import Testing
-@testable import Common
+@testable import WarrenAMQP
+@testable import WarrenJobs
+@testable import WarrenSupport
 
 @Suite struct JobEnvelopeTests {
     func sample() -> JobEnvelope {

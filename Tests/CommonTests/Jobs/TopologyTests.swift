@@ -1,6 +1,8 @@
 import Foundation
 import Testing
-@testable import Common
+@testable import WarrenAMQP
+@testable import WarrenJobs
+@testable import WarrenNotify
 
 /// The topology services declare and the one the broker preloads must agree, or a service
 /// start fails with PRECONDITION_FAILED.

@@ -1,8 +1,11 @@
 import Foundation
 import Logging
 import Testing
-
-@testable import Common
+@testable import WarrenConfig
+@testable import WarrenJobs
+@testable import WarrenNotify
+@testable import WarrenResilience
+@testable import WarrenSupport
 
 @Suite struct MessageSendHandlerTests {
     let now = Timestamp(microseconds: 784_111_777 * 1_000_000)

@@ -1,6 +1,6 @@
 import Testing
-
-@testable import Common
+@testable import WarrenNotify
+@testable import WarrenSupport
 
 @Suite struct RetryAfterTests {
     /// 1994-11-06T08:49:37Z, RFC 9110's example date.

@@ -1,7 +1,6 @@
 import Synchronization
 import Testing
-
-@testable import Common
+@testable import WarrenResilience
 
 /// A clock the test moves by hand: no sleeps.
 final class ManualClock: Sendable {

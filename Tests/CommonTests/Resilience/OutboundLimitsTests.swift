@@ -1,6 +1,11 @@
 import Testing
-
-@testable import Common
+@testable import WarrenConfig
+@testable import WarrenJobs
+@testable import WarrenNotify
+@testable import WarrenResilience
+@testable import WarrenStore
+@testable import WarrenSupport
+@testable import WarrenWorker
 
 struct OutboundLimitsTests {
     @Test func limitsAndTheTypesThatSpendThemComeFromTheEnvironment() throws {

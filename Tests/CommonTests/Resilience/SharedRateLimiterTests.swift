@@ -1,8 +1,10 @@
 import Logging
 import Synchronization
 import Testing
-
-@testable import Common
+@testable import WarrenJobs
+@testable import WarrenPostgres
+@testable import WarrenResilience
+@testable import WarrenStore
 
 /// The lease logic over a stand-in for the shared bucket (the SQL itself is tested against
 /// Postgres in the integration tests): a bucket that never refills, counting its calls.

@@ -1,5 +1,7 @@
-import Common
 import Testing
+import WarrenJobs
+import WarrenResilience
+import WarrenSupport
 
 struct ShedPolicyTests {
     let policy = ShedPolicy(thresholds: [.free: 100, .premium: 200, .enterprise: 400])

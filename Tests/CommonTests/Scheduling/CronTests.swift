@@ -1,7 +1,6 @@
 import Foundation
 import Testing
-
-@testable import Common
+@testable import WarrenSupport
 
 /// The cron parser and next-fire rules, across daylight-saving changes in both directions,
 /// leap years and month ends. Expected overlaps were checked against Python's zoneinfo

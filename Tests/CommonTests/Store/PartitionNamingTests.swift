@@ -1,5 +1,7 @@
 import Testing
-@testable import Common
+@testable import WarrenPostgres
+@testable import WarrenStore
+@testable import WarrenSupport
 
 @Suite struct PartitionNamingTests {
     @Test func namesCarryTheUTCDay() throws {

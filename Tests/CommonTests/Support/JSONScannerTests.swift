@@ -1,7 +1,7 @@
 import Foundation
 import Testing
-
-@testable import Common
+@testable import WarrenJobs
+@testable import WarrenSupport
 
 @Suite struct JSONScannerTests {
     @Test(arguments: [

@@ -1,6 +1,7 @@
 import Testing
-
-@testable import Common
+@testable import WarrenConfig
+@testable import WarrenJobs
+@testable import WarrenResilience
 
 @Suite struct TokenBucketTests {
     @Test func allowsABurstThenRefillsAtTheRate() {

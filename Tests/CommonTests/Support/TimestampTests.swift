@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import Common
+@testable import WarrenSupport
 
 @Suite struct TimestampTests {
     @Test func formatsWithMicroseconds() {

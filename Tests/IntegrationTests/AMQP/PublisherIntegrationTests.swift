@@ -1,7 +1,9 @@
-import Common
 import Foundation
 import Synchronization
 import Testing
+import WarrenAMQP
+import WarrenJobs
+import WarrenNotify
 
 @Suite(.enabled(if: TestServices.enabled), .serialized)
 struct PublisherIntegrationTests {

@@ -1,7 +1,7 @@
-import Common
 import Foundation
 import Synchronization
 import Testing
+import WarrenAMQP
 
 /// Replacing a consumer by one with another prefetch (what adaptive admission does): consume
 /// again on a fresh channel, then cancel the old consumer. Nothing may be dropped on the old

@@ -1,6 +1,10 @@
-import Common
 import Foundation
 import Testing
+import WarrenAMQP
+import WarrenJobs
+import WarrenPostgres
+import WarrenSupport
+import WarrenWorker
 
 /// Adaptive admission between tiers against the real broker and Postgres: an enterprise
 /// consumer falling behind its start-latency target reports it on `warren.control`, and a

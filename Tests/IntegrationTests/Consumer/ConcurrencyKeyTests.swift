@@ -1,7 +1,9 @@
-import Common
 import Foundation
 import Synchronization
 import Testing
+import WarrenAMQP
+import WarrenJobs
+import WarrenNotify
 
 /// Per-key concurrency across consumers: at most `limit` jobs of a key run at once, counted
 /// from the rows' run intervals; waiting jobs hold no worker slot and spend no attempt; a

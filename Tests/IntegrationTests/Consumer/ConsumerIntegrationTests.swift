@@ -1,8 +1,13 @@
-import Common
 import Foundation
 import Logging
 import Synchronization
 import Testing
+import WarrenAMQP
+import WarrenJobs
+import WarrenPostgres
+import WarrenStore
+import WarrenSupport
+import WarrenWorker
 
 /// The consumer against the real broker and Postgres. Each test has a virtual host and a
 /// schema of its own, so tier queues, the dead queue and job_runs are its alone.

@@ -1,6 +1,7 @@
-import Common
 import Foundation
 import Testing
+import WarrenJobs
+import WarrenWorker
 
 /// A tier's start latency on `/metrics`, and its first part (to the delivery read off the
 /// connection): where a slow start spent its time, the broker's side or the consumer's.

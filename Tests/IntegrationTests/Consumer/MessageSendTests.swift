@@ -1,6 +1,10 @@
-import Common
 import Foundation
 import Testing
+import WarrenAMQP
+import WarrenJobs
+import WarrenPostgres
+import WarrenStore
+import WarrenSupport
 
 /// `message.send` end to end: real `consumer` processes against the real broker and Postgres
 /// (a vhost and a schema per test) delivering to a real `notify-standin`.

@@ -1,6 +1,11 @@
-import Common
 import Foundation
 import Testing
+import WarrenAMQP
+import WarrenJobs
+import WarrenPostgres
+import WarrenResilience
+import WarrenSupport
+import WarrenWorker
 
 /// Fleet-wide outbound limits: jobs of a limited type, taken by two consumers, start no faster
 /// than the limit's rate, spend no attempt waiting, and hold no slot while they wait.

@@ -1,6 +1,7 @@
-import Common
 import Foundation
 import Testing
+import WarrenAMQP
+import WarrenJobs
 
 /// `consumer --overflow`: one pool over every tier queue, below each tier's own consumers
 /// (`x-priority`), its free slots going to the highest tier with work waiting.

@@ -1,8 +1,12 @@
-import Common
 import Foundation
 import Logging
 import Synchronization
 import Testing
+import WarrenAMQP
+import WarrenJobs
+import WarrenPostgres
+import WarrenSupport
+import WarrenWorker
 
 /// Outcomes Postgres cannot store, and handlers that will not stop: neither may hold up the
 /// rest of a tier.

@@ -1,9 +1,11 @@
-import Common
 import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
 import Testing
+import WarrenAMQP
+import WarrenJobs
+import WarrenSupport
 
 /// Lower tiers' consumers at a lower OS priority while a tier above has latency at stake: every
 /// thread, including the ones libdispatch starts after the first renice.

@@ -1,6 +1,8 @@
-import Common
 import Foundation
 import Testing
+import WarrenAMQP
+import WarrenJobs
+import WarrenPostgres
 
 /// Tenant lanes: one tenant's flood waits in its own lane, and a consumer takes from its
 /// tier's lanes in turn, so another tenant's jobs start within a slot or two, not after the flood.

@@ -1,6 +1,10 @@
-import Common
 import Foundation
 import Testing
+import WarrenAMQP
+import WarrenJobs
+import WarrenNotify
+import WarrenPostgres
+import WarrenWorker
 
 /// The broker failing under a running fleet, for real: a node of the test's own SIGKILLed and
 /// booted again, its memory alarm raised, and a connection silently cut by a relay. Every

@@ -1,6 +1,6 @@
-import Common
 import Foundation
 import Testing
+import WarrenJobs
 
 /// A 3-node cluster of the test's own (`infra/local/cluster`): the node a consumer is
 /// connected to is SIGKILLed mid-run, then (with it back) the leader of the tier's quorum

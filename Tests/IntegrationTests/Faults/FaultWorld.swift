@@ -1,6 +1,8 @@
-import Common
 import Foundation
 import Testing
+import WarrenJobs
+import WarrenPostgres
+import WarrenStore
 
 /// What the fault tests share: jobs keyed one by one (so rows can be counted per job),
 /// counting in `job_runs`, and the fleet's processes started against a broker and a schema.

@@ -1,6 +1,8 @@
-import Common
 import Foundation
 import Testing
+import WarrenAMQP
+import WarrenJobs
+import WarrenPostgres
 
 /// Postgres stopped and started again under `producer serve` and under the scheduler (a
 /// cluster of the test's own, as the consumer's outage test does): both carry on without a

@@ -1,6 +1,9 @@
-import Common
 import Foundation
 import Testing
+import WarrenJobs
+import WarrenPostgres
+import WarrenStore
+import WarrenSupport
 
 @Suite(.enabled(if: TestServices.enabled))
 struct PostgresIntegrationTests {

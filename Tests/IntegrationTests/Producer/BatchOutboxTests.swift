@@ -1,6 +1,9 @@
-import Common
 import Foundation
 import Testing
+import WarrenAMQP
+import WarrenJobs
+import WarrenPostgres
+import WarrenSupport
 
 /// A batch published while the producer's broker link goes silent: its jobs were recorded
 /// with their outbox entries, so the 503 lists them `unconfirmed` (kept, not to be resent),

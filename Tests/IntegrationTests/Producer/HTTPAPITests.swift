@@ -1,6 +1,8 @@
-import Common
 import Foundation
 import Testing
+import WarrenAMQP
+import WarrenJobs
+import WarrenSupport
 
 /// `producer serve` and `producer tokens` as users run them, over real HTTP, against the real
 /// broker (a vhost of its own) and Postgres (a schema of its own).

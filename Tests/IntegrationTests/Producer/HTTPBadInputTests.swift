@@ -1,6 +1,8 @@
-import Common
 import Foundation
 import Testing
+import WarrenAMQP
+import WarrenJobs
+import WarrenPostgres
 
 /// Hostile input that once got through `producer serve` (issue 11, item 14): NUL characters
 /// that Postgres cut short, out-of-range offsets, requests no route takes, unparsable

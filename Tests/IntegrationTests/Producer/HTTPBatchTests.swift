@@ -1,6 +1,8 @@
-import Common
 import Foundation
 import Testing
+import WarrenAMQP
+import WarrenJobs
+import WarrenPostgres
 
 /// `POST /v1/batches` and `GET /v1/batches/{id}` with a real consumer, and load shedding on a
 /// tiny capped queue.

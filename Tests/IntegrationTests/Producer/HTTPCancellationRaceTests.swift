@@ -1,7 +1,7 @@
-import Common
 import Foundation
 import Logging
 import Testing
+import WarrenSupport
 
 /// `DELETE /v1/jobs/{id}` racing a consumer that is starting the same job: an answer of
 /// `not_running` must mean the job never runs anywhere. On main the answer was decided from a

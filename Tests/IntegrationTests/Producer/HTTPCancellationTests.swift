@@ -1,6 +1,7 @@
-import Common
 import Foundation
 import Testing
+import WarrenAMQP
+import WarrenJobs
 
 /// `DELETE /v1/jobs/{id}` against a real consumer: a queued job never runs, a running one has
 /// its handler cancelled, a finished one is a conflict.

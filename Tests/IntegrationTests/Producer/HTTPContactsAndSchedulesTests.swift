@@ -1,6 +1,6 @@
-import Common
 import Foundation
 import Testing
+import WarrenPostgres
 
 /// `/v1/contacts` and `/v1/schedules` over real HTTP against a real `producer serve`.
 @Suite(.enabled(if: TestServices.enabled))

@@ -1,6 +1,6 @@
-import Common
 import Foundation
 import Testing
+import WarrenPostgres
 
 /// `/healthz`, `/readyz`, `/metrics` and `/status` as operators use them: on the API port of
 /// `producer serve`, and on the admin port of the consumers and the scheduler, with the broker

@@ -1,6 +1,9 @@
-import Common
 import Foundation
 import Testing
+import WarrenAMQP
+import WarrenJobs
+import WarrenPostgres
+import WarrenSupport
 
 /// A keyed job whose publish the producer could not confirm (its broker link went silent
 /// mid-request) stays one job: the claim is kept as an outbox entry, a retry with the key

@@ -1,7 +1,10 @@
-import Common
 import Foundation
 import Synchronization
 import Testing
+import WarrenAMQP
+import WarrenJobs
+import WarrenPostgres
+import WarrenSupport
 
 /// Shedding at the front door by tier: `producer serve` reads the tier queues' backlogs from the
 /// broker and refuses new work of the lowest tiers first (503 `shed`). The queues are filled

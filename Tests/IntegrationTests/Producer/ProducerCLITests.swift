@@ -1,6 +1,8 @@
-import Common
 import Foundation
 import Testing
+import WarrenAMQP
+import WarrenJobs
+import WarrenPostgres
 
 /// `producer publish` as scripts use it: a subprocess, its exit status, stdout and stderr,
 /// against the real broker, each test in a virtual host of its own.

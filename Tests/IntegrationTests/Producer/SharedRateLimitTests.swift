@@ -1,6 +1,6 @@
-import Common
 import Foundation
 import Testing
+import WarrenPostgres
 
 /// A token's intake limit holds across `producer serve` replicas: two servers on one database
 /// share the token's bucket (`rate_buckets`), so together they admit what one would.

@@ -1,9 +1,13 @@
-import Common
 import Foundation
 import HTTPTypes
 import Logging
-import Testing
 @testable import Producer
+import Testing
+import WarrenAMQP
+import WarrenJobs
+import WarrenPostgres
+import WarrenResilience
+import WarrenStore
 
 /// The net under intake's checks: a value Postgres refuses (a parameter holding NUL, which the
 /// Postgres layer will not send, or a data exception from the server) fails the same way on

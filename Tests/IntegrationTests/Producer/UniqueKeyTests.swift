@@ -1,6 +1,9 @@
-import Common
 import Foundation
 import Testing
+import WarrenAMQP
+import WarrenJobs
+import WarrenPostgres
+import WarrenStore
 
 /// `"unique": "running"` on `POST /v1/jobs`: a second job of a concurrency key is refused with
 /// 409 `key_busy` while the first is unfinished, and accepted once it finished; counted from

@@ -1,6 +1,10 @@
-import Common
 import Foundation
 import Testing
+import WarrenAMQP
+import WarrenJobs
+import WarrenPostgres
+import WarrenStore
+import WarrenSupport
 
 /// Schedules that no longer evaluate (a zone gone from the time-zone data, a stored expression
 /// that does not parse), against a real `scheduler` on an injected clock, a real `producer

@@ -1,6 +1,9 @@
-import Common
 import Foundation
 import Testing
+import WarrenAMQP
+import WarrenJobs
+import WarrenPostgres
+import WarrenSupport
 
 /// Birthday and anniversary messages: contacts made over HTTP, sent by real `scheduler`
 /// processes at 09:00 in each contact's zone, with the time injected through `--clock-file`.

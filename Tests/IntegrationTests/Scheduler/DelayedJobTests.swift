@@ -1,6 +1,9 @@
-import Common
 import Foundation
 import Testing
+import WarrenAMQP
+import WarrenJobs
+import WarrenPostgres
+import WarrenSupport
 
 /// Delayed jobs end to end: `POST /v1/jobs` with `delay_seconds` / `run_at` and
 /// `producer publish --in` hold the job in Postgres; real `scheduler` processes publish it

@@ -1,6 +1,9 @@
-import Common
 import Foundation
 import Testing
+import WarrenJobs
+import WarrenPostgres
+import WarrenStore
+import WarrenSupport
 
 /// Jobs and batches past `WARREN_RETENTION_DAYS`, against a real `producer serve`, `scheduler
 /// --once` and Postgres, with rows written as old: the upkeep prunes them with the `job_runs`

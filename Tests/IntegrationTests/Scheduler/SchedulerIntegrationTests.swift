@@ -1,7 +1,10 @@
-import Common
 import Foundation
 import Logging
 import Testing
+import WarrenAMQP
+import WarrenJobs
+import WarrenPostgres
+import WarrenSupport
 
 /// Cron schedules fired by real `scheduler` processes against the real broker and Postgres,
 /// with the time injected through `--clock-file` (never the wall clock): one job per fire with

@@ -1,6 +1,8 @@
-import Common
 import Foundation
 import Testing
+import WarrenPostgres
+import WarrenStore
+import WarrenSupport
 
 /// The shared token bucket's one statement, against Postgres.
 @Suite(.enabled(if: TestServices.enabled))

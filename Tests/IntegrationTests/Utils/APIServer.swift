@@ -1,9 +1,10 @@
 import AsyncHTTPClient
-import Common
 import Foundation
 import NIOCore
 import NIOHTTP1
 import Testing
+import WarrenAMQP
+import WarrenPostgres
 
 /// A `producer serve` started as a user starts it, in a vhost and a database schema of its
 /// own, with helpers to call it over real HTTP.

@@ -1,8 +1,8 @@
 import AsyncHTTPClient
-import Common
 import Foundation
 import NIOCore
 import NIOHTTP1
+import WarrenSupport
 
 /// The bits of RabbitMQ's management HTTP API the tests use to act on the broker from
 /// outside (closing a connection as a network failure would).

@@ -1,6 +1,6 @@
 import Foundation
-import Common
 import Testing
+import WarrenJobs
 
 /// A RabbitMQ node of one test's own, started, killed and started again with the project's
 /// script (`infra/local/lib.sh`: its own node name, data directory under `.state/`, loopback

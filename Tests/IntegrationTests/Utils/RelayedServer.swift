@@ -1,5 +1,6 @@
-import Common
 import Foundation
+import WarrenPostgres
+import WarrenStore
 
 /// A `producer serve` on a vhost and schema of its own whose broker link runs through a
 /// ``TCPProxy`` (2 s heartbeats), so a test can stall or cut it. The ``APIServer``'s

@@ -1,7 +1,11 @@
-import Common
 import Foundation
 import Logging
 import Testing
+import WarrenAMQP
+import WarrenJobs
+import WarrenNotify
+import WarrenPostgres
+import WarrenSupport
 
 /// Where the real RabbitMQ and Postgres are, from the environment `./infra/local/test` sets.
 ///

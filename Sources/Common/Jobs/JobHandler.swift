@@ -1,5 +1,12 @@
 import Foundation
 import Logging
+import WarrenSupport
+
+/// The job types Warren itself knows by name.
+package enum JobTypes {
+    /// A message through the notification service (`MessageSendHandler`).
+    package static let messageSend = "message.send"
+}
 
 /// What a job's handler decided.
 package enum JobOutcome: Sendable, Equatable {
@@ -33,6 +40,13 @@ package struct JobContext: Sendable {
     package var logger: Logger
     package var deadline: ContinuousClock.Instant
     package var consumerID: String
+
+    package init(job: JobEnvelope, logger: Logger, deadline: ContinuousClock.Instant, consumerID: String) {
+        self.job = job
+        self.logger = logger
+        self.deadline = deadline
+        self.consumerID = consumerID
+    }
 
     package var attempt: Int { job.attempt }
     /// The key to hand to downstream services so a re-run does not repeat an effect: the
@@ -93,16 +107,11 @@ package struct HandlerRegistry: Sendable {
     /// `noop`, `sleep` and `fail`: for demos, tests and benchmarks.
     package static var builtIn: HandlerRegistry { HandlerRegistry(builtInHandlers) }
 
-    private static var builtInHandlers: [any JobHandler] { [NoopHandler(), SleepHandler(), FailHandler()] }
+    package static var builtInHandlers: [any JobHandler] { [NoopHandler(), SleepHandler(), FailHandler()] }
 
-    /// What the `consumer` command runs: the built-ins and `message.send` (delivered through
-    /// `notifier`).
-    package static func standard(notifier: Notifier) -> HandlerRegistry {
-        HandlerRegistry(builtInHandlers + [MessageSendHandler(notifier: notifier)])
-    }
-
-    /// The job types of ``standard(notifier:)``, for the producer to accept.
-    package static var standardTypes: [String] { (builtIn.types + [MessageSendHandler.jobType]).sorted() }
+    /// The job types the `consumer` command runs (the built-ins and `message.send`, see
+    /// `HandlerRegistry.standard(notifier:)`), for the producer to accept.
+    package static var standardTypes: [String] { (builtIn.types + [JobTypes.messageSend]).sorted() }
 
     /// Adds `handler` for its type. Throws ``DuplicateType`` if that type has one already
     /// (it is never silently replaced).

@@ -1,4 +1,7 @@
 import Foundation
+import WarrenJobs
+import WarrenPostgres
+import WarrenSupport
 
 /// Cron schedules in Postgres (`schedules`) and their fires (`schedule_fires`).
 package struct ScheduleStore: Sendable {
@@ -207,12 +210,5 @@ package struct ScheduleStore: Sendable {
             UPDATE schedules SET enabled = false, disabled_reason = $2, disabled_at = now(), updated_at = now() WHERE id = $1
             """, [schedule.id, reason])
         return Disabled(id: schedule.id, tenant: schedule.tenant, name: schedule.name, reason: reason)
-    }
-}
-
-extension Optional {
-    func unwrap() throws -> Wrapped {
-        guard let value = self else { throw PostgresError(.decoding, function: "unwrap", message: "no row returned") }
-        return value
     }
 }

@@ -29,6 +29,11 @@ package struct CronExpression: Sendable, Equatable, CustomStringConvertible {
         package var field: String
         package var message: String
         package var description: String { "\(field): \(message)" }
+
+        package init(field: String, message: String) {
+            self.field = field
+            self.message = message
+        }
     }
 
     private struct Field {

@@ -1,4 +1,7 @@
 import Foundation
+import WarrenJobs
+import WarrenPostgres
+import WarrenSupport
 
 /// Contacts (`contacts`), their yearly events (`contact_events`, indexed by zone, kind and day
 /// of the year), the per-zone progress of sending them (`contact_cursors`) and one row per
@@ -165,7 +168,7 @@ package struct ContactStore: Sendable {
             let enqueuedAt = Timestamp.now()
             var fires: [UUID: Fire] = [:]
             for contact in due {
-                let job = JobEnvelope(type: MessageSendHandler.jobType, tier: contact.tier, payload: Array(kind.payload(for: contact, on: day).utf8),
+                let job = JobEnvelope(type: JobTypes.messageSend, tier: contact.tier, payload: Array(kind.payload(for: contact, on: day).utf8),
                                       tenant: contact.tenant, idempotencyKey: Self.key(contact: contact.id, kind: kind.kind, on: day),
                                       enqueuedAt: enqueuedAt)
                 fires[contact.id] = Fire(contactID: contact.id, kind: kind.kind, localDate: day, job: job)

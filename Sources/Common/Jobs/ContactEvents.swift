@@ -1,4 +1,5 @@
 import Foundation
+import WarrenSupport
 
 /// A person whose yearly events (birthday, anniversary) get a message at a local time of day
 /// in their own time zone (`/v1/contacts`).

@@ -1,0 +1,91 @@
+import Foundation
+import WarrenConfig
+import WarrenSupport
+
+/// How far behind a tier may fall before the tiers below it give way: a start-latency target
+/// per tier (start of work minus enqueued-at, the p99 of the last report window).
+///
+/// `WARREN_TIER_TARGET_MS_ENTERPRISE` (default 50) and `WARREN_TIER_TARGET_MS_PREMIUM`
+/// (default 250); 0 turns watching that tier off. Free has no tier below it: it has no target.
+package struct TierTargets: Sendable, Equatable {
+    package static let defaults: [Tier: Duration] = [.enterprise: .milliseconds(50), .premium: .milliseconds(250)]
+
+    /// A tier missing here is never waited for.
+    package var targets: [Tier: Duration]
+
+    package init(_ targets: [Tier: Duration] = TierTargets.defaults) { self.targets = targets }
+
+    package init(environment: [String: String]) throws(SettingsError) {
+        let reader = EnvironmentReader(environment)
+        var targets = Self.defaults
+        for tier in [Tier.enterprise, .premium] {
+            guard let value = try reader.integer("WARREN_TIER_TARGET_MS_\(tier.rawValue.uppercased())", 0...600_000) else { continue }
+            targets[tier] = value == 0 ? nil : .milliseconds(value)
+        }
+        self.init(targets)
+    }
+
+    /// The tiers a pool of `tier` gives way to: those above it with a target.
+    package func watched(by tier: Tier) -> [Tier] {
+        Tier.allCases.filter { $0.rank < tier.rank && targets[$0] != nil }
+    }
+}
+
+extension Tier {
+    /// 0 for enterprise, 1 for premium, 2 for free: lower is served first.
+    package var rank: Int { Tier.allCases.firstIndex(of: self)! }
+}
+
+/// One consumer's report of a tier's pressure, sent on `warren.control` every
+/// ``AdmissionControl/reportInterval`` while it starts jobs of that tier: the p99 of their
+/// start latencies in the window, and whether the consumer was *saturated*: every slot busy,
+/// more of the tier's deliveries held than it can start (at least max(concurrency,
+/// prefetch/2)), or ready jobs of the tier waiting at the broker. Every consumer's control
+/// queue gets every report.
+package struct PressureReport: Sendable, Equatable {
+    package var tier: Tier
+    package var consumerID: String
+    package var p99Milliseconds: Int
+    package var jobs: Int
+    /// Its own capacity held the tier's jobs back: a backlog it drains as fast as it can.
+    package var saturated: Bool
+
+    package init(tier: Tier, consumerID: String, p99Milliseconds: Int, jobs: Int, saturated: Bool = false) {
+        self.tier = tier
+        self.consumerID = consumerID
+        self.p99Milliseconds = p99Milliseconds
+        self.jobs = jobs
+        self.saturated = saturated
+    }
+}
+
+/// A tier's pressure as the reports say: the worst p99 among the consumers that reported in
+/// the last `freshFor` and were not saturated (a consumer that stopped starting jobs stops
+/// reporting, and its report ages out). Pure: the caller passes the clock.
+package struct PressureBoard: Sendable {
+    private var latest: [String: (report: PressureReport, at: ContinuousClock.Instant)] = [:]
+    package let freshFor: Duration
+
+    package init(freshFor: Duration = .seconds(2)) { self.freshFor = freshFor }
+
+    package mutating func receive(_ report: PressureReport, at now: ContinuousClock.Instant) {
+        latest["\(report.tier.rawValue)/\(report.consumerID)"] = (report, now)
+    }
+
+    /// The worst fresh p99 of `tier` among consumers that had room, nil when none reported
+    /// lately: 0 when every fresh report is of a saturated consumer (its own capacity is what
+    /// holds the tier back, and the tiers below giving way would not help it).
+    package mutating func pressure(of tier: Tier, at now: ContinuousClock.Instant) -> Int? {
+        latest = latest.filter { now - $0.value.at < freshFor }
+        let reports = latest.values.filter { $0.report.tier == tier }.map(\.report)
+        guard !reports.isEmpty else { return nil }
+        return reports.filter { !$0.saturated }.map(\.p99Milliseconds).max() ?? 0
+    }
+
+    /// Whether a consumer of `tier` with room reported in the last `freshFor`: the tier has
+    /// jobs whose start latency the cores, not its own capacity, decide.
+    package mutating func hasRoom(_ tier: Tier, at now: ContinuousClock.Instant) -> Bool {
+        latest = latest.filter { now - $0.value.at < freshFor }
+        return latest.values.contains { $0.report.tier == tier && !$0.report.saturated }
+    }
+}
