@@ -195,7 +195,8 @@ let package = Package(
             path: "Sources/Common/Consumer",
             swiftSettings: swiftSettings
         ),
-        // The scheduler's leader election.
+        // The scheduler: leader election and the leader's duties (cron, delayed jobs, contact
+        // events, partition upkeep).
         .target(
             name: "WarrenScheduling",
             dependencies: [
@@ -206,26 +207,41 @@ let package = Package(
                 "WarrenConfig",
                 "WarrenSupport",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             path: "Sources/Common/Scheduling",
+            swiftSettings: swiftSettings
+        ),
+        // The HTTP API (`producer serve`): routes, request fields, errors, batch completion.
+        .target(
+            name: "WarrenAPI",
+            dependencies: [
+                "WarrenAuth", "WarrenStore", "WarrenResilience", "WarrenObservability", "WarrenJobs", "WarrenPostgres",
+                "WarrenAMQP", "WarrenSupport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
+            ],
+            path: "Sources/Common/API",
             swiftSettings: swiftSettings
         ),
         .executableTarget(
             name: "Producer",
             dependencies: [
-                "WarrenAuth", "WarrenStore", "WarrenResilience", "WarrenObservability", "WarrenJobs", "WarrenPostgres",
+                "WarrenAPI", "WarrenAuth", "WarrenStore", "WarrenResilience", "WarrenObservability", "WarrenJobs", "WarrenPostgres",
                 "WarrenAMQP", "WarrenConfig", "WarrenSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Hummingbird", package: "hummingbird"),
-                .product(name: "HTTPTypes", package: "swift-http-types"),
-                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
-                .product(name: "HummingbirdCore", package: "hummingbird"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -248,7 +264,6 @@ let package = Package(
                 "WarrenConfig", "WarrenSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
@@ -278,8 +293,7 @@ let package = Package(
             name: "IntegrationTests",
             dependencies: [
                 "WarrenSupport", "WarrenConfig", "WarrenAMQP", "WarrenPostgres", "WarrenJobs", "WarrenStore", "WarrenAuth",
-                "WarrenResilience", "WarrenObservability", "WarrenNotify", "WarrenWorker", "WarrenScheduling",
-                "Producer",
+                "WarrenResilience", "WarrenObservability", "WarrenNotify", "WarrenWorker", "WarrenScheduling", "WarrenAPI",
                 "CRabbitMQ",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),

@@ -2,6 +2,7 @@ import ArgumentParser
 import Hummingbird
 import Logging
 import WarrenAMQP
+import WarrenAPI
 import WarrenJobs
 import WarrenPostgres
 import WarrenResilience

@@ -6,6 +6,7 @@ import Logging
 import ServiceLifecycle
 import UnixSignals
 import WarrenAMQP
+import WarrenAPI
 import WarrenConfig
 import WarrenJobs
 import WarrenObservability

@@ -1,7 +1,7 @@
 import Foundation
 import HTTPTypes
 import Logging
-@testable import Producer
+@testable import WarrenAPI
 import Testing
 import WarrenAMQP
 import WarrenJobs

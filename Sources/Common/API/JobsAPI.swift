@@ -14,7 +14,7 @@ import WarrenStore
 import WarrenSupport
 
 /// The HTTP API's routes (Hummingbird 2). Errors are JSON: `{"error": {"code", "message", "field"?}}`.
-struct JobsAPI: Sendable {
+package struct JobsAPI: Sendable {
     let publisher: JobPublisher
     let pool: PostgresPool
     let tokens: TokenCache
@@ -37,7 +37,7 @@ struct JobsAPI: Sendable {
     static let rateLimitRemaining = HTTPField.Name("RateLimit-Remaining")!
     static let rateLimitReset = HTTPField.Name("RateLimit-Reset")!
 
-    func router() -> Router<BasicRequestContext> {
+    package func router() -> Router<BasicRequestContext> {
         let router = Router(context: BasicRequestContext.self)
         AdminServer.addHealthRoutes(to: router) { await ready() }
         router.get("v1/jobs/:id") { request, context in
@@ -512,7 +512,7 @@ struct JobsAPI: Sendable {
 
 extension JobsAPI {
     /// The API over one pool: every store is made from it.
-    init(publisher: JobPublisher, pool: PostgresPool, tokenCacheTTL: Duration, rateLimiter: SharedRateLimiter, pressure: TierPressure? = nil,
+    package init(publisher: JobPublisher, pool: PostgresPool, tokenCacheTTL: Duration, rateLimiter: SharedRateLimiter, pressure: TierPressure? = nil,
          knownTypes: Set<String>, maxBodyBytes: Int, logger: Logger) {
         self.init(publisher: publisher, pool: pool, tokens: TokenCache(store: APITokenStore(pool: pool), ttl: tokenCacheTTL),
                   recorder: APIJobRecorder(pool: pool), jobs: APIJobStore(pool: pool), batches: APIBatchStore(pool: pool),
@@ -553,7 +553,7 @@ struct APIError: Error {
     }
 
     var response: Response {
-        var response = Producer.json(status, json)
+        var response = WarrenAPI.json(status, json)
         if status == .unauthorized { response.headers[.wwwAuthenticate] = #"Bearer realm="warren""# }
         if let retryAfter { response.headers[.retryAfter] = String(retryAfter) }
         return response

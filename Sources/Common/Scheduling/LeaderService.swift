@@ -4,17 +4,16 @@ import Metrics
 import ServiceLifecycle
 import Synchronization
 import WarrenJobs
-import WarrenScheduling
 import WarrenStore
 import WarrenSupport
 
 /// Where the scheduler reads the time: the system clock, or (for tests and rehearsals) a file
 /// holding an ISO 8601 instant, read again at every round (`--clock-file`).
-enum SchedulerClock: Sendable {
+package enum SchedulerClock: Sendable {
     case system
     case file(String)
 
-    func now() -> Timestamp? {
+    package func now() -> Timestamp? {
         switch self {
         case .system:
             return .now()
@@ -27,7 +26,7 @@ enum SchedulerClock: Sendable {
 
 /// One kind of work only the leader does (fire cron schedules, publish due delayed jobs,
 /// send contact events, keep partitions), run once per round with the round's time.
-protocol LeaderDuty: Sendable {
+package protocol LeaderDuty: Sendable {
     /// The name in logs and `/status`.
     var name: String { get }
     /// Does what is due at `now`. Errors are logged and the duty runs again next round.
@@ -39,7 +38,7 @@ protocol LeaderDuty: Sendable {
 /// The scheduler's loop: every `interval`, confirm leadership on the lock's own connection
 /// (a scheduler that cannot stops at once), then run each duty. A standby only keeps trying
 /// for the lock.
-final class LeaderService: Service {
+package final class LeaderService: Service {
     private let duties: [any LeaderDuty]
     private let publisher: JobPublisher
     private let lock: LeaderLock
@@ -51,7 +50,7 @@ final class LeaderService: Service {
     private let longest = Mutex<[String: Double]>([:])
     private let timers: [String: Metrics.Timer]
 
-    init(duties: [any LeaderDuty], publisher: JobPublisher, lock: LeaderLock, clock: SchedulerClock, interval: Duration,
+    package init(duties: [any LeaderDuty], publisher: JobPublisher, lock: LeaderLock, clock: SchedulerClock, interval: Duration,
          logger: Logger) {
         self.duties = duties
         self.publisher = publisher
@@ -64,7 +63,7 @@ final class LeaderService: Service {
         })
     }
 
-    func run() async throws {
+    package func run() async throws {
         try await publisher.start()
         await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
@@ -96,7 +95,7 @@ final class LeaderService: Service {
         lastRound.withLock { $0 = now }
     }
 
-    func statusJSON() -> String {
+    package func statusJSON() -> String {
         let last = lastRound.withLock { $0 }
         let longest = longest.withLock { $0 }.sorted { $0.key < $1.key }
             .map { #""\#($0.key)":\#(String(format: "%.1f", $0.value))"# }.joined(separator: ",")
@@ -110,7 +109,7 @@ final class LeaderService: Service {
 /// Publishes `jobs` with confirms (through `outbox`, which marks the confirmed entries, when
 /// they are its entries); returns the indexes of those the broker confirmed (the others are
 /// logged, and the outbox publishes them again later under the same id).
-func publishConfirmed(_ jobs: [JobEnvelope], through outbox: Outbox? = nil, with publisher: JobPublisher,
+package func publishConfirmed(_ jobs: [JobEnvelope], through outbox: Outbox? = nil, with publisher: JobPublisher,
                       logger: Logger) async -> [Int] {
     guard !jobs.isEmpty else { return [] }
     let results = if let outbox { await outbox.publish(jobs, with: publisher) } else { await publisher.publish(jobs) }

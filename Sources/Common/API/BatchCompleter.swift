@@ -8,13 +8,20 @@ import WarrenSupport
 /// all terminal and publishes each one's on_complete job (claimed in Postgres with its outbox
 /// entry first, so with several producers each batch's job is published once; one never
 /// confirmed is published again by the scheduler's leader, same id, once its lease ends).
-struct BatchCompleter: Service {
+package struct BatchCompleter: Service {
     let store: APIBatchStore
     let publisher: JobPublisher
     let interval: Duration
     let logger: Logger
 
-    func run() async throws {
+    package init(store: APIBatchStore, publisher: JobPublisher, interval: Duration, logger: Logger) {
+        self.store = store
+        self.publisher = publisher
+        self.interval = interval
+        self.logger = logger
+    }
+
+    package func run() async throws {
         await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
                 await sweep()

@@ -14,7 +14,7 @@ import WarrenSupport
 /// job id, once its lease ends. A due schedule that no
 /// longer evaluates is disabled with its error (logged, counted in
 /// `warren_schedules_disabled_total`, and on `/status` with the latest few).
-final class CronDuty: LeaderDuty {
+package final class CronDuty: LeaderDuty {
     let store: ScheduleStore
     let publisher: JobPublisher
     let logger: Logger
@@ -26,15 +26,15 @@ final class CronDuty: LeaderDuty {
     /// How many of the disabled schedules `/status` lists.
     static let latestDisabledShown = 5
 
-    init(store: ScheduleStore, publisher: JobPublisher, logger: Logger) {
+    package init(store: ScheduleStore, publisher: JobPublisher, logger: Logger) {
         self.store = store
         self.publisher = publisher
         self.logger = logger
     }
 
-    var name: String { "cron" }
+    package var name: String { "cron" }
 
-    func round(now: Timestamp) async throws {
+    package func round(now: Timestamp) async throws {
         let claim = try await store.claimDue(now: now)
         let (claimed, skipped) = (claim.fires, claim.skipped)
         for schedule in claim.disabled {
@@ -71,7 +71,7 @@ final class CronDuty: LeaderDuty {
         }
     }
 
-    func statusJSON() -> String {
+    package func statusJSON() -> String {
         let (published, skipped) = counts.withLock { ($0.published, $0.skipped) }
         let (count, latest) = disabled.withLock { ($0.count, $0.latest) }
         let shown = latest.map { schedule in
@@ -83,22 +83,22 @@ final class CronDuty: LeaderDuty {
 
 /// Publishes delayed jobs when due: claimed `FOR UPDATE SKIP LOCKED` and marked published in
 /// the same transaction, after the broker's confirm.
-final class DelayedJobDuty: LeaderDuty {
+package final class DelayedJobDuty: LeaderDuty {
     let store: Outbox
     let publisher: JobPublisher
     let logger: Logger
     private let published = Mutex(0)
     private let lateness = Metrics.Timer(label: "warren_delayed_job_lateness_seconds", preferredDisplayUnit: .seconds)
 
-    init(store: Outbox, publisher: JobPublisher, logger: Logger) {
+    package init(store: Outbox, publisher: JobPublisher, logger: Logger) {
         self.store = store
         self.publisher = publisher
         self.logger = logger
     }
 
-    var name: String { "delayed_jobs" }
+    package var name: String { "delayed_jobs" }
 
-    func round(now: Timestamp) async throws {
+    package func round(now: Timestamp) async throws {
         // Batches of up to 1,000 until nothing due is left, the broker stops confirming, or ten
         // batches went out (the other duties and the lock check wait for this round).
         for _ in 0..<10 {
@@ -115,28 +115,28 @@ final class DelayedJobDuty: LeaderDuty {
         }
     }
 
-    func statusJSON() -> String { #""delayed_jobs_published":\#(published.withLock { $0 })"# }
+    package func statusJSON() -> String { #""delayed_jobs_published":\#(published.withLock { $0 })"# }
 }
 
 /// Keeps daily partitions ready ahead and drops those past retention, every
 /// `WARREN_UPKEEP_INTERVAL_SECONDS`, and deletes old rows of `api_batches`, `api_jobs`,
 /// `delayed_jobs` and `contact_fires`.
-final class UpkeepDuty: LeaderDuty {
+package final class UpkeepDuty: LeaderDuty {
     let pool: PostgresPool
     let settings: Settings
     let logger: Logger
     /// When the last round ran (system clock), succeeded, and the last error since.
     private let progress = Mutex<(attempted: ContinuousClock.Instant?, succeeded: Timestamp?, error: String?)>((nil, nil, nil))
 
-    init(pool: PostgresPool, settings: Settings, logger: Logger) {
+    package init(pool: PostgresPool, settings: Settings, logger: Logger) {
         self.pool = pool
         self.settings = settings
         self.logger = logger
     }
 
-    var name: String { "upkeep" }
+    package var name: String { "upkeep" }
 
-    func round(now: Timestamp) async throws {
+    package func round(now: Timestamp) async throws {
         let due = progress.withLock { progress in
             guard let attempted = progress.attempted, ContinuousClock.now - attempted < .seconds(settings.upkeepIntervalSeconds)
             else { progress.attempted = .now; return true }
@@ -157,7 +157,7 @@ final class UpkeepDuty: LeaderDuty {
     /// partition cutoff), so from then on the jobs before it read 404 and their cancellation
     /// requests are not open, and `api_batches` and `api_jobs` are pruned before the `job_runs`
     /// partitions go: no job is ever left with a row that reads `queued` for want of its run.
-    static func once(pool: PostgresPool, settings: Settings, logger: Logger, now: Timestamp = .now()) async throws {
+    package static func once(pool: PostgresPool, settings: Settings, logger: Logger, now: Timestamp = .now()) async throws {
         let horizon = try await Retention.advance(to: Retention.horizon(retentionDays: settings.retentionDays, now: now), pool: pool)
         let batches = try await APIBatchStore(pool: pool).prune()
         let jobs = try await APIJobStore(pool: pool).prune()
@@ -177,7 +177,7 @@ final class UpkeepDuty: LeaderDuty {
         if idleBuckets > 0 { logger.info("rate_buckets idle for a day deleted", metadata: ["count": "\(idleBuckets)"]) }
     }
 
-    func statusJSON() -> String {
+    package func statusJSON() -> String {
         let (succeeded, error) = progress.withLock { ($0.succeeded, $0.error) }
         return #""last_upkeep":\#(succeeded.map { "\"\($0.iso8601)\"" } ?? "null"),"last_error":\#(error.map(JSONText.quoted) ?? "null"),"upkeep_interval_seconds":\#(settings.upkeepIntervalSeconds)"#
     }
@@ -189,7 +189,7 @@ final class UpkeepDuty: LeaderDuty {
 /// each message is written under its fire key and then published; the cursor then moves to
 /// that date. A date later than the catch-up window is skipped whole. Changing a contact's
 /// date or zone takes effect for any date its zone has not reached yet.
-final class ContactEventDuty: LeaderDuty {
+package final class ContactEventDuty: LeaderDuty {
     let store: ContactStore
     let publisher: JobPublisher
     let catchUpSeconds: Int64
@@ -197,16 +197,16 @@ final class ContactEventDuty: LeaderDuty {
     /// Zones by name (nil: not a zone, logged once), messages published, dates skipped.
     private let state = Mutex<(zones: [String: TimeZone?], published: Int, skippedDays: Int)>(([:], 0, 0))
 
-    init(store: ContactStore, publisher: JobPublisher, catchUpSeconds: Int64, logger: Logger) {
+    package init(store: ContactStore, publisher: JobPublisher, catchUpSeconds: Int64, logger: Logger) {
         self.store = store
         self.publisher = publisher
         self.catchUpSeconds = catchUpSeconds
         self.logger = logger
     }
 
-    var name: String { "contacts" }
+    package var name: String { "contacts" }
 
-    func round(now: Timestamp) async throws {
+    package func round(now: Timestamp) async throws {
         let nowSeconds = now.microseconds.floorDiv(1_000_000)
         var failure: (any Error)?
         for cursor in try await store.cursors() {
@@ -284,7 +284,7 @@ final class ContactEventDuty: LeaderDuty {
         return zone
     }
 
-    func statusJSON() -> String {
+    package func statusJSON() -> String {
         let (published, skipped) = state.withLock { ($0.published, $0.skippedDays) }
         return #""contact_messages_published":\#(published),"contact_days_skipped":\#(skipped)"#
     }
