@@ -50,11 +50,12 @@ struct UniqueKeyTests {
             // Cancelled while queued, the holder is finished: the key is taken over.
             let (cancel, _, cancelBody) = try await server.request("DELETE", "/v1/jobs/\(holder)", token: acme, contentType: nil)
             #expect(cancel == 200, "\(cancelBody)")
-            let (second, _, secondBody) = try await server.request("POST", "/v1/jobs", token: acme, body: Self.body("ingest", ms: 300))
+            let (second, _, secondBody) = try await server.request("POST", "/v1/jobs", token: acme, body: Self.body("ingest", ms: 3_000))
             #expect(second == 202, "\(secondBody)")
             let running = try #require(HTTP.field("id", in: secondBody))
 
-            // A consumer runs it; while it runs the key is busy, once it succeeded it is free.
+            // A consumer runs it; while it runs the key is busy, once it succeeded it is free. (3 s: a
+            // loaded machine took longer than a 300 ms job ran between seeing it run and asking.)
             let consumer = try RunningProduct("consumer", ["--tier", "free"], environment: server.environment)
             defer { consumer.signal(SIGKILL) }
             try await TestServices.waitUntil(timeout: .seconds(30), "the second job runs") {
