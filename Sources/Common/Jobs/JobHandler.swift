@@ -9,7 +9,9 @@ package enum JobTypes {
 }
 
 /// What a job's handler decided.
-package enum JobOutcome: Sendable, Equatable {
+///
+/// Part of Warren's public API (see the README, "Writing jobs", for its versioning).
+public enum JobOutcome: Sendable, Equatable {
     /// Done; `result` (JSON text, optional) is stored in `job_runs.result`.
     case success(result: [UInt8]?)
     /// Failed, worth another try: retried with backoff (or after `retryAfter`) until the
@@ -19,7 +21,7 @@ package enum JobOutcome: Sendable, Equatable {
     /// `failed` and the job is copied to `warren.jobs.dead` for inspection.
     case permanentFailure(error: String)
     /// Stopped because the job was cancelled (`DELETE /v1/jobs/{id}`): recorded `cancelled`,
-    /// never retried. The consumer returns this itself when a cancellation reaches a running
+    /// never retried. The worker returns this itself when a cancellation reaches a running
     /// job; a handler may return it after noticing `Task.isCancelled`.
     case cancelled(reason: String)
     /// Not run now through no fault of the job (its destination's circuit breaker is open):
@@ -27,19 +29,33 @@ package enum JobOutcome: Sendable, Equatable {
     /// so the attempt is not spent. Recorded as `retrying` with the reason; never dead.
     case deferred(reason: String, retryAfter: Duration)
 
-    package static var success: JobOutcome { .success(result: nil) }
-    package static func retry(_ error: String) -> JobOutcome { .retry(error: error, retryAfter: nil) }
+    /// Done, with no result.
+    public static var success: JobOutcome { .success(result: nil) }
+    /// Failed, worth another try after the retry policy's backoff.
+    public static func retry(_ error: String) -> JobOutcome { .retry(error: error, retryAfter: nil) }
+
+    /// Done, with `result` encoded as JSON into `job_runs.result` (a result that does not
+    /// encode is a success without one; the job's work is done either way).
+    public static func success(_ result: some Encodable) -> JobOutcome {
+        .success(result: (try? JSONEncoder().encode(result)).map(Array.init))
+    }
 }
 
 /// What a handler gets besides the job: a logger carrying the job's metadata, the attempt,
 /// the idempotency key to pass downstream, and the deadline. Cancellation (shutdown past its
 /// deadline, a cancelled job) arrives as Swift task cancellation: check `Task.isCancelled`
 /// or use cancellable awaits such as `Task.sleep`.
-package struct JobContext: Sendable {
+///
+/// Part of Warren's public API.
+public struct JobContext: Sendable {
     package var job: JobEnvelope
-    package var logger: Logger
-    package var deadline: ContinuousClock.Instant
-    package var consumerID: String
+    /// A logger whose metadata names the job (`job_id`, `job_type`, `tier`, `attempt`, ...).
+    public var logger: Logger
+    /// When the worker cancels this run and counts it as a retryable failure (the handler's
+    /// ``JobHandler/timeout`` from the start of the run).
+    public var deadline: ContinuousClock.Instant
+    /// The worker running the job (its `consumer_id`).
+    public var consumerID: String
 
     package init(job: JobEnvelope, logger: Logger, deadline: ContinuousClock.Instant, consumerID: String) {
         self.job = job
@@ -48,10 +64,21 @@ package struct JobContext: Sendable {
         self.consumerID = consumerID
     }
 
-    package var attempt: Int { job.attempt }
+    /// The job's id (a UUIDv7, lowercase): the same across retries and redeliveries.
+    public var jobID: String { job.id.lowercasedString }
+    /// The job's type (`email.welcome`): what chose this handler.
+    public var type: String { job.type }
+    /// The tier the job was published to.
+    public var tier: Tier { job.tier }
+    /// The tenant the job belongs to, if the producer named one.
+    public var tenant: String? { job.tenant }
+    /// The payload as published: JSON text.
+    public var payload: [UInt8] { job.payload }
+    /// 1 on the first run, 2 on the first retry, and so on.
+    public var attempt: Int { job.attempt }
     /// The key to hand to downstream services so a re-run does not repeat an effect: the
     /// job's own idempotency key when the producer gave one, else its id.
-    package var idempotencyKey: String { job.idempotencyKey ?? job.id.lowercasedString }
+    public var idempotencyKey: String { job.idempotencyKey ?? job.id.lowercasedString }
 }
 
 /// Runs one type of job. Implementations are values shared by every concurrent job of that
@@ -61,7 +88,7 @@ package struct JobContext: Sendable {
 /// struct SendEmail: JobHandler {
 ///     let type = "email.send"
 ///     func run(_ context: JobContext) async -> JobOutcome {
-///         guard let message = try? JSONDecoder().decode(Email.self, from: Data(context.job.payload)) else {
+///         guard let message = try? JSONDecoder().decode(Email.self, from: Data(context.payload)) else {
 ///             return .permanentFailure(error: "payload is not an email")
 ///         }
 ///         do {
@@ -73,25 +100,32 @@ package struct JobContext: Sendable {
 ///     }
 /// }
 /// ```
-package protocol JobHandler: Sendable {
-    /// The job type this handler runs (`JobEnvelope.type`).
+///
+/// Part of Warren's public API. ``TypedJobHandler`` decodes a `Decodable` payload for you.
+public protocol JobHandler: Sendable {
+    /// The job type this handler runs.
     var type: String { get }
-    /// How long one run may take before it is cancelled and counted as a retryable failure.
+    /// How long one run may take before it is cancelled and counted as a retryable failure
+    /// (5 minutes unless the handler says otherwise).
     var timeout: Duration { get }
+    /// Runs one job. Called concurrently, up to the worker's concurrency.
     func run(_ context: JobContext) async -> JobOutcome
 }
 
 extension JobHandler {
-    package var timeout: Duration { .seconds(300) }
+    public var timeout: Duration { .seconds(300) }
 }
 
-/// The handlers a consumer knows, by job type. A job whose type is not here fails
+/// The handlers a worker knows, by job type. A job whose type is not here fails
 /// permanently with a reason that names the type.
-package struct HandlerRegistry: Sendable {
+///
+/// Part of Warren's public API.
+public struct HandlerRegistry: Sendable {
     private var handlers: [String: any JobHandler] = [:]
 
-    /// A type listed twice is a programming error: two handlers for one type is never meant.
-    package init(_ handlers: [any JobHandler] = []) {
+    /// A type listed twice is a programming error: two handlers for one type is never meant
+    /// (use ``register(_:)`` to get an error instead).
+    public init(_ handlers: [any JobHandler] = []) {
         for handler in handlers {
             precondition(self.handlers[handler.type] == nil, "two handlers for job type '\(handler.type)'")
             self.handlers[handler.type] = handler
@@ -99,9 +133,10 @@ package struct HandlerRegistry: Sendable {
     }
 
     /// A second handler for a type already registered.
-    package struct DuplicateType: Error, CustomStringConvertible {
-        package var type: String
-        package var description: String { "a handler for job type '\(type)' is already registered" }
+    public struct DuplicateType: Error, CustomStringConvertible {
+        /// The job type registered twice.
+        public var type: String
+        public var description: String { "a handler for job type '\(type)' is already registered" }
     }
 
     /// `noop`, `sleep` and `fail`: for demos, tests and benchmarks.
@@ -115,14 +150,16 @@ package struct HandlerRegistry: Sendable {
 
     /// Adds `handler` for its type. Throws ``DuplicateType`` if that type has one already
     /// (it is never silently replaced).
-    package mutating func register(_ handler: any JobHandler) throws(DuplicateType) {
+    public mutating func register(_ handler: any JobHandler) throws(DuplicateType) {
         guard handlers[handler.type] == nil else { throw DuplicateType(type: handler.type) }
         handlers[handler.type] = handler
     }
 
-    package func handler(for type: String) -> (any JobHandler)? { handlers[type] }
+    /// The handler of `type`, if one is registered.
+    public func handler(for type: String) -> (any JobHandler)? { handlers[type] }
 
-    package var types: [String] { handlers.keys.sorted() }
+    /// The registered job types, sorted.
+    public var types: [String] { handlers.keys.sorted() }
 }
 
 // MARK: - Built-in handlers

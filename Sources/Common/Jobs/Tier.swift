@@ -1,5 +1,6 @@
 /// A service tier. Each has its own quorum queues (one per tenant lane) and consumer pool.
-package enum Tier: String, Sendable, CaseIterable, Codable, CustomStringConvertible {
+/// Part of Warren's public API.
+public enum Tier: String, Sendable, CaseIterable, Codable, CustomStringConvertible {
     case enterprise
     case premium
     case free
@@ -34,7 +35,7 @@ package enum Tier: String, Sendable, CaseIterable, Codable, CustomStringConverti
     package func queueName(tenant: String?) -> String { queueName(lane: Self.lane(tenant: tenant)) }
     /// Every lane's queue, lane 0 first.
     package var queueNames: [String] { (0..<Self.lanes).map(queueName(lane:)) }
-    package var description: String { rawValue }
+    public var description: String { rawValue }
 
     /// Parses a tier name; throws a message listing the valid ones.
     package static func parse(_ text: String) throws(JobError) -> Tier {
@@ -46,14 +47,17 @@ package enum Tier: String, Sendable, CaseIterable, Codable, CustomStringConverti
 }
 
 /// Invalid job input or a malformed job message: which field, and what is wrong.
-package struct JobError: Error, Sendable, Equatable, CustomStringConvertible {
-    package var field: String?
-    package var message: String
+/// Part of Warren's public API (``JobClient`` throws it for a job it refuses).
+public struct JobError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The field at fault (`type`, `tenant`, `concurrency_key`, ...), when one is.
+    public var field: String?
+    /// What is wrong, fit to show a user.
+    public var message: String
 
     package init(field: String? = nil, message: String) {
         self.field = field
         self.message = message
     }
 
-    package var description: String { message }
+    public var description: String { message }
 }
