@@ -1,15 +1,26 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+/// The layers are separate modules: Package CMO lets the optimizer inline and specialize
+/// `package` code across them in release builds, as it did when they were one module (e2e was
+/// 0.85 of the single module without it). It takes unsafe flags, which SwiftPM refuses in a
+/// package resolved by version, so it is on where Warren is built as itself or by path (this
+/// repository, `Examples/`), and off in a checkout under another package's `.build/checkouts/`
+/// (an application depending on the `Warren` library by URL). `WARREN_PACKAGE_CMO=0` or `=1`
+/// decides instead.
+let packageCMO: Bool = {
+    switch Context.environment["WARREN_PACKAGE_CMO"] {
+    case "0": return false
+    case "1": return true
+    default: return !Context.packageDirectory.contains("/checkouts/")
+    }
+}()
+
 /// One settings list for every Swift target (hummingbird does the same).
 let swiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("ExistentialAny"),
     .enableUpcomingFeature("MemberImportVisibility"),
-    // The layers are separate modules: let the optimizer inline and specialize `package` code
-    // across them in release builds, as it did when they were one module (BENCHMARKS.md,
-    // 2026-12-04: e2e 0.85 of the single module without it).
-    .unsafeFlags(["-package-cmo", "-allow-non-resilient-access"], .when(configuration: .release)),
-]
+] + (packageCMO ? [.unsafeFlags(["-package-cmo", "-allow-non-resilient-access"], .when(configuration: .release))] : [])
 
 let package = Package(
     name: "warren",
@@ -19,6 +30,9 @@ let package = Package(
         .executable(name: "consumer", targets: ["Consumer"]),
         .executable(name: "scheduler", targets: ["Scheduler"]),
         .executable(name: "notify-standin", targets: ["NotifyStandIn"]),
+        // The library for Swift users: handlers (typed or not), a `Worker` service, a `JobClient`.
+        // Its public API is versioned (README, "Writing jobs"); everything else is `package`.
+        .library(name: "Warren", targets: ["Warren"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
@@ -231,6 +245,18 @@ let package = Package(
             path: "Sources/Common/API",
             swiftSettings: swiftSettings
         ),
+        // The public library: re-exports the handler API of WarrenJobs and adds `Worker` (the
+        // worker engine as a Service) and `JobClient` (publishing with confirms).
+        .target(
+            name: "Warren",
+            dependencies: [
+                "WarrenWorker", "WarrenStore", "WarrenJobs", "WarrenAMQP", "WarrenPostgres", "WarrenConfig", "WarrenSupport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Sources/Common/Warren",
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "Producer",
             dependencies: [
@@ -285,7 +311,7 @@ let package = Package(
             name: "CommonTests",
             dependencies: [
                 "WarrenSupport", "WarrenConfig", "WarrenAMQP", "WarrenPostgres", "WarrenJobs", "WarrenStore", "WarrenAuth",
-                "WarrenResilience", "WarrenObservability", "WarrenNotify", "WarrenWorker", "WarrenScheduling",
+                "WarrenResilience", "WarrenObservability", "WarrenNotify", "WarrenWorker", "WarrenScheduling", "Warren",
             ],
             swiftSettings: swiftSettings
         ),
@@ -293,7 +319,7 @@ let package = Package(
             name: "IntegrationTests",
             dependencies: [
                 "WarrenSupport", "WarrenConfig", "WarrenAMQP", "WarrenPostgres", "WarrenJobs", "WarrenStore", "WarrenAuth",
-                "WarrenResilience", "WarrenObservability", "WarrenNotify", "WarrenWorker", "WarrenScheduling", "WarrenAPI",
+                "WarrenResilience", "WarrenObservability", "WarrenNotify", "WarrenWorker", "WarrenScheduling", "WarrenAPI", "Warren",
                 "CRabbitMQ",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),

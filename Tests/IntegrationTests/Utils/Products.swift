@@ -90,13 +90,18 @@ final class RunningProduct: Sendable {
 
     /// Starts `product`, or `launcher` with the product's path first among its arguments (a
     /// command that execs it, as `nice -n 3` or `setpriv` do, so the pid stays the product's).
-    init(_ product: String, _ arguments: [String], environment: [String: String] = [:], launcher: [String] = []) throws {
+    convenience init(_ product: String, _ arguments: [String], environment: [String: String] = [:], launcher: [String] = []) throws {
+        try self.init(executable: try Products.url(product), arguments, environment: environment, launcher: launcher)
+    }
+
+    /// Starts the program at `executable` (one built outside this package, such as an example's).
+    init(executable: URL, _ arguments: [String], environment: [String: String] = [:], launcher: [String] = []) throws {
         process = Process()
         if let command = launcher.first {
             process.executableURL = URL(fileURLWithPath: command)
-            process.arguments = launcher.dropFirst() + [try Products.url(product).path] + arguments
+            process.arguments = launcher.dropFirst() + [executable.path] + arguments
         } else {
-            process.executableURL = try Products.url(product)
+            process.executableURL = executable
             process.arguments = arguments
         }
         process.environment = ProcessInfo.processInfo.environment.merging(["WARREN_ADMIN_PORT": "0"].merging(environment) { $1 }) { $1 }
