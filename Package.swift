@@ -45,6 +45,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.80.0"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.20.0"),
+        .package(url: "https://github.com/swiftlang/swift-subprocess.git", from: "1.0.0"),
     ],
     targets: [
         .systemLibrary(
@@ -191,6 +192,18 @@ let package = Package(
             path: "Sources/Common/Notify",
             swiftSettings: swiftSettings
         ),
+        // Command handlers: a job run as a program of the user's (payload on stdin, exit status as outcome).
+        .target(
+            name: "WarrenCommands",
+            dependencies: [
+                "WarrenJobs",
+                "WarrenConfig",
+                "WarrenSupport",
+                .product(name: "Subprocess", package: "swift-subprocess"),
+            ],
+            path: "Sources/Common/Commands",
+            swiftSettings: swiftSettings
+        ),
         // The worker engine: subscriptions, admission, start gate, running handlers, settlement, result writes.
         .target(
             name: "WarrenWorker",
@@ -274,7 +287,7 @@ let package = Package(
         .executableTarget(
             name: "Consumer",
             dependencies: [
-                "WarrenWorker", "WarrenNotify", "WarrenObservability", "WarrenStore", "WarrenResilience", "WarrenJobs",
+                "WarrenWorker", "WarrenNotify", "WarrenCommands", "WarrenObservability", "WarrenStore", "WarrenResilience", "WarrenJobs",
                 "WarrenPostgres", "WarrenAMQP", "WarrenConfig", "WarrenSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -312,6 +325,7 @@ let package = Package(
             dependencies: [
                 "WarrenSupport", "WarrenConfig", "WarrenAMQP", "WarrenPostgres", "WarrenJobs", "WarrenStore", "WarrenAuth",
                 "WarrenResilience", "WarrenObservability", "WarrenNotify", "WarrenWorker", "WarrenScheduling", "Warren",
+                "WarrenCommands",
             ],
             swiftSettings: swiftSettings
         ),
@@ -320,6 +334,7 @@ let package = Package(
             dependencies: [
                 "WarrenSupport", "WarrenConfig", "WarrenAMQP", "WarrenPostgres", "WarrenJobs", "WarrenStore", "WarrenAuth",
                 "WarrenResilience", "WarrenObservability", "WarrenNotify", "WarrenWorker", "WarrenScheduling", "WarrenAPI", "Warren",
+                "WarrenCommands",
                 "CRabbitMQ",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),

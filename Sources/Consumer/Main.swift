@@ -4,6 +4,7 @@ import Logging
 import ServiceLifecycle
 import UnixSignals
 import WarrenAMQP
+import WarrenCommands
 import WarrenConfig
 import WarrenJobs
 import WarrenNotify
@@ -67,6 +68,7 @@ struct ConsumerCommand: AsyncParsableCommand {
         let amqp: AMQPConfiguration
         let admin: (host: String, port: Int)
         let notify: NotifyConfiguration
+        let commands: [CommandHandler]
         do {
             settings = try Settings(environment: environment)
             var configuration: ConsumerConfiguration
@@ -108,6 +110,7 @@ struct ConsumerCommand: AsyncParsableCommand {
                 configuration.exitWhenIdle = idle
             }
             notify = try NotifyConfiguration(environment: environment)
+            commands = try CommandHandler.configured(environment)
             // A limit on the notification service, unless WARREN_RATE_LIMITED_TYPES names one for message.send.
             if let limit = notify.destinationLimit, configuration.outboundLimits.byType[MessageSendHandler.jobType] == nil {
                 configuration.outboundLimits.byType[MessageSendHandler.jobType] = limit
@@ -133,8 +136,12 @@ struct ConsumerCommand: AsyncParsableCommand {
         let priority = consumerConfiguration.nice.map { PriorityKeeper(fixed: $0) }
             ?? PriorityKeeper(adaptive: ProcessPriority.defaultNice(for: consumerConfiguration))
         priority.start(logger: logger)
+        var handlers = HandlerRegistry.standard(notifier: notifier)
+        for command in commands {
+            do { try handlers.register(command) } catch { throw ValidationError("\(CommandHandler.Key.handlers): \(error)") }
+        }
         let consumer = JobConsumer(configuration: consumerConfiguration, amqp: amqp, database: database,
-                                   handlers: .standard(notifier: notifier), priority: priority, logger: logger)
+                                   handlers: handlers, priority: priority, logger: logger)
         let adminBound = OneShot<Int>()
         let adminServer = AdminServer.service(host: admin.host, port: admin.port, ready: { await consumer.unreachable() },
                                               status: { await consumer.statusJSON(extra: [("notify", notifier.statusJSON())]) },
