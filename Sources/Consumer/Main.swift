@@ -69,6 +69,7 @@ struct ConsumerCommand: AsyncParsableCommand {
         let admin: (host: String, port: Int)
         let notify: NotifyConfiguration
         let commands: [CommandHandler]
+        let http: (entries: [(type: String, url: URL)], settings: HTTPJobHandler.Settings)
         do {
             settings = try Settings(environment: environment)
             var configuration: ConsumerConfiguration
@@ -111,6 +112,7 @@ struct ConsumerCommand: AsyncParsableCommand {
             }
             notify = try NotifyConfiguration(environment: environment)
             commands = try CommandHandler.configured(environment)
+            http = try HTTPJobHandler.configured(environment)
             // A limit on the notification service, unless WARREN_RATE_LIMITED_TYPES names one for message.send.
             if let limit = notify.destinationLimit, configuration.outboundLimits.byType[MessageSendHandler.jobType] == nil {
                 configuration.outboundLimits.byType[MessageSendHandler.jobType] = limit
@@ -129,7 +131,8 @@ struct ConsumerCommand: AsyncParsableCommand {
 
         // One HTTP client for every message.send job of this process; the group starts it first
         // so it shuts down last, after the consumer's in-flight jobs.
-        let notifier = Notifier(configuration: notify, concurrency: consumerConfiguration.concurrency, logger: logger)
+        let notifier = Notifier(configuration: notify, concurrency: consumerConfiguration.concurrency,
+                                needsClient: !http.entries.isEmpty, logger: logger)
         if notify.url == nil {
             logger.warning("\(NotifyConfiguration.Key.url) is not set: message.send jobs will fail permanently")
         }
@@ -139,6 +142,10 @@ struct ConsumerCommand: AsyncParsableCommand {
         var handlers = HandlerRegistry.standard(notifier: notifier)
         for command in commands {
             do { try handlers.register(command) } catch { throw ValidationError("\(CommandHandler.Key.handlers): \(error)") }
+        }
+        for entry in http.entries {
+            let handler = HTTPJobHandler(type: entry.type, url: entry.url, settings: http.settings, notifier: notifier)
+            do { try handlers.register(handler) } catch { throw ValidationError("\(HTTPJobHandler.Key.handlers): \(error)") }
         }
         let consumer = JobConsumer(configuration: consumerConfiguration, amqp: amqp, database: database,
                                    handlers: handlers, priority: priority, logger: logger)

@@ -13,6 +13,13 @@ struct StandInRoutes: Sendable {
         let router = Router(context: BasicRequestContext.self)
         router.get("healthz") { _, _ in json(.ok, #"{"status":"ok"}"#) }
         router.post("notify") { request, _ in try await notify(request) }
+        // A job receiver for HTTP handlers (the `http-handler` benchmark): reads the job, answers
+        // 200 with a small JSON result, records nothing, logs nothing per call.
+        router.post("jobs") { request, _ in
+            _ = try await request.body.collect(upTo: Self.maxBodyBytes)
+            let id = request.headers[HTTPField.Name("X-Warren-Job-Id")!] ?? ""
+            return json(.ok, #"{"done":\#(quoted(id))}"#)
+        }
         router.get("received") { _, _ in json(.ok, inbox.receivedJSON()) }
         router.delete("received") { _, _ in json(.ok, #"{"cleared":\#(inbox.clear())}"#) }
         router.get("config") { _, _ in json(.ok, inbox.settings.json) }

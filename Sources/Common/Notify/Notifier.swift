@@ -96,11 +96,13 @@ package final class Notifier: Sendable {
     ///   - concurrency: calls that may run at once (the consumer's), so the client's pool keeps
     ///     that many connections instead of queueing calls behind its default eight.
     ///   - now: the breakers' clock.
-    package init(configuration: NotifyConfiguration, concurrency: Int = 8, logger: Logger,
+    ///   - needsClient: make the HTTP client even without `WARREN_NOTIFY_URL` (HTTP handlers call
+    ///     their own URLs through it, under the same breakers).
+    package init(configuration: NotifyConfiguration, concurrency: Int = 8, needsClient: Bool = false, logger: Logger,
                  now: @escaping @Sendable () -> ContinuousClock.Instant = { ContinuousClock.now }) {
         self.configuration = configuration
         self.now = now
-        if configuration.url != nil {
+        if configuration.url != nil || needsClient {
             let connect = TimeAmount.nanoseconds(min(configuration.timeout, .seconds(10)).nanoseconds)
             let client = HTTPClient(
                 eventLoopGroup: HTTPClient.defaultEventLoopGroup,
@@ -133,9 +135,18 @@ package final class Notifier: Sendable {
     /// `Idempotency-Key`, unless the destination's breaker is open. Never throws: every way it
     /// can end is a ``Delivery``.
     package func post(_ body: [UInt8], idempotencyKey: String, logger: Logger) async -> Delivery {
-        guard let url = configuration.url, let client else {
+        guard let url = configuration.url else {
             return .unreachable("\(NotifyConfiguration.Key.url) is not set")
         }
+        return await post(body, to: url, headers: [("Idempotency-Key", idempotencyKey)], keepBody: Self.bodySnippetBytes,
+                          timeout: configuration.timeout, logger: logger)
+    }
+
+    /// POSTs `body` (JSON) to `url` with `headers`, unless the breaker of the URL's destination
+    /// is open; keeps up to `keepBody` bytes of the answer. Never throws.
+    package func post(_ body: [UInt8], to url: URL, headers: [(String, String)], keepBody: Int, timeout: Duration,
+                      logger: Logger) async -> Delivery {
+        guard let client else { return .unreachable("this consumer has no HTTP client") }
         let name = NotifyConfiguration.destination(of: url)
         let destination = destination(name)
         let permit: CircuitBreaker.Permit
@@ -149,7 +160,7 @@ package final class Notifier: Sendable {
         }
         if permit.isTrial { logger.info("circuit breaker half-open: trial call", metadata: ["destination": "\(name)"]) }
 
-        let delivery = await call(client, url: url, body: body, idempotencyKey: idempotencyKey, logger: logger)
+        let delivery = await call(client, url: url, body: body, headers: headers, keepBody: keepBody, timeout: timeout, logger: logger)
         if let failed = delivery.isDestinationFailure {
             let before = destination.breaker.snapshot.state
             destination.breaker.record(permit, succeeded: !failed)
@@ -168,19 +179,20 @@ package final class Notifier: Sendable {
         return delivery
     }
 
-    private func call(_ client: HTTPClient, url: URL, body: [UInt8], idempotencyKey: String, logger: Logger) async -> Delivery {
+    private func call(_ client: HTTPClient, url: URL, body: [UInt8], headers: [(String, String)], keepBody: Int, timeout: Duration,
+                      logger: Logger) async -> Delivery {
         var request = HTTPClientRequest(url: url.absoluteString)
         request.method = .POST
         request.headers.add(name: "Content-Type", value: "application/json")
-        request.headers.add(name: "Idempotency-Key", value: idempotencyKey)
         request.headers.add(name: "User-Agent", value: "warren-consumer")
+        for (name, value) in headers { request.headers.add(name: name, value: value) }
         request.body = .bytes(ByteBuffer(bytes: body))
-        let deadline = NIODeadline.now() + .nanoseconds(configuration.timeout.nanoseconds)
+        let deadline = NIODeadline.now() + .nanoseconds(timeout.nanoseconds)
         do {
             let response = try await client.execute(request, deadline: deadline, logger: logger)
             var snippet: [UInt8] = []
-            for try await chunk in response.body where snippet.count < Self.bodySnippetBytes {
-                snippet += chunk.readableBytesView.prefix(Self.bodySnippetBytes - snippet.count)
+            for try await chunk in response.body where snippet.count < keepBody {
+                snippet += chunk.readableBytesView.prefix(keepBody - snippet.count)
             }
             return .answered(status: Int(response.status.code), retryAfter: response.headers.first(name: "Retry-After"),
                              body: String(decoding: snippet, as: UTF8.self))
@@ -188,7 +200,7 @@ package final class Notifier: Sendable {
             if Task.isCancelled { return .cancelled }
             if let error = error as? HTTPClientError,
                [.deadlineExceeded, .readTimeout, .writeTimeout, .connectTimeout].contains(error) {
-                return .timedOut("no answer within \(configuration.timeout) (\(error))")
+                return .timedOut("no answer within \(timeout) (\(error))")
             }
             return .unreachable("\(error)")
         }
