@@ -129,7 +129,7 @@ package struct CommandHandler: JobHandler {
     package static func result(_ output: [UInt8], truncated: Bool) -> [UInt8]? {
         let trimmed = output.trimmingASCIIWhitespace()
         if trimmed.isEmpty && !truncated { return nil }
-        if !truncated, (try? JSONSerialization.jsonObject(with: Data(trimmed), options: [.fragmentsAllowed])) != nil {
+        if !truncated, (try? JSONScanner.validate(trimmed)) != nil {
             return Array(trimmed)
         }
         return Array(#"{"output":\#(JSONText.quoted(String(decoding: output, as: UTF8.self))),"truncated":\#(truncated)}"#.utf8)
