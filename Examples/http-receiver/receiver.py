@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A Warren HTTP handler in plain Python: refuses calls whose signature or timestamp is wrong, then
-runs the job. This demo's job answers with the status its payload asks for ({"status": 503,
-"retry_after": 2}), to show each outcome. Usage: WARREN_HTTP_HANDLER_SECRET=... receiver.py [PORT]"""
+runs the job. This demo's job takes as long and answers with the status its payload asks for
+({"sleep": 1.5, "status": 503, "retry_after": 2}), to show each outcome.
+Usage: WARREN_HTTP_HANDLER_SECRET=... receiver.py [PORT]"""
 import hashlib, hmac, json, os, sys, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -17,6 +18,7 @@ class Receiver(BaseHTTPRequestHandler):
         if not stamp.isdigit() or abs(time.time() - int(stamp)) > 300:  # a replay of an old call
             return self.answer(401, {"error": "stale timestamp"})
         job = json.loads(body)
+        time.sleep(job.get("sleep", 0))
         self.answer(job.get("status", 200), {"job_id": self.headers["X-Warren-Job-Id"], "done": job}, job.get("retry_after"))
 
     def answer(self, status, document, retry_after=None):

@@ -74,6 +74,25 @@ struct HTTPHandlerTests {
         }
     }
 
+    @Test func aCallPastItsTimeoutIsRetriedAndCountsAgainstTheDestination() async throws {
+        let (receiver, port) = try await receiver()
+        defer { receiver.signal(SIGKILL) }
+        try await ConsumerIntegrationTests().withWorld { world in
+            let slow = JobEnvelope(type: "demo.call", tier: .free, payload: Array(#"{"sleep": 3}"#.utf8))
+            try await world.publish([slow])
+            let consumer = try consumer(world, port: port, extra: ["WARREN_HTTP_HANDLER_TIMEOUT_SECONDS": "0.5"])
+            defer { consumer.signal(SIGKILL) }
+            try await TestServices.waitUntil(timeout: .seconds(60), "the slow job is dead after two attempts") {
+                try await world.count("SELECT count(*) FROM job_runs WHERE status = 'dead'") == 1
+            }
+            let row = try await row(world, slow.id)
+            #expect(row.attempts == 2 && row.error?.contains("timed out") == true, "\(row)")
+            #expect(try await world.count("""
+                SELECT count(*) FROM message_logs WHERE job_id = '\(slow.id.lowercasedString)'::uuid AND event = 'retried'
+                """) == 1, "the first timeout was retried")
+        }
+    }
+
     @Test func aForgedSignatureIsRefusedByTheReceiver() async throws {
         let (receiver, port) = try await receiver()
         defer { receiver.signal(SIGKILL) }
