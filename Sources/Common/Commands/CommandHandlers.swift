@@ -25,18 +25,7 @@ extension CommandHandler {
         if let grace = try reader.seconds(Key.killGrace, 0...3_600) { settings.killGrace = grace }
         if let bytes = try reader.integer(Key.maxOutput, 0...16_777_216) { settings.maxOutputBytes = bytes }
         var handlers: [CommandHandler] = []
-        for entry in list.split(separator: ",", omittingEmptySubsequences: false) {
-            let entry = entry.trimmingCharacters(in: .whitespaces)
-            guard let equals = entry.firstIndex(of: "=") else {
-                throw SettingsError(key: Key.handlers, message: "expected type=/path/to/program, got '\(entry)'")
-            }
-            let type = String(entry[..<equals]), path = String(entry[entry.index(after: equals)...])
-            do { try JobEnvelope.validateType(type) } catch {
-                throw SettingsError(key: Key.handlers, message: "'\(type)': \(error.message)")
-            }
-            guard !handlers.contains(where: { $0.type == type }) else {
-                throw SettingsError(key: Key.handlers, message: "job type '\(type)' is named twice")
-            }
+        for (type, path) in try HandlerList.entries(list, key: Key.handlers, expected: "/path/to/program") {
             guard path.hasPrefix("/") else {
                 throw SettingsError(key: Key.handlers, message: "'\(type)': the program needs an absolute path (no shell, no PATH lookup), got '\(path)'")
             }

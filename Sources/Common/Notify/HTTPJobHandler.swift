@@ -157,18 +157,7 @@ package struct HTTPJobHandler: JobHandler {
     /// `type=url` pairs of `WARREN_HTTP_HANDLERS`, checked.
     package static func parse(_ list: String) throws(SettingsError) -> [(type: String, url: URL)] {
         var entries: [(type: String, url: URL)] = []
-        for entry in list.split(separator: ",", omittingEmptySubsequences: false) {
-            let entry = entry.trimmingCharacters(in: .whitespaces)
-            guard let equals = entry.firstIndex(of: "=") else {
-                throw SettingsError(key: Key.handlers, message: "expected type=http://host/path, got '\(entry)'")
-            }
-            let type = String(entry[..<equals]), text = String(entry[entry.index(after: equals)...])
-            do { try JobEnvelope.validateType(type) } catch {
-                throw SettingsError(key: Key.handlers, message: "'\(type)': \(error.message)")
-            }
-            guard !entries.contains(where: { $0.type == type }) else {
-                throw SettingsError(key: Key.handlers, message: "job type '\(type)' is named twice")
-            }
+        for (type, text) in try HandlerList.entries(list, key: Key.handlers, expected: "http://host/path") {
             guard let url = URL(string: text), ["http", "https"].contains(url.scheme?.lowercased() ?? ""), url.host != nil else {
                 throw SettingsError(key: Key.handlers, message: "'\(type)': expected an http:// or https:// URL, got '\(text)'")
             }
