@@ -67,7 +67,7 @@ package struct HTTPJobHandler: JobHandler {
     /// What the receiver gets besides the body.
     package static func headers(for context: JobContext, body: [UInt8], timestamp: Int64, secret: [UInt8],
                                 callTimeout: Duration) -> [(String, String)] {
-        let deadline = Timestamp(microseconds: Timestamp.now().microseconds + callTimeout.components.seconds * 1_000_000)
+        let deadline = Timestamp(microseconds: Timestamp.now().microseconds + callTimeout.nanoseconds / 1_000)
         var headers = [
             ("X-Warren-Job-Id", context.jobID),
             ("X-Warren-Job-Type", context.type),

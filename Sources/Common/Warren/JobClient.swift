@@ -112,7 +112,7 @@ public final class JobClient: Service, Sendable, CustomStringConvertible {
             guard delay <= .seconds(Outbox.maxDelaySeconds) else {
                 throw JobError(field: "delay", message: "a delay is at most \(Outbox.maxDelaySeconds / 86_400) days")
             }
-            job.enqueuedAt = Timestamp(microseconds: job.enqueuedAt.microseconds + delay.microseconds)
+            job.enqueuedAt = Timestamp(microseconds: job.enqueuedAt.microseconds + delay.nanoseconds / 1_000)
             try await migrateOnce()
             try await Outbox(pool: pool).hold(job)
         } else {
@@ -141,12 +141,5 @@ public final class JobClient: Service, Sendable, CustomStringConvertible {
         guard !migrated.withLock({ $0 }) else { return }
         _ = try await Migrator(migrations: Schema.migrations, logger: logger).migrate(pool)
         migrated.withLock { $0 = true }
-    }
-}
-
-extension Duration {
-    fileprivate var microseconds: Int64 {
-        let (seconds, attoseconds) = components
-        return seconds * 1_000_000 + attoseconds / 1_000_000_000_000
     }
 }
