@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """A Warren HTTP handler in plain Python: refuses calls whose signature or timestamp is wrong, then
 runs the job. This demo's job takes as long and answers with the status its payload asks for
-({"sleep": 1.5, "status": 503, "retry_after": 2}), to show each outcome.
+({"sleep": 1.5, "status": 503, "retry_after": 2}), to show each outcome, and reports progress
+through the call's X-Warren-Progress-URL when asked ({"steps": 3}).
 Usage: WARREN_HTTP_HANDLER_SECRET=... receiver.py [PORT]"""
-import hashlib, hmac, json, os, sys, time
+import hashlib, hmac, json, os, sys, time, urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 SECRET = os.environ["WARREN_HTTP_HANDLER_SECRET"].encode()
@@ -19,7 +20,14 @@ class Receiver(BaseHTTPRequestHandler):
             return self.answer(401, {"error": "stale timestamp"})
         job = json.loads(body)
         time.sleep(job.get("sleep", 0))
-        self.answer(job.get("status", 200), {"job_id": self.headers["X-Warren-Job-Id"], "done": job}, job.get("retry_after"))
+        progress = self.headers.get("X-Warren-Progress-URL")
+        for step in range(1, job.get("steps", 0) + 1):  # a POST with no body is a heartbeat
+            report = json.dumps({"done": step, "total": job["steps"], "message": f"step {step}"}).encode()
+            urllib.request.urlopen(urllib.request.Request(progress, data=report, method="POST"), timeout=5)
+        answer = {"job_id": self.headers["X-Warren-Job-Id"], "done": job}
+        if progress and "steps" in job:
+            answer["progress_url"] = progress
+        self.answer(job.get("status", 200), answer, job.get("retry_after"))
 
     def answer(self, status, document, retry_after=None):
         data = json.dumps(document).encode()

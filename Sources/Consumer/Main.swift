@@ -152,13 +152,15 @@ struct ConsumerCommand: AsyncParsableCommand {
         let adminBound = OneShot<Int>()
         let adminServer = AdminServer.service(host: admin.host, port: admin.port, ready: { await consumer.unreachable() },
                                               status: { await consumer.statusJSON(extra: [("notify", notifier.statusJSON())]) },
-                                              bound: adminBound, logger: logger)
+                                              posts: [AdminServer.PostRoute(name: "progress") { consumer.progress.answer(token: $0, body: $1) }], bound: adminBound, logger: logger)
         // Past the grace period jobs are handed back and the last batch abandoned; this bounds
         // everything else (a handler ignoring cancellation, a hung close).
         let group = ServiceGroup.warren(
             [.init(service: NotifierService(notifier: notifier)),
              .init(service: adminServer),
-             .init(service: ConsumerService(consumer: consumer, adminBound: adminBound), successTerminationBehavior: .gracefullyShutdownGroup)],
+             .init(service: ConsumerService(consumer: consumer, adminBound: adminBound, admin: admin,
+                                            progressBaseURL: environment["WARREN_PROGRESS_BASE_URL"]),
+                   successTerminationBehavior: .gracefullyShutdownGroup)],
             shutdownWithin: consumerConfiguration.shutdownGrace + consumerConfiguration.abandonAfter + .seconds(5), logger: logger)
         try await group.run()
     }
@@ -169,10 +171,15 @@ struct ConsumerService: Service {
     let consumer: JobConsumer
     /// The admin port, once it listens: no job is taken before (a taken port ends the group first).
     let adminBound: OneShot<Int>
+    let admin: (host: String, port: Int)
+    /// Where handlers outside the process reach the admin port (`WARREN_PROGRESS_BASE_URL`);
+    /// nil: the admin address, or this host's name when it listens on every interface.
+    let progressBaseURL: String?
 
     func run() async throws {
         _ = try await withGracefulShutdownHandler {
-            guard await adminBound.wait() != nil else { return }
+            guard let port = await adminBound.wait() else { return }
+            consumer.progress.serve(at: progressBaseURL ?? ProgressTracker.baseURL(host: admin.host, port: port))
             try await consumer.run()
         } onGracefulShutdown: {
             consumer.stop()

@@ -84,7 +84,7 @@ struct ServeCommand: AsyncParsableCommand {
                                                          leaseTimeout: .milliseconds(leaseTimeout), logger: logger),
                           pressure: pressure,
                           knownTypes: Set(HandlerRegistry.standardTypes + extraTypes.filter { !$0.isEmpty }),
-                          maxBodyBytes: maxBody, logger: logger)
+                          maxBodyBytes: maxBody, stallSeconds: settings.stallSeconds, logger: logger)
         // Hummingbird's idle timeout counts from the last request part read (or response
         // written): a request whose head never completes (half a request line, headers sent a
         // byte at a time) is closed after it too, which makes it the header timeout as well. A

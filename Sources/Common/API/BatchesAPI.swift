@@ -144,8 +144,17 @@ extension JobsAPI {
         if let type = summary.onCompleteType {
             onComplete = #"{"type":\#(JSONText.quoted(type)),"job_id":\#(summary.onCompleteJobID.map { "\"\($0.lowercasedString)\"" } ?? "null"),"published":\#(summary.onCompletePublished)}"#
         }
-        let body = #"{"id":"\#(uuid.lowercasedString)","status":"\#(summary.completedAt == nil ? "running" : "complete")","total":\#(summary.total),"finished":\#(summary.finished),"progress":\#((progress * 10_000).rounded() / 10_000),"counts":{\#(counts)},"errors":[\#(errors)],"on_complete":\#(onComplete),"created_at":"\#(summary.createdAt.iso8601)","completed_at":\#(summary.completedAt.map { "\"\($0.iso8601)\"" } ?? "null")}"#
+        let body = #"{"id":"\#(uuid.lowercasedString)","status":"\#(summary.completedAt == nil ? "running" : "complete")","total":\#(summary.total),"finished":\#(summary.finished),"progress":\#((progress * 10_000).rounded() / 10_000),"counts":{\#(counts)},"errors":[\#(errors)],"reported_progress":\#(Self.reportedJSON(summary.reported)),"on_complete":\#(onComplete),"created_at":"\#(summary.createdAt.iso8601)","completed_at":\#(summary.completedAt.map { "\"\($0.iso8601)\"" } ?? "null")}"#
         return (json(.ok, body), token.tenant)
+    }
+}
+
+extension JobsAPI {
+    /// The progress a batch's jobs reported, summed: `{"done", "total", "percent", "jobs"}`
+    /// (`jobs`: how many reported; `total` and `percent` null when none gave a total).
+    static func reportedJSON(_ reported: APIBatchStore.Summary.Reported) -> String {
+        let progress = JobProgress(done: reported.done, total: reported.total, message: nil)
+        return #"{"done":\#(progress.done),"total":\#(progress.total.map(String.init) ?? "null"),"percent":\#(progress.percent.map { "\($0)" } ?? "null"),"jobs":\#(reported.jobs)}"#
     }
 }
 

@@ -28,6 +28,8 @@ package struct JobsAPI: Sendable {
     let pressure: TierPressure?
     let knownTypes: Set<String>
     let maxBodyBytes: Int
+    /// A running job quiet this long reads `stalled` (`WARREN_STALL_SECONDS`).
+    var stallSeconds = 120
     /// Most jobs in one `POST /v1/batches`.
     static let maxBatchJobs = 1_000
     let logger: Logger
@@ -223,7 +225,7 @@ package struct JobsAPI: Sendable {
                            "a request with this idempotency key is still being published; retry shortly", field: "idempotency_key",
                            retryAfter: 1)
         }
-        let status = (try? await jobs.status(of: id, tenant: token.tenant))?["status"] ?? nil
+        let status = (try? await jobs.status(of: id, tenant: token.tenant, stallSeconds: stallSeconds))?["status"] ?? nil
         return (json(.ok, #"{"id":"\#(id.lowercasedString)","status":\#(JSONText.quoted(status ?? "queued")),"duplicate":true}"#),
                 token.tenant)
     }
@@ -338,7 +340,7 @@ package struct JobsAPI: Sendable {
         guard let uuid = UUID(uuidString: id) else { throw APIError(.notFound, "not_found", "no such job") }
         let status: [String: String?]?
         do {
-            status = try await jobs.status(of: uuid, tenant: token.tenant)
+            status = try await jobs.status(of: uuid, tenant: token.tenant, stallSeconds: stallSeconds)
         } catch {
             throw APIError(.serviceUnavailable, "database_unavailable", "cannot read the job right now", retryAfter: 2)
         }
@@ -354,7 +356,18 @@ package struct JobsAPI: Sendable {
             default: fields.append(#""\#(key)":\#(JSONText.quoted(value))"#)
             }
         }
+        fields.append(#""progress":\#(Self.progressJSON(status))"#)
+        fields.append(#""stalled":\#((status["stalled"] ?? nil) == "t")"#)
         return (json(.ok, "{" + fields.joined(separator: ",") + "}"), token.tenant)
+    }
+
+    /// `{"done", "total", "percent", "message", "updated_at"}` from what the job last reported
+    /// (``JobContext/progress(done:total:message:)``), or `null` when it reported none.
+    static func progressJSON(_ status: [String: String?]) -> String {
+        guard let doneText = status["progress_done"] ?? nil, let done = Int64(doneText) else { return "null" }
+        let progress = JobProgress(done: done, total: (status["progress_total"] ?? nil).flatMap { Int64($0) },
+                                   message: status["progress_message"] ?? nil)
+        return #"{"done":\#(progress.done),"total":\#(progress.total.map(String.init) ?? "null"),"percent":\#(progress.percent.map { "\($0)" } ?? "null"),"message":\#(progress.message.map(JSONText.quoted) ?? "null"),"updated_at":\#((status["progress_updated_at"] ?? nil).map(JSONText.quoted) ?? "null")}"#
     }
 
     /// `DELETE /v1/jobs/{id}`: a job waiting (queued, or between retries) never runs again
@@ -513,11 +526,11 @@ package struct JobsAPI: Sendable {
 extension JobsAPI {
     /// The API over one pool: every store is made from it.
     package init(publisher: JobPublisher, pool: PostgresPool, tokenCacheTTL: Duration, rateLimiter: SharedRateLimiter, pressure: TierPressure? = nil,
-         knownTypes: Set<String>, maxBodyBytes: Int, logger: Logger) {
+         knownTypes: Set<String>, maxBodyBytes: Int, stallSeconds: Int = 120, logger: Logger) {
         self.init(publisher: publisher, pool: pool, tokens: TokenCache(store: APITokenStore(pool: pool), ttl: tokenCacheTTL),
                   recorder: APIJobRecorder(pool: pool), jobs: APIJobStore(pool: pool), batches: APIBatchStore(pool: pool),
                   contacts: ContactStore(pool: pool), schedules: ScheduleStore(pool: pool), rateLimiter: rateLimiter,
-                  pressure: pressure, knownTypes: knownTypes, maxBodyBytes: maxBodyBytes, logger: logger)
+                  pressure: pressure, knownTypes: knownTypes, maxBodyBytes: maxBodyBytes, stallSeconds: stallSeconds, logger: logger)
     }
 }
 

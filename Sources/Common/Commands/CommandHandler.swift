@@ -14,6 +14,9 @@ import SystemPackage
 /// job's metadata in its environment (``environment(for:)``).
 ///
 /// - exit 0: success; standard output is the result (``result(_:truncated:)``);
+/// - while it runs, a line `warren-progress <done>[/<total>] [message]` or `warren-heartbeat` on
+///   standard error reports progress (``JobProgress/parse(line:)``; such lines are not kept as
+///   error text), as does a POST to `$WARREN_JOB_PROGRESS_URL` when the worker serves one;
 /// - exit 75 (`EX_TEMPFAIL`): retry, with the end of standard error as the error;
 /// - any other exit, or death by a signal it was not sent: permanent failure, with the end of
 ///   standard error (or the status) as the error;
@@ -73,6 +76,7 @@ package struct CommandHandler: JobHandler {
             "WARREN_JOB_TIMEOUT_SECONDS": String(timeout.components.seconds),
         ]
         if let tenant = context.tenant { values["WARREN_JOB_TENANT"] = tenant }
+        if let progressURL = context.progressURL { values["WARREN_JOB_PROGRESS_URL"] = progressURL }
         return values
     }
 
@@ -92,7 +96,7 @@ package struct CommandHandler: JobHandler {
             run = try await Subprocess.run(.path(FilePath(executable)), environment: environment, platformOptions: options,
                                            input: .inputWriter, output: .sequence, error: .sequence) { execution in
                 async let output = Head.read(execution.standardOutput, keeping: limits.output)
-                async let error = Tail.read(execution.standardError, keeping: limits.error)
+                async let error = Tail.read(execution.standardError, keeping: limits.error, reports: context)
                 // A program that does not read its input (or exits first) closes the pipe: EPIPE
                 // here is its choice, not a failure; its exit status decides.
                 do {
@@ -175,12 +179,64 @@ package struct Tail: Sendable {
         return dropped && !text.isEmpty ? "…" + text : text
     }
 
-    static func read(_ sequence: SubprocessOutputSequence, keeping limit: Int) async throws -> Tail {
+    /// Reads standard error to its end, keeping its last `limit` bytes; the progress lines in it
+    /// go to `context` instead (see ``ProgressLines``).
+    static func read(_ sequence: SubprocessOutputSequence, keeping limit: Int, reports context: JobContext) async throws -> Tail {
         var tail = Tail()
+        var lines = ProgressLines()
         for try await buffer in sequence {
-            buffer.withUnsafeBytes { tail.append($0, keeping: limit) }
+            buffer.withUnsafeBytes { lines.feed($0, tail: &tail, keeping: limit, context: context) }
         }
+        lines.finish(tail: &tail, keeping: limit)
         return tail
+    }
+}
+
+/// Splits standard error into lines, passing each `warren-progress` / `warren-heartbeat` line to
+/// the job's context and every other byte on to the ``Tail``. A line longer than ``maxLine`` is
+/// never a report: it goes to the tail as it comes.
+package struct ProgressLines {
+    /// The longest line that may still be a report.
+    package static let maxLine = 1_024
+    private var line: [UInt8] = []
+    /// The current line outgrew ``maxLine`` and was passed on.
+    private var passing = false
+
+    package init() {}
+
+    package mutating func feed(_ chunk: some Collection<UInt8>, tail: inout Tail, keeping limit: Int, context: JobContext?) {
+        var start = chunk.startIndex
+        while start != chunk.endIndex {
+            let newline = chunk[start...].firstIndex(of: 0x0A)
+            let end = newline.map { chunk.index(after: $0) } ?? chunk.endIndex
+            let piece = chunk[start..<end]
+            start = end
+            if passing {
+                tail.append(piece, keeping: limit)
+                if newline != nil { passing = false }
+                continue
+            }
+            line.append(contentsOf: piece)
+            if line.count > Self.maxLine + (newline == nil ? 0 : 1) {
+                // Too long to be a report: output, up to its end.
+                tail.append(line, keeping: limit)
+                line.removeAll(keepingCapacity: true)
+                passing = newline == nil
+            } else if newline != nil {
+                switch JobProgress.parse(line: Substring(String(decoding: line.dropLast(), as: UTF8.self))) {
+                case .progress(let progress)?: context?.report(progress)
+                case .heartbeat?: context?.report(nil)
+                case nil: tail.append(line, keeping: limit)
+                }
+                line.removeAll(keepingCapacity: true)
+            }
+        }
+    }
+
+    /// The last line, unterminated, is output.
+    package mutating func finish(tail: inout Tail, keeping limit: Int) {
+        if !line.isEmpty { tail.append(line, keeping: limit) }
+        line.removeAll()
     }
 }
 

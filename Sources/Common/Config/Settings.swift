@@ -10,6 +10,7 @@ package struct Settings: Sendable {
         package static let partitionDaysAhead = "WARREN_PARTITION_DAYS_AHEAD"
         package static let retentionDays = "WARREN_RETENTION_DAYS"
         package static let upkeepInterval = "WARREN_UPKEEP_INTERVAL_SECONDS"
+        package static let stallSeconds = "WARREN_STALL_SECONDS"
     }
 
     package static let defaultAMQPURL = "amqp://guest:guest@127.0.0.1:5672/%2f"
@@ -25,6 +26,11 @@ package struct Settings: Sendable {
     package var retentionDays: Int
     /// How often the scheduler runs partition upkeep.
     package var upkeepIntervalSeconds: Int
+    /// A running job that neither reported progress nor heartbeat for this long reads
+    /// `stalled` (`GET /v1/jobs/{id}`, the consumers' `warren_consumer_jobs_stalled`).
+    package var stallSeconds: Int
+
+    package static let defaultStallSeconds = 120
 
     package init(environment: [String: String] = ProcessInfo.processInfo.environment) throws(SettingsError) {
         let reader = EnvironmentReader(environment)
@@ -37,6 +43,7 @@ package struct Settings: Sendable {
         partitionDaysAhead = try reader.integer(Key.partitionDaysAhead, 1...366) ?? 7
         retentionDays = try reader.integer(Key.retentionDays, 1...3660) ?? 30
         upkeepIntervalSeconds = try reader.integer(Key.upkeepInterval, 1...86_400) ?? 300
+        stallSeconds = try reader.integer(Key.stallSeconds, 1...604_800) ?? Self.defaultStallSeconds
     }
 }
 

@@ -50,6 +50,8 @@ package struct ConsumerConfiguration: Sendable {
     /// The start-latency targets of the tiers above this pool's: while one is missed, this
     /// pool gives way (see ``AdmissionControl``).
     package var tierTargets: TierTargets
+    /// How running jobs' progress is written, and when a quiet one is stalled.
+    package var progress: ProgressTracker.Settings
     /// Keyed jobs that may wait here for their key (holding a prefetched delivery, no worker
     /// slot); past it, they go back to the 1 s delay queue (no attempt spent).
     package var maxKeyWaiting: Int {
@@ -92,6 +94,7 @@ package struct ConsumerConfiguration: Sendable {
         nice = nil
         keyLeaseTTL = .seconds(30)
         tierTargets = TierTargets()
+        progress = ProgressTracker.Settings()
     }
 
     /// Reads the `WARREN_*` variables over the tier's defaults.
@@ -127,6 +130,8 @@ package struct ConsumerConfiguration: Sendable {
         if let number = try reader.integer("WARREN_NICE", 0...19) { nice = Int32(number) }
         if let duration = try reader.seconds("WARREN_KEY_LEASE_SECONDS", 0.3...3_600) { keyLeaseTTL = duration }
         tierTargets = try TierTargets(environment: environment)
+        if let number = try reader.integer("WARREN_PROGRESS_FLUSH_MS", 10...60_000) { progress.flushInterval = .milliseconds(number) }
+        progress.stallAfter = .seconds(try Settings(environment: environment).stallSeconds)
     }
 
     /// An overflow pool over `tiers` (any order; it serves them highest first), with the

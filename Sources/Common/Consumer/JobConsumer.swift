@@ -100,6 +100,8 @@ package final class JobConsumer: Sendable {
     private let cancellationPoll: Duration = .seconds(2)
     /// Pressure reports, and this pool's grant when it gives way to a higher tier.
     private let admission: AdmissionControl
+    /// Running jobs' progress reports and heartbeats (written in batches), and the quiet ones.
+    package let progress: ProgressTracker
 
     private struct State {
         var stopRequested = false
@@ -146,6 +148,7 @@ package final class JobConsumer: Sendable {
         writer = ResultWriter(store: store, connection: connection, maxRows: configuration.batchMaxRows,
                               maxDelay: configuration.batchMaxDelay, metrics: metrics, logger: logger)
         admission = AdmissionControl(configuration: configuration)
+        progress = ProgressTracker(settings: configuration.progress, tiers: configuration.tiers, logger: logger)
         self.priority = priority
         let stopping = StopFlag()
         self.stopping = stopping
@@ -196,6 +199,7 @@ package final class JobConsumer: Sendable {
         let pollTask = Task { await pollCancellations() }
         let leaseTask = Task { await refreshLeases() }
         let freedKeysTask = Task { await announceFreedKeys() }
+        let progressTask = Task { [progress, pool] in await progress.run(store: ProgressStore(pool: pool)) }
         // A free slot takes the highest tier's delivery, lanes in turn (see TierInbox).
         let inbox = TierInbox(tiers: configuration.tiers)
         let reportTask = Task { await reportPressure(inbox: inbox) }
@@ -260,6 +264,8 @@ package final class JobConsumer: Sendable {
         leaseTask.cancel()
         freedKeysTask.cancel()
         reportTask.cancel()
+        progressTask.cancel()
+        await progressTask.value  // its last reports, before the pool closes
 
         // Flush what finished, ack it, then close (unacked deliveries go back to the queue).
         writer.close()
@@ -469,7 +475,7 @@ package final class JobConsumer: Sendable {
     package func statusJSON(extra: [(name: String, json: String)] = []) async -> String {
         let (inFlight, stopping) = state.withLock { ($0.inFlight, $0.stopRequested) }
         let members = extra.map { ",\(JSONText.quoted($0.name)):\($0.json)" }.joined()
-        return #"{"service":"consumer","consumer_id":\#(JSONText.quoted(configuration.consumerID)),"tier":"\#(configuration.tier.rawValue)","queue":"\#(configuration.tier.queueName)","lanes":\#(Tier.lanes),"tiers":[\#(configuration.tiers.map { "\"\($0.rawValue)\"" }.joined(separator: ","))],"subscription_priority":\#(configuration.subscriptionPriority.map(String.init) ?? "0"),"concurrency":\#(configuration.concurrency),"prefetch":\#(configuration.prefetch),"admission":\#(admission.statusJSON),"nice":\#(priority?.current ?? 0),"in_flight":\#(inFlight),"unwritten_results":\#(writer.pending),"cancellation_requests":\#(cancellations.count),"broker_connected":\#(connection.isConnected),"stopping":\#(stopping)\#(members)}"#
+        return #"{"service":"consumer","consumer_id":\#(JSONText.quoted(configuration.consumerID)),"tier":"\#(configuration.tier.rawValue)","queue":"\#(configuration.tier.queueName)","lanes":\#(Tier.lanes),"tiers":[\#(configuration.tiers.map { "\"\($0.rawValue)\"" }.joined(separator: ","))],"subscription_priority":\#(configuration.subscriptionPriority.map(String.init) ?? "0"),"concurrency":\#(configuration.concurrency),"prefetch":\#(configuration.prefetch),"admission":\#(admission.statusJSON),"nice":\#(priority?.current ?? 0),"in_flight":\#(inFlight),"unwritten_results":\#(writer.pending),"cancellation_requests":\#(cancellations.count),"stalled_jobs":\#(progress.stalledCount),"broker_connected":\#(connection.isConnected),"stopping":\#(stopping)\#(members)}"#
     }
 
     // MARK: - Cancellation requests
@@ -806,8 +812,11 @@ package final class JobConsumer: Sendable {
         let outcome: JobOutcome
         if let handler = handlers.handler(for: job.type) {
             let context = JobContext(job: job, logger: jobLogger, deadline: clockStart + handler.timeout,
-                                     consumerID: configuration.consumerID)
-            guard let finished = await run(handler, context) else {
+                                     consumerID: configuration.consumerID, progressSink: progress)
+            progress.begin(job)
+            let ran = await run(handler, context)
+            progress.end(job.id)
+            guard let finished = ran else {
                 // It ignored its cancellation past `abandonAfter`: its slot is freed and its
                 // delivery left unacked (redelivered when this connection ends), never settled.
                 jobLogger.error("handler ignored its cancellation; abandoned, its delivery left unacked",

@@ -56,13 +56,42 @@ public struct JobContext: Sendable {
     public var deadline: ContinuousClock.Instant
     /// The worker running the job (its `consumer_id`).
     public var consumerID: String
+    /// Where ``progress(done:total:message:)`` and ``heartbeat()`` go (none: they do nothing).
+    package var progressSink: (any JobProgressSink)?
 
-    package init(job: JobEnvelope, logger: Logger, deadline: ContinuousClock.Instant, consumerID: String) {
+    package init(job: JobEnvelope, logger: Logger, deadline: ContinuousClock.Instant, consumerID: String,
+                 progressSink: (any JobProgressSink)? = nil) {
         self.job = job
         self.logger = logger
         self.deadline = deadline
         self.consumerID = consumerID
+        self.progressSink = progressSink
     }
+
+    /// Reports how far the job got: `done` of `total` (leave `total` nil when unknown), with an
+    /// optional message (cut at 500 characters). Shown as `progress` by `GET /v1/jobs/{id}` and
+    /// summed in its batch's view. Cheap and never blocking: the worker keeps the latest report
+    /// of each job and writes them together about once a second, so call it as often as you
+    /// like. A report is also a heartbeat.
+    public func progress(done: Int, total: Int? = nil, message: String? = nil) {
+        report(JobProgress(done: Int64(done), total: total.map(Int64.init), message: message))
+    }
+
+    /// Tells Warren the job is alive without reporting progress. A running job that neither
+    /// reported nor heartbeat for `WARREN_STALL_SECONDS` (120) reads `stalled` in
+    /// `GET /v1/jobs/{id}` and counts in `warren_consumer_jobs_stalled`.
+    public func heartbeat() {
+        report(nil)
+    }
+
+    /// A report (nil: a heartbeat alone) to the worker's tracker.
+    package func report(_ progress: JobProgress?) {
+        progressSink?.report(job: job.id, attempt: job.attempt, progress)
+    }
+
+    /// A URL this run's code outside the worker (an HTTP or command handler) may POST reports
+    /// to; nil when the worker serves none.
+    package var progressURL: String? { progressSink?.progressURL(job: job.id) }
 
     /// The job's id (a UUIDv7, lowercase): the same across retries and redeliveries.
     public var jobID: String { job.id.lowercasedString }

@@ -80,6 +80,8 @@ package struct HTTPJobHandler: JobHandler {
         ]
         if let tenant = context.tenant { headers.append(("X-Warren-Tenant", tenant)) }
         if let traceparent = context.job.traceparent { headers.append(("traceparent", traceparent)) }
+        // POST {"done": 3, "total": 10, "message": "..."} (or nothing, a heartbeat) to it while the job runs.
+        if let progressURL = context.progressURL { headers.append(("X-Warren-Progress-URL", progressURL)) }
         return headers
     }
 

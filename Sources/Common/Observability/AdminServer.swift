@@ -21,23 +21,51 @@ package enum AdminServer {
     /// `bound` is fulfilled with the port once it listens: a consumer waits for it before
     /// taking jobs, so a port already taken stops the process before it holds any work.
     package static func service(host: String, port: Int, ready: @escaping ReadinessCheck,
-                                status: @escaping @Sendable () async -> String, bound: OneShot<Int>? = nil,
-                                logger: Logger) -> some Service {
+                                status: @escaping @Sendable () async -> String, posts: [PostRoute] = [],
+                                bound: OneShot<Int>? = nil, logger: Logger) -> some Service {
         let router = Router(context: BasicRequestContext.self)
         addHealthRoutes(to: router, ready: ready)
         router.get("status") { _, _ in jsonResponse(.ok, await status()) }
+        for route in posts {
+            router.post("\(route.name)/:parameter") { request, context in
+                let body: ByteBuffer
+                do {
+                    body = try await request.body.collect(upTo: route.maxBodyBytes)
+                } catch {
+                    return jsonResponse(.contentTooLarge, #"{"error":"the body is over \#(route.maxBodyBytes) bytes"}"#)
+                }
+                let (code, json) = await route.handle(context.parameters.get("parameter") ?? "", Array(buffer: body))
+                return code == 204 ? Response(status: .noContent) : jsonResponse(.init(code: code), json)
+            }
+        }
         let application = Application(
             router: router,
             configuration: .init(address: .hostname(host, port: port), serverName: "warren-admin"),
             onServerRunning: { channel in
                 let actual = channel.localAddress?.port ?? port
                 logger.info("admin server listening", metadata: [
-                    "admin_port": "\(actual)", "routes": "/healthz /readyz /metrics /status",
+                    "admin_port": "\(actual)", "routes": "\((["/healthz", "/readyz", "/metrics", "/status"] + posts.map { "/\($0.name)/{id}" }).joined(separator: " "))",
                 ])
                 bound?.fulfil(actual)
             },
             logger: logger)
         return Listener(application: application, host: host, port: port)
+    }
+
+    /// `POST /<name>/{parameter}`, a route of the process's own (the consumer's progress URLs).
+    /// `handle` gets the parameter and the body, and answers a status and a JSON body (none
+    /// for 204).
+    package struct PostRoute: Sendable {
+        package var name: String
+        package var maxBodyBytes: Int
+        package var handle: @Sendable (_ parameter: String, _ body: [UInt8]) async -> (status: Int, json: String)
+
+        package init(name: String, maxBodyBytes: Int = 16_384,
+                     handle: @escaping @Sendable (_ parameter: String, _ body: [UInt8]) async -> (status: Int, json: String)) {
+            self.name = name
+            self.maxBodyBytes = maxBodyBytes
+            self.handle = handle
+        }
     }
 
     /// The admin port is taken by another process.

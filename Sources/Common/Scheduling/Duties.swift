@@ -162,9 +162,10 @@ package final class UpkeepDuty: LeaderDuty {
         let batches = try await APIBatchStore(pool: pool).prune()
         let jobs = try await APIJobStore(pool: pool).prune()
         let cancellations = try await APIJobStore(pool: pool).pruneCancellations()
-        if batches + jobs + cancellations > 0 {
-            logger.info("api_batches, api_jobs and job_cancellations past retention deleted", metadata: [
-                "batches": "\(batches)", "jobs": "\(jobs)", "cancellations": "\(cancellations)",
+        let reports = try await ProgressStore(pool: pool).prune()
+        if batches + jobs + cancellations + reports > 0 {
+            logger.info("api_batches, api_jobs, job_cancellations and job_progress past retention deleted", metadata: [
+                "batches": "\(batches)", "jobs": "\(jobs)", "cancellations": "\(cancellations)", "progress": "\(reports)",
                 "horizon": "\(horizon.iso8601)",
             ])
         }

@@ -77,6 +77,15 @@ package struct APIBatchStore: Sendable {
         package var onCompletePublished: Bool
         package var createdAt: Timestamp
         package var completedAt: Timestamp?
+        /// The progress its jobs reported, summed (`done` and `total` over the jobs that
+        /// reported; `total` nil when none gave one), and how many reported.
+        package var reported = Reported()
+
+        package struct Reported: Sendable, Equatable {
+            package var done: Int64 = 0
+            package var total: Int64?
+            package var jobs = 0
+        }
 
         /// Jobs in a terminal status.
         package var finished: Int {
@@ -117,9 +126,19 @@ package struct APIBatchStore: Sendable {
                 let ids = try row.string(2).split(separator: ",").compactMap { UUID(uuidString: String($0)) }
                 errors.append(.init(message: try row.string(0), count: try row.int(1), jobIDs: ids))
             }
-            return Summary(id: id, total: try batch.int(0), counts: counts, errors: errors, onCompleteType: batch[1],
-                           onCompleteJobID: batch[2].flatMap(UUID.init(uuidString:)), onCompletePublished: try batch.bool(3),
-                           createdAt: try batch.timestamp(4), completedAt: batch[5].flatMap(Timestamp.init(iso8601:)))
+            let sums = try await connection.query("""
+                SELECT coalesce(sum(p.done), 0), sum(p.total), count(*)
+                FROM api_jobs a JOIN job_progress p ON p.job_id = a.job_id
+                WHERE a.batch_id = $1 AND p.done IS NOT NULL
+                """, [id]).rows.first
+            var summary = Summary(id: id, total: try batch.int(0), counts: counts, errors: errors, onCompleteType: batch[1],
+                                  onCompleteJobID: batch[2].flatMap(UUID.init(uuidString:)), onCompletePublished: try batch.bool(3),
+                                  createdAt: try batch.timestamp(4), completedAt: batch[5].flatMap(Timestamp.init(iso8601:)))
+            if let sums {
+                summary.reported = Summary.Reported(done: Int64(sums[0] ?? "0") ?? 0, total: sums[1].flatMap { Int64($0) },
+                                                    jobs: try sums.int(2))
+            }
+            return summary
         }
     }
 

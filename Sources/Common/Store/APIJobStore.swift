@@ -305,22 +305,30 @@ package struct APIJobStore: Sendable {
     /// A delayed job not yet published is `scheduled`, and its `run_at` is set. A job enqueued
     /// before the retention horizon is not found (nil), pruned or not yet: its `job_runs` row is
     /// gone, and it would otherwise read `queued`.
-    package func status(of id: UUID, tenant: String) async throws -> [String: String?]? {
+    ///
+    /// `progress` is what the job last reported (``JobProgress``), and `stalled` ("t") says a
+    /// `running` job neither reported nor heartbeat for `stallSeconds` since its start.
+    package func status(of id: UUID, tenant: String, stallSeconds: Int) async throws -> [String: String?]? {
         let rows = try await pool.query("""
             SELECT a.job_id, a.type, a.tier,
                    CASE WHEN d.state = 'pending' AND d.run_at > a.created_at AND r.status IS NULL THEN 'scheduled' ELSE \(Self.reportedStatus) END,
                    coalesce(r.attempts, 0), r.result::text, r.error,
-                   a.enqueued_at, r.started_at, r.finished_at, a.idempotency_key, d.run_at
+                   a.enqueued_at, r.started_at, r.finished_at, a.idempotency_key, d.run_at,
+                   p.done, p.total, p.message, p.reported_at,
+                   r.status = 'running' AND greatest(r.started_at, p.heartbeat_at) < now() - make_interval(secs => $3)
             FROM api_jobs a
             LEFT JOIN job_runs r ON r.job_id = a.job_id AND r.enqueued_at = a.enqueued_at
             LEFT JOIN delayed_jobs d ON d.job_id = a.job_id
+            LEFT JOIN job_progress p ON p.job_id = a.job_id
             WHERE a.job_id = $1 AND a.tenant = $2 AND NOT \(Self.expired)
-            """, [id, tenant]).rows
+            """, [id, tenant, stallSeconds]).rows
         guard let row = rows.first else { return nil }
         return ["id": row[0], "type": row[1], "tier": row[2], "status": row[3], "attempts": row[4], "result": row[5],
                 "error": row[6], "enqueued_at": row[7].flatMap(Timestamp.init(iso8601:))?.iso8601,
                 "started_at": row[8].flatMap(Timestamp.init(iso8601:))?.iso8601,
                 "finished_at": row[9].flatMap(Timestamp.init(iso8601:))?.iso8601, "idempotency_key": row[10],
-                "run_at": row[11].flatMap(Timestamp.init(iso8601:))?.iso8601]
+                "run_at": row[11].flatMap(Timestamp.init(iso8601:))?.iso8601,
+                "progress_done": row[12], "progress_total": row[13], "progress_message": row[14],
+                "progress_updated_at": row[15].flatMap(Timestamp.init(iso8601:))?.iso8601, "stalled": row[16] ?? "f"]
     }
 }

@@ -348,5 +348,23 @@ package enum Schema {
             );
             CREATE INDEX unique_keys_job_idx ON unique_keys (job_id);
             """),
+        Migration(version: 18, name: "job_progress: what running jobs reported, and their heartbeats", sql: """
+            -- The latest progress report of a job (done of total, a message) and its last sign of
+            -- life. Written by the worker running it, a batch of jobs about once a second (the
+            -- latest report of each wins), never in the path of a job's start or result; read by
+            -- GET /v1/jobs/{id} (progress, stalled) and summed by GET /v1/batches/{id}. Pruned
+            -- with the job's history (enqueued_at before the retention horizon).
+            CREATE TABLE job_progress (
+                job_id       uuid        PRIMARY KEY,
+                enqueued_at  timestamptz NOT NULL,
+                attempt      integer     NOT NULL,
+                done         bigint,
+                total        bigint,
+                message      text,
+                reported_at  timestamptz,
+                heartbeat_at timestamptz NOT NULL
+            );
+            CREATE INDEX job_progress_enqueued_idx ON job_progress (enqueued_at);
+            """),
     ]
 }

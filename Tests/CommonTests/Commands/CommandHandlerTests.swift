@@ -63,7 +63,8 @@ import Testing
         let retry = try Script(#"echo "the image service is busy" >&2; exit 75"#)
         #expect(await handler(retry).run(context()) == .retry(error: "the image service is busy", retryAfter: nil))
         let failed = try Script(#"echo "starting" >&2; echo "no such image: cat.png" >&2; exit 3"#)
-        #expect(await handler(failed).run(context()) == .permanentFailure(error: "starting\nno such image: cat.png"))
+        let outcome = await handler(failed).run(context())
+        #expect(outcome == .permanentFailure(error: "starting\nno such image: cat.png"), "\(outcome)")
         let silent = try Script("exit 9")
         #expect(await handler(silent).run(context()) == .permanentFailure(error: "\(silent.path) exited 9"))
         let crashed = try Script("kill -SEGV $$")
@@ -165,5 +166,43 @@ enum TestWait {
             }
             try await Task.sleep(for: .milliseconds(20))
         }
+    }
+}
+
+/// The split of standard error into progress reports and the error text a failure keeps.
+@Suite struct ProgressLinesTests {
+    final class Reports: JobProgressSink, @unchecked Sendable {
+        let lock = NSLock()
+        var seen: [JobProgress?] = []
+        func report(job: UUID, attempt: Int, _ progress: JobProgress?) { lock.withLock { seen.append(progress) } }
+        func progressURL(job: UUID) -> String? { nil }
+    }
+
+    func context(_ sink: Reports) -> JobContext {
+        JobContext(job: JobEnvelope(type: "thumbnail", tier: .free, payload: []), logger: Logger(label: "test"),
+                   deadline: .now + .seconds(30), consumerID: "test", progressSink: sink)
+    }
+
+    @Test func reportLinesGoToTheContextAndTheRestToTheTail() {
+        let sink = Reports()
+        var lines = ProgressLines()
+        var tail = Tail()
+        // Chunks cut mid-line, as pipes deliver them.
+        for chunk in ["starting\nwarren-prog", "ress 1/4 first\nwarren-heartbeat\nhalf", " a line\nwarren-progress 4/4\n", "last words"] {
+            lines.feed(Array(chunk.utf8), tail: &tail, keeping: 4_096, context: context(sink))
+        }
+        lines.finish(tail: &tail, keeping: 4_096)
+        #expect(sink.seen == [JobProgress(done: 1, total: 4, message: "first"), nil, JobProgress(done: 4, total: 4, message: nil)])
+        #expect(tail.text == "starting\nhalf a line\nlast words")
+    }
+
+    @Test func anOverlongLineIsOutputEvenWithThePrefix() {
+        let sink = Reports()
+        var lines = ProgressLines()
+        var tail = Tail()
+        let long = "warren-progress 1/2 " + String(repeating: "x", count: ProgressLines.maxLine + 10) + "\nwarren-progress 2/2\n"
+        lines.feed(Array(long.utf8), tail: &tail, keeping: 8_192, context: context(sink))
+        #expect(sink.seen == [JobProgress(done: 2, total: 2, message: nil)])
+        #expect(tail.bytes.count == ProgressLines.maxLine + 31)
     }
 }

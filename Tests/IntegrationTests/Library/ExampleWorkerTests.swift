@@ -45,8 +45,13 @@ struct ExampleWorkerTests {
 
             let worker = try RunningProduct(executable: executable, [], environment: environment)
             defer { worker.signal(SIGKILL) }
-            try await TestServices.waitUntil(timeout: .seconds(60), "the example recorded every job") {
-                try await world.count("SELECT count(*) FROM job_runs WHERE status IN ('succeeded', 'failed')") == 5
+            do {
+                try await TestServices.waitUntil(timeout: .seconds(60), "the example recorded every job") {
+                    try await world.count("SELECT count(*) FROM job_runs WHERE status IN ('succeeded', 'failed')") == 5
+                }
+            } catch {
+                Issue.record("the example's stderr:\n\(worker.stderr.suffix(3_000))")
+                throw error
             }
             worker.signal(SIGTERM)
             #expect(try await worker.wait() == 0, "a graceful stop. stderr:\n\(worker.stderr.suffix(2_000))")
