@@ -6,5 +6,5 @@ struct ProducerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "producer",
         abstract: "Publish jobs to Warren, from scripts or over HTTP.",
-        subcommands: [PublishCommand.self, ServeCommand.self, TokensCommand.self, RoutesCommand.self])
+        subcommands: [PublishCommand.self, ServeCommand.self, TokensCommand.self, DeadCommand.self, RoutesCommand.self])
 }

@@ -84,8 +84,9 @@ struct RunCommand: AsyncParsableCommand {
                 host: admin.host, port: admin.port,
                 ready: { await Readiness.unreachable(broker: publisher.connection, database: pool) },
                 status: { #"{"service":"scheduler",\#(leader.statusJSON())}"# }, logger: logger)
-            let group = ServiceGroup.warren([.init(service: leader), .init(service: adminServer)], shutdownWithin: .seconds(30),
-                                            logger: logger)
+            let keeper = DeadLetterKeeper(amqp: amqp, store: DeadLetterStore(pool: pool), logger: logger)
+            let group = ServiceGroup.warren([.init(service: leader), .init(service: keeper), .init(service: adminServer)],
+                                            shutdownWithin: .seconds(30), logger: logger)
             try await group.run()
         }
     }

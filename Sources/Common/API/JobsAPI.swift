@@ -66,6 +66,7 @@ package struct JobsAPI: Sendable {
         }
         addContactRoutes(to: router)
         addScheduleRoutes(to: router)
+        addDeadLetterRoutes(to: router)
         router.post("v1/jobs") { request, _ in
             await logged(request, route: "/v1/jobs") { (id: String) async throws(APIError) -> (Response, String?) in
                 try await createJob(request, requestID: id)

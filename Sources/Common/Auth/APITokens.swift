@@ -10,6 +10,12 @@ package enum Scope: String, Sendable, CaseIterable {
     case jobsRead = "jobs:read"
     case schedulesWrite = "schedules:write"
     case contactsWrite = "contacts:write"
+    /// List the tenant's dead letters (`GET /v1/dead`).
+    case deadRead = "dead:read"
+    /// Replay or discard the tenant's dead letters.
+    case deadWrite = "dead:write"
+    /// With `dead:*`: every tenant's dead letters, and those of jobs that have no tenant.
+    case admin = "admin"
 }
 
 /// A token's record (never the token itself).

@@ -173,7 +173,8 @@ package final class UpkeepDuty: LeaderDuty {
                                                           retentionDays: settings.retentionDays, pool: pool, now: now)
         let pruned = try await Outbox(pool: pool).prune(olderThanDays: settings.retentionDays)
             + (try await ContactStore(pool: pool).prune(olderThanDays: settings.retentionDays))
-        if pruned > 0 { logger.info("old delayed_jobs and contact_fires rows deleted", metadata: ["count": "\(pruned)"]) }
+            + (try await DeadLetterStore(pool: pool).prune(olderThanDays: settings.retentionDays))
+        if pruned > 0 { logger.info("old delayed_jobs, contact_fires and settled dead_letters rows deleted", metadata: ["count": "\(pruned)"]) }
         let idleBuckets = try await RateBucketStore(pool: pool).prune()
         if idleBuckets > 0 { logger.info("rate_buckets idle for a day deleted", metadata: ["count": "\(idleBuckets)"]) }
     }

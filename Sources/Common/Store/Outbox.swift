@@ -146,16 +146,21 @@ package struct Outbox: Sendable {
                                  WHERE state = 'pending' AND run_at <= $1 AND (claimed_until IS NULL OR claimed_until <= now())
                                  ORDER BY run_at LIMIT $2
                                  FOR UPDATE SKIP LOCKED)
-                RETURNING job_id, tenant, type, tier, payload, idempotency_key, correlation_id, run_at, concurrency_key, concurrency_limit
+                RETURNING job_id, tenant, type, tier, payload, idempotency_key, correlation_id, run_at, concurrency_key, concurrency_limit,
+                          seq, attempt
                 """, [now, limit, Self.claimSeconds]).rows
         }
         let jobs = try rows.map { row -> JobEnvelope in
             guard let tier = Tier(rawValue: try row.string(3)) else {
                 throw PostgresError(.decoding, function: "delayed_jobs.tier", message: "unknown tier")
             }
-            return JobEnvelope(type: try row.string(2), tier: tier, payload: Array(try row.string(4).utf8), tenant: row[1],
-                               idempotencyKey: row[5], correlationID: row[6], enqueuedAt: try row.timestamp(7), id: try row.uuid(0),
-                               concurrencyKey: row[8], concurrencyLimit: row[9] == nil ? 1 : try row.int(9))
+            var job = JobEnvelope(type: try row.string(2), tier: tier, payload: Array(try row.string(4).utf8), tenant: row[1],
+                                  idempotencyKey: row[5], correlationID: row[6], enqueuedAt: try row.timestamp(7), id: try row.uuid(0),
+                                  concurrencyKey: row[8], concurrencyLimit: row[9] == nil ? 1 : try row.int(9))
+            // A replayed dead job goes out as the next message of its lineage (DeadLetterStore).
+            job.seq = try row.int(10)
+            job.attempt = try row.int(11)
+            return job
         }.sorted { $0.enqueuedAt < $1.enqueuedAt }
         guard !jobs.isEmpty else { return (0, []) }
         let confirmedIndexes = Set(await publish(jobs))

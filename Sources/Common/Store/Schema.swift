@@ -366,5 +366,42 @@ package enum Schema {
             );
             CREATE INDEX job_progress_enqueued_idx ON job_progress (enqueued_at);
             """),
+        Migration(version: 19, name: "dead_letters: what reached warren.jobs.dead, to list, replay or discard", sql: """
+            -- One row per message taken off warren.jobs.dead by a scheduler's dead-letter keeper
+            -- (inserted, committed, then acked: a copy seen twice is one row, by (job_id, seq)).
+            -- A message that is no job (malformed) keeps its body and headers, job_id NULL
+            -- unless it had one, and cannot be replayed. Replay and discard change `state`; a
+            -- replay enters the job in the outbox (delayed_jobs) in the same transaction.
+            CREATE TABLE dead_letters (
+                id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                job_id      uuid,
+                enqueued_at timestamptz,
+                seq         integer,
+                attempt     integer,
+                type        text,
+                tier        text,
+                tenant      text,
+                correlation_id text,
+                reason      text        NOT NULL,
+                error       text,
+                payload     text        NOT NULL,
+                headers     jsonb       NOT NULL DEFAULT '{}',
+                replayable  boolean     NOT NULL,
+                dead_at     timestamptz NOT NULL DEFAULT now(),
+                state       text        NOT NULL DEFAULT 'dead' CHECK (state IN ('dead', 'replayed', 'discarded')),
+                settled_at  timestamptz,
+                settled_by  text,
+                UNIQUE (job_id, seq)
+            );
+            CREATE INDEX dead_letters_open_idx ON dead_letters (state, id);
+            CREATE INDEX dead_letters_tenant_idx ON dead_letters (tenant, id);
+            CREATE INDEX dead_letters_dead_at_idx ON dead_letters (dead_at);
+            -- The outbox publishes a replay as the next message of its job's lineage.
+            ALTER TABLE delayed_jobs ADD COLUMN seq integer NOT NULL DEFAULT 0, ADD COLUMN attempt integer NOT NULL DEFAULT 1;
+            -- A replay is an event in its job's history.
+            ALTER TABLE message_logs DROP CONSTRAINT message_logs_event_check,
+                ADD CONSTRAINT message_logs_event_check CHECK (event IN
+                  ('published', 'started', 'retried', 'succeeded', 'failed', 'dead_lettered', 'cancelled', 'duplicate', 'replayed'));
+            """),
     ]
 }
