@@ -68,12 +68,14 @@ struct ServeCommand: AsyncParsableCommand {
         let shedPoll: Int
         let shedTargets: TierTargets?
         let leaseTimeout: Int
+        let slowRequest: Int
         do {
             rateLimits = try RateLimiter.limits(environment: environment)
             shedPolicy = try ShedPolicy(environment: environment)
             shedPoll = try reader.integer("WARREN_SHED_POLL_MS", 50...60_000) ?? 500
             shedTargets = try reader.integer("WARREN_SHED_ON_LATENCY", 0...1) == 0 ? nil : try TierTargets(environment: environment)
             leaseTimeout = try reader.integer("WARREN_RATE_LIMIT_LEASE_TIMEOUT_MS", 10...60_000) ?? 500
+            slowRequest = try reader.integer("WARREN_SLOW_REQUEST_MS", 0...3_600_000) ?? 1_000
         } catch {
             throw ValidationError("\(error)")
         }
@@ -84,7 +86,8 @@ struct ServeCommand: AsyncParsableCommand {
                                                          leaseTimeout: .milliseconds(leaseTimeout), logger: logger),
                           pressure: pressure,
                           knownTypes: Set(HandlerRegistry.standardTypes + extraTypes.filter { !$0.isEmpty }),
-                          maxBodyBytes: maxBody, stallSeconds: settings.stallSeconds, logger: logger)
+                          maxBodyBytes: maxBody, stallSeconds: settings.stallSeconds,
+                          slowRequest: slowRequest == 0 ? nil : .milliseconds(slowRequest), logger: logger)
         // Hummingbird's idle timeout counts from the last request part read (or response
         // written): a request whose head never completes (half a request line, headers sent a
         // byte at a time) is closed after it too, which makes it the header timeout as well. A

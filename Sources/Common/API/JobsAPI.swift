@@ -30,6 +30,9 @@ package struct JobsAPI: Sendable {
     let maxBodyBytes: Int
     /// A running job quiet this long reads `stalled` (`WARREN_STALL_SECONDS`).
     var stallSeconds = 120
+    /// A request answered slower than this is logged as a warning and counted in
+    /// `warren_http_slow_requests_total{route}` (`WARREN_SLOW_REQUEST_MS`, 1000; nil: never).
+    var slowRequest: Duration? = .seconds(1)
     /// Most jobs in one `POST /v1/batches`.
     static let maxBatchJobs = 1_000
     let logger: Logger
@@ -515,7 +518,9 @@ package struct JobsAPI: Sendable {
         response.headers[Self.requestID] = requestID
         let elapsed = ContinuousClock.now - started
         HTTPMetrics.shared.record(route: route, status: response.status.code, nanoseconds: elapsed.nanoseconds)
-        logger.info("request", metadata: [
+        let slow = slowRequest.map { elapsed > $0 } ?? false
+        if slow { HTTPMetrics.shared.countSlow(route: route) }
+        logger.log(level: slow ? .warning : .info, slow ? "slow request" : "request", metadata: [
             "request_id": "\(requestID)", "method": "\(request.method.rawValue)", "route": "\(route)",
             "status": "\(response.status.code)", "tenant": "\(tenant ?? "-")",
             "duration_ms": "\(String(format: "%.2f", Double(elapsed.nanoseconds) / 1e6))",
@@ -527,11 +532,12 @@ package struct JobsAPI: Sendable {
 extension JobsAPI {
     /// The API over one pool: every store is made from it.
     package init(publisher: JobPublisher, pool: PostgresPool, tokenCacheTTL: Duration, rateLimiter: SharedRateLimiter, pressure: TierPressure? = nil,
-         knownTypes: Set<String>, maxBodyBytes: Int, stallSeconds: Int = 120, logger: Logger) {
+         knownTypes: Set<String>, maxBodyBytes: Int, stallSeconds: Int = 120, slowRequest: Duration? = .seconds(1), logger: Logger) {
         self.init(publisher: publisher, pool: pool, tokens: TokenCache(store: APITokenStore(pool: pool), ttl: tokenCacheTTL),
                   recorder: APIJobRecorder(pool: pool), jobs: APIJobStore(pool: pool), batches: APIBatchStore(pool: pool),
                   contacts: ContactStore(pool: pool), schedules: ScheduleStore(pool: pool), rateLimiter: rateLimiter,
-                  pressure: pressure, knownTypes: knownTypes, maxBodyBytes: maxBodyBytes, stallSeconds: stallSeconds, logger: logger)
+                  pressure: pressure, knownTypes: knownTypes, maxBodyBytes: maxBodyBytes, stallSeconds: stallSeconds, slowRequest: slowRequest,
+                  logger: logger)
     }
 }
 
@@ -594,5 +600,16 @@ final class HTTPMetrics: Sendable {
         }
         counter.increment()
         timer.recordNanoseconds(nanoseconds)
+    }
+
+    private let slow = Mutex<[String: Counter]>([:])
+
+    func countSlow(route: String) {
+        slow.withLock { counters in
+            if let counter = counters[route] { return counter }
+            let counter = Counter(label: "warren_http_slow_requests_total", dimensions: [("route", route)])
+            counters[route] = counter
+            return counter
+        }.increment()
     }
 }

@@ -132,6 +132,17 @@ package struct ConsumerConfiguration: Sendable {
         tierTargets = try TierTargets(environment: environment)
         if let number = try reader.integer("WARREN_PROGRESS_FLUSH_MS", 10...60_000) { progress.flushInterval = .milliseconds(number) }
         progress.stallAfter = .seconds(try Settings(environment: environment).stallSeconds)
+        if let seconds = try reader.integer("WARREN_SLOW_JOB_SECONDS", 0...604_800) { progress.slowAfter = seconds == 0 ? nil : .seconds(seconds) }
+        if let text = reader.string("WARREN_SLOW_JOB_SECONDS_BY_TYPE") {
+            // "report.build=600,email.send=5" (0: never slow)
+            for entry in text.split(separator: ",") {
+                let parts = entry.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+                guard parts.count == 2, !parts[0].isEmpty, let seconds = Int(parts[1]), (0...604_800).contains(seconds) else {
+                    throw SettingsError(key: "WARREN_SLOW_JOB_SECONDS_BY_TYPE", message: "expects type=seconds,..., got '\(entry)'")
+                }
+                progress.slowAfterByType[parts[0]] = seconds == 0 ? .some(nil) : .some(.seconds(seconds))
+            }
+        }
     }
 
     /// An overflow pool over `tiers` (any order; it serves them highest first), with the

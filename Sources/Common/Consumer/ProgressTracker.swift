@@ -27,6 +27,16 @@ package final class ProgressTracker: JobProgressSink {
         /// Most reports held for writing while Postgres refuses them; past it the oldest jobs'
         /// news is dropped (and counted).
         package var maxPending = 10_000
+        /// A run longer than this is slow: logged once and counted in
+        /// `warren_consumer_slow_jobs_total{tier,type}` (`WARREN_SLOW_JOB_SECONDS`, 60; nil: never) ...
+        package var slowAfter: Duration? = .seconds(60)
+        /// ... unless its type has its own (`WARREN_SLOW_JOB_SECONDS_BY_TYPE=report.build=600`; nil: never).
+        package var slowAfterByType: [String: Duration?] = [:]
+
+        package func slowThreshold(_ type: String) -> Duration? {
+            if let own = slowAfterByType[type] { return own }
+            return slowAfter
+        }
 
         package init() {}
     }
@@ -36,9 +46,11 @@ package final class ProgressTracker: JobProgressSink {
         var tier: Tier
         var type: String
         var attempt: Int
+        var started: ContinuousClock.Instant
         var lastSign: ContinuousClock.Instant
         var token: String?
         var stalled = false
+        var slow = false
     }
 
     private struct State {
@@ -73,7 +85,8 @@ package final class ProgressTracker: JobProgressSink {
 
     /// A run of `job` starts here: it may report, and it is watched for silence from now.
     package func begin(_ job: JobEnvelope) {
-        let entry = Running(enqueuedAt: job.enqueuedAt, tier: job.tier, type: job.type, attempt: job.attempt, lastSign: .now)
+        let now = ContinuousClock.now
+        let entry = Running(enqueuedAt: job.enqueuedAt, tier: job.tier, type: job.type, attempt: job.attempt, started: now, lastSign: now)
         state.withLock { $0.running[job.id] = entry }
     }
 
@@ -193,10 +206,21 @@ package final class ProgressTracker: JobProgressSink {
     /// The running jobs quiet past ``Settings/stallAfter``, by tier; marks them, and returns
     /// the ones that just became stalled (to log once).
     func sweepStalled(now: ContinuousClock.Instant = .now) -> (counts: [Tier: Int], newly: [(UUID, String, Duration)]) {
+        sweep(now: now).stalled
+    }
+
+    /// What ``sweepStalled(now:)`` finds, and the runs that just passed their slow threshold.
+    func sweep(now: ContinuousClock.Instant = .now)
+        -> (stalled: (counts: [Tier: Int], newly: [(UUID, String, Duration)]), slow: [(UUID, Tier, String, Duration)]) {
         state.withLock { state in
             var counts: [Tier: Int] = [:]
             var newly: [(UUID, String, Duration)] = []
+            var slow: [(UUID, Tier, String, Duration)] = []
             for (id, entry) in state.running {
+                if !entry.slow, let threshold = settings.slowThreshold(entry.type), now - entry.started >= threshold {
+                    state.running[id]?.slow = true
+                    slow.append((id, entry.tier, entry.type, now - entry.started))
+                }
                 let quiet = now - entry.lastSign
                 guard quiet >= settings.stallAfter else { continue }
                 counts[entry.tier, default: 0] += 1
@@ -205,7 +229,7 @@ package final class ProgressTracker: JobProgressSink {
                     newly.append((id, entry.type, quiet))
                 }
             }
-            return (counts, newly)
+            return ((counts, newly), slow)
         }
     }
 
@@ -220,8 +244,15 @@ package final class ProgressTracker: JobProgressSink {
         while !Task.isCancelled {
             try? await Task.sleep(for: settings.flushInterval)
             await flush(store)
-            let (counts, newly) = sweepStalled()
+            let ((counts, newly), slow) = sweep()
             for (tier, gauge) in stalledGauges { gauge.record(counts[tier] ?? 0) }
+            for (job, tier, type, running) in slow {
+                Counter(label: "warren_consumer_slow_jobs_total", dimensions: [("tier", tier.rawValue), ("type", type)]).increment()
+                logger.warning("slow job: running past its threshold", metadata: [
+                    "job_id": "\(job.lowercasedString)", "job_type": "\(type)", "running_seconds": "\(running.components.seconds)",
+                    "threshold_seconds": "\(settings.slowThreshold(type)?.components.seconds ?? 0)",
+                ])
+            }
             for (job, type, quiet) in newly {
                 logger.warning("job stalled: no progress or heartbeat", metadata: [
                     "job_id": "\(job.lowercasedString)", "job_type": "\(type)", "quiet_seconds": "\(quiet.components.seconds)",

@@ -129,4 +129,17 @@ extension AMQPControl {
         for queue in tier.queueNames { total += Int(try queueDepth(queue).messages) }
         return total
     }
+
+    /// `tier`'s ready messages (every lane summed) and its consumers: the fewest any lane has
+    /// (every consumer of a tier takes from all its lanes; 0 means some lane has none).
+    package func readyAndConsumers(_ tier: Tier) throws(AMQPError) -> (ready: Int, consumers: Int) {
+        var total = 0
+        var fewest = Int.max
+        for queue in tier.queueNames {
+            let depth = try queueDepth(queue)
+            total += Int(depth.messages)
+            fewest = min(fewest, Int(depth.consumers))
+        }
+        return (total, fewest == .max ? 0 : fewest)
+    }
 }

@@ -95,7 +95,8 @@ package enum ShedReason: String, Sendable, Equatable {
 /// and held for `latencyHold` after the last one that was behind, so it does not flap
 /// between reports. When it has no backlog answer younger than `staleAfter` (broker
 /// unreachable) it sheds nothing: publishing then fails on its own, with its own answer.
-/// Metrics: `warren_tier_backlog{tier}`, `warren_shed_threshold{tier}`, `warren_shedding{tier}`
+/// Metrics: `warren_tier_backlog{tier}`, `warren_tier_queue_capacity{tier}` (every lane's cap),
+/// `warren_tier_consumers{tier}` (the fewest consumers any of its lanes has), `warren_shed_threshold{tier}`, `warren_shedding{tier}`
 /// (1 while shed, for either reason), `warren_shedding_for_latency{tier}`,
 /// `warren_tier_pressure_ms{tier}` (-1: no fresh report) and `warren_tier_target_ms{tier}`.
 package final class TierPressure: Service, Sendable {
@@ -123,6 +124,7 @@ package final class TierPressure: Service, Sendable {
     private let logger: Logger
     private let state = Mutex(State())
     private let backlogGauges: [Tier: Gauge]
+    private let consumerGauges: [Tier: Gauge]
     private let sheddingGauges: [Tier: Gauge]
     private let latencySheddingGauges: [Tier: Gauge]
     private let pressureGauges: [Tier: Gauge]
@@ -139,12 +141,16 @@ package final class TierPressure: Service, Sendable {
         self.staleAfter = max(interval * 4, .seconds(2))
         self.logger = logger
         var backlogGauges: [Tier: Gauge] = [:]
+        var consumerGauges: [Tier: Gauge] = [:]
         var sheddingGauges: [Tier: Gauge] = [:]
         var latencySheddingGauges: [Tier: Gauge] = [:]
         var pressureGauges: [Tier: Gauge] = [:]
         for tier in Tier.allCases {
             let dimensions = [("tier", tier.rawValue)]
             backlogGauges[tier] = Gauge(label: "warren_tier_backlog", dimensions: dimensions)
+            consumerGauges[tier] = Gauge(label: "warren_tier_consumers", dimensions: dimensions)
+            // What its queues hold at most (every lane's cap: past it the broker refuses publishes).
+            Gauge(label: "warren_tier_queue_capacity", dimensions: dimensions).record(Int(Topology.queueCaps[tier] ?? 0) * Tier.lanes)
             sheddingGauges[tier] = Gauge(label: "warren_shedding", dimensions: dimensions)
             Gauge(label: "warren_shed_threshold", dimensions: dimensions).record(policy.thresholds[tier] ?? 0)
             guard let latencyTargets else { continue }
@@ -157,6 +163,7 @@ package final class TierPressure: Service, Sendable {
             }
         }
         self.backlogGauges = backlogGauges
+        self.consumerGauges = consumerGauges
         self.sheddingGauges = sheddingGauges
         self.latencySheddingGauges = latencySheddingGauges
         self.pressureGauges = pressureGauges
@@ -245,9 +252,10 @@ package final class TierPressure: Service, Sendable {
     private func poll(_ connection: AMQPConnection) async {
         do {
             let depths = try await connection.withControl { control in
-                try Tier.allCases.map { tier in (tier, try control.readyCount(tier)) }
+                try Tier.allCases.map { tier in (tier, try control.readyAndConsumers(tier)) }
             }
-            record(Dictionary(uniqueKeysWithValues: depths))
+            for (tier, depth) in depths { consumerGauges[tier]?.record(depth.consumers) }
+            record(Dictionary(uniqueKeysWithValues: depths.map { ($0.0, $0.1.ready) }))
         } catch {
             logger.debug("tier pressure: cannot read the queue depths", metadata: ["error": "\(error)"])
         }

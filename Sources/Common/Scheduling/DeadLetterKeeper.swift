@@ -1,4 +1,5 @@
 import Logging
+import Metrics
 import ServiceLifecycle
 import WarrenAMQP
 import WarrenJobs
@@ -9,7 +10,8 @@ import WarrenSupport
 /// recorded, committed, then acked, so a crash between the two leaves the message on the queue
 /// (recorded again later as the same row, by job and seq) and never loses it. Every scheduler
 /// runs one (they share the queue; no leadership needed). While Postgres refuses, nothing is
-/// acked and the broker holds the rest (prefetch ``prefetch``).
+/// acked and the broker holds the rest (prefetch ``prefetch``). Counted in
+/// `warren_dead_letters_total{tier}` (`unknown` for a message without a tier).
 package struct DeadLetterKeeper: Service, CustomStringConvertible {
     package static let prefetch: UInt16 = 100
 
@@ -73,6 +75,8 @@ package struct DeadLetterKeeper: Service, CustomStringConvertible {
             }
         }
         try await connection.ack(delivery)
+        let tier = delivery.properties.headers[JobEnvelope.Header.tier]?.stringValue.flatMap(Tier.init(rawValue:))?.rawValue ?? "unknown"
+        Counter(label: "warren_dead_letters_total", dimensions: [("tier", tier)]).increment()
         logger.info("dead letter recorded", metadata: [
             "message_id": "\(delivery.properties.messageID ?? "-")", "job_type": "\(delivery.properties.type ?? "-")",
             "reason": "\(message.reason)",

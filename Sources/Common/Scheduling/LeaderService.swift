@@ -66,8 +66,11 @@ package final class LeaderService: Service {
     package func run() async throws {
         try await publisher.start()
         await cancelWhenGracefulShutdown {
+            let leading = Gauge(label: "warren_scheduler_leader")
             while !Task.isCancelled {
-                if await self.lock.confirm() { await self.round() }
+                let leader = await self.lock.confirm()
+                leading.record(leader ? 1 : 0)
+                if leader { await self.round() }
                 try? await Task.sleep(for: self.interval)
             }
         }

@@ -109,3 +109,24 @@ import Testing
         #expect(tracker.sweepStalled(now: later + .seconds(1)).counts == [.enterprise: 1])
     }
 }
+
+/// Slow runs: past their type's threshold (or the default), told once.
+@Suite struct SlowJobTests {
+    @Test func aRunPastItsTypesThresholdIsSlowOnce() {
+        var settings = ProgressTracker.Settings()
+        settings.slowAfter = .seconds(60)
+        settings.slowAfterByType = ["report.build": .seconds(5), "ingest": Duration?.none]
+        let tracker = ProgressTracker(settings: settings, tiers: Tier.allCases, logger: Logger(label: "test"))
+        let report = JobEnvelope(type: "report.build", tier: .free, payload: [])
+        let ingest = JobEnvelope(type: "ingest", tier: .free, payload: [])
+        let other = JobEnvelope(type: "email.send", tier: .premium, payload: [])
+        for job in [report, ingest, other] { tracker.begin(job) }
+        #expect(tracker.sweep(now: .now + .seconds(6)).slow.map(\.0) == [report.id])
+        #expect(tracker.sweep(now: .now + .seconds(7)).slow.isEmpty, "told once")
+        // Reporting progress does not make a slow run fast.
+        tracker.report(job: other.id, attempt: 1, JobProgress(done: 1, total: 2, message: nil))
+        let later = tracker.sweep(now: .now + .seconds(3_600)).slow
+        #expect(later.map(\.0) == [other.id], "the default threshold; a type set to 0 is never slow")
+        #expect(later.first?.1 == .premium && later.first?.2 == "email.send")
+    }
+}
