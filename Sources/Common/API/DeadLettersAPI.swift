@@ -100,7 +100,7 @@ extension JobsAPI {
             }
             var list: [Int64] = []
             for element in elements {
-                guard element.kind == .number, let id = Int64(String(decoding: bytes[element.value], as: UTF8.self)) else {
+                guard element.kind == .number, let id = JobRequest.integer(bytes[element.value]).map(Int64.init) else {
                     throw APIError(.unprocessableContent, "invalid_field", "'ids' must hold whole numbers", field: "ids")
                 }
                 list.append(id)
@@ -128,8 +128,8 @@ extension JobsAPI {
         }
         let fields = PayloadFields(body)
         var limit = 1_000
-        if members.contains(where: { $0.key == "limit" }) {
-            guard let value = fields?.int("limit"), (1...Self.maxDeadSettle).contains(value) else {
+        if let member = members.first(where: { $0.key == "limit" }) {
+            guard member.kind == .number, let value = JobRequest.integer(body[member.value]), (1...Self.maxDeadSettle).contains(value) else {
                 throw APIError(.unprocessableContent, "invalid_field", "'limit' must be from 1 to \(Self.maxDeadSettle)", field: "limit")
             }
             limit = value

@@ -1,4 +1,5 @@
 import HTTPTypes
+import WarrenJobs
 import WarrenSupport
 
 /// The members of a JSON object request body, read with errors that name the member:
@@ -54,7 +55,7 @@ struct RequestFields {
 
     func int(_ key: String, in range: ClosedRange<Int>) throws(APIError) -> Int? {
         guard let member = member(key) else { return nil }
-        guard member.kind == .number, let value = Int(String(decoding: body[member.value], as: UTF8.self)), range.contains(value) else {
+        guard member.kind == .number, let value = JobRequest.integer(body[member.value]), range.contains(value) else {
             throw Self.invalid(key, "'\(key)' must be a whole number from \(range.lowerBound) to \(range.upperBound)")
         }
         return value

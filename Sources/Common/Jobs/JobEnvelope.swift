@@ -105,9 +105,10 @@ package struct JobEnvelope: Sendable, Equatable {
     /// The largest `concurrency_limit` a job may carry.
     package static let maxConcurrencyLimit = 1_000
 
-    /// Validates a concurrency key: 1-255 bytes, no control characters.
+    /// Validates a concurrency key: 1-255 characters (Unicode scalars, as JSON Schema's
+    /// `maxLength` counts them in docs/openapi.yaml), no control characters.
     package static func validateConcurrencyKey(_ key: String, field: String = "concurrency_key") throws(JobError) {
-        guard !key.isEmpty, key.utf8.count <= 255 else { throw JobError(field: field, message: "\(field) must be 1 to 255 bytes") }
+        guard !key.isEmpty, key.unicodeScalars.count <= 255 else { throw JobError(field: field, message: "\(field) must be 1 to 255 characters") }
         guard !key.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
             throw JobError(field: field, message: "\(field) must not contain control characters")
         }

@@ -42,13 +42,17 @@ package struct JobRequest: Sendable, Equatable {
         self.concurrencyLimit = concurrencyLimit ?? 1
     }
 
-    /// A JSON integer's value (a `concurrency_limit`); nil for any other number or value.
+    /// A JSON number's value when it is a whole one (`192`, or `192.0` / `1.92e2`, which JSON
+    /// Schema's `integer` also allows); nil for any other number or value.
     package static func integer(_ text: some Collection<UInt8>) -> Int? {
         let string = String(decoding: Array(text), as: UTF8.self)
-        guard !string.isEmpty, string.utf8.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || $0 == UInt8(ascii: "-") }) else {
-            return nil
+        guard !string.isEmpty else { return nil }
+        if string.utf8.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || $0 == UInt8(ascii: "-") }) {
+            return Int(string)
         }
-        return Int(string)
+        guard string.utf8.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || "-+.eE".utf8.contains($0) }),
+              let value = Double(string), value.rounded() == value, abs(value) < 9.0e18 else { return nil }
+        return Int(value)
     }
 
     /// Parses one JSON object (a line of a `--jsonl` file). `defaultTier` applies when the
