@@ -15,16 +15,6 @@ import WarrenSupport
 struct ProgressTests {
     static let fast = ["WARREN_PROGRESS_FLUSH_MS": "100"]
 
-    func post(_ server: APIServer, _ token: String, _ body: String) async throws -> String {
-        let (status, _, text) = try await server.request("POST", "/v1/jobs", token: token, body: body)
-        #expect(status == 202, "\(text)")
-        return try #require(HTTP.field("id", in: text))
-    }
-
-    func job(_ server: APIServer, _ token: String, _ id: String) async throws -> [String: Any] {
-        HTTP.object(try await server.request("GET", "/v1/jobs/\(id)", token: token, contentType: nil).2)
-    }
-
     func progress(_ job: [String: Any]) -> [String: Any]? { job["progress"] as? [String: Any] }
 
     /// Executables in a fresh folder (name → shell body); the folder doubles as scratch space.
@@ -61,11 +51,11 @@ struct ProgressTests {
             let running = Task { try await worker.run() }
             defer { running.cancel() }
 
-            let id = try await post(server, token, #"{"type":"report.build"}"#)
+            let id = try await server.submit(token, #"{"type":"report.build"}"#)
             try await TestServices.waitUntil(timeout: .seconds(30), "the job's first report is visible") {
-                progress(try await job(server, token, id))?["done"] as? Int == 3
+                progress(try await server.job(token, id))?["done"] as? Int == 3
             }
-            let midway = try await job(server, token, id)
+            let midway = try await server.job(token, id)
             #expect(midway["status"] as? String == "running")
             #expect(midway["stalled"] as? Bool == false)
             let reported = try #require(progress(midway))
@@ -76,10 +66,10 @@ struct ProgressTests {
 
             gate.fulfil(true)
             try await TestServices.waitUntil(timeout: .seconds(30), "the job succeeded with its last report") {
-                let done = try await job(server, token, id)
+                let done = try await server.job(token, id)
                 return done["status"] as? String == "succeeded" && progress(done)?["done"] as? Int == 10
             }
-            let done = try #require(progress(try await job(server, token, id)))
+            let done = try #require(progress(try await server.job(token, id)))
             #expect(done["percent"] as? Double == 100 && done["message"] as? String == "done", "\(done)")
 
             // A batch sums its jobs' reports.
@@ -115,19 +105,19 @@ struct ProgressTests {
             ].merging(Self.fast) { $1 }) { $1 })
             defer { consumer.signal(SIGKILL) }
             let admin = try await consumer.listeningPort("admin_port")
-            let quiet = try await post(server, token, #"{"type":"sleep","payload":{"ms":600000}}"#)
-            let beating = try await post(server, token, #"{"type":"beat"}"#)
+            let quiet = try await server.submit(token, #"{"type":"sleep","payload":{"ms":600000}}"#)
+            let beating = try await server.submit(token, #"{"type":"beat"}"#)
 
             try await TestServices.waitUntil(timeout: .seconds(30), "the quiet job reads stalled") {
-                try await job(server, token, quiet)["stalled"] as? Bool == true
+                try await server.job(token, quiet)["stalled"] as? Bool == true
             }
-            #expect(try await job(server, token, quiet)["status"] as? String == "running", "stalled is not a status of its own")
+            #expect(try await server.job(token, quiet)["status"] as? String == "running", "stalled is not a status of its own")
             let started = try await server.withDatabase { pool in
                 try await pool.query("SELECT started_at < now() - interval '2 seconds' FROM job_runs WHERE job_id = $1",
                                      [UUID(uuidString: beating)!]).rows.first?.bool(0)
             }
             #expect(started == true, "the heartbeating job has run longer than the stall time too")
-            let alive = try await job(server, token, beating)
+            let alive = try await server.job(token, beating)
             #expect(alive["status"] as? String == "running" && alive["stalled"] as? Bool == false, "\(alive)")
             #expect(progress(alive)?["done"] as? Int == 1 && progress(alive)?["message"] as? String == "warming up",
                     "the command's warren-progress line: \(alive)")
@@ -140,17 +130,17 @@ struct ProgressTests {
 
             #expect(FileManager.default.createFile(atPath: folder + "/go", contents: nil))
             try await TestServices.waitUntil(timeout: .seconds(20), "the heartbeating job finished with its last report") {
-                let done = try await job(server, token, beating)
+                let done = try await server.job(token, beating)
                 return done["status"] as? String == "succeeded" && progress(done)?["done"] as? Int == 4
             }
-            let finished = try await job(server, token, beating)
+            let finished = try await server.job(token, beating)
             #expect((finished["result"] as? [String: Any])?["beats"] as? String == "done",
                     "progress lines are not output, stdout is the result: \(finished)")
             let (cancel, _, answer) = try await server.request("DELETE", "/v1/jobs/\(quiet)", token: token, contentType: nil)
             #expect(cancel == 202, "\(answer)")
             try await TestServices.waitUntil(timeout: .seconds(10), "the quiet job is cancelled and no longer counted") {
                 let metrics = try await HTTP.request("GET", "http://127.0.0.1:\(admin)/metrics").2
-                return try await job(server, token, quiet)["stalled"] as? Bool == false
+                return try await server.job(token, quiet)["stalled"] as? Bool == false
                     && metrics.contains(#"warren_consumer_jobs_stalled{tier="free"} 0"#)
             }
             consumer.signal(SIGTERM)
@@ -170,12 +160,12 @@ struct ProgressTests {
                 "WARREN_ADMIN_HOST": "127.0.0.1",
             ].merging(Self.fast) { $1 }) { $1 })
             defer { consumer.signal(SIGKILL) }
-            let id = try await post(server, token, #"{"type":"demo.call","payload":{"steps":4}}"#)
+            let id = try await server.submit(token, #"{"type":"demo.call","payload":{"steps":4}}"#)
             try await TestServices.waitUntil(timeout: .seconds(30), "the job succeeded with the receiver's last report") {
-                let done = try await job(server, token, id)
+                let done = try await server.job(token, id)
                 return done["status"] as? String == "succeeded" && progress(done)?["done"] as? Int == 4
             }
-            let done = try await job(server, token, id)
+            let done = try await server.job(token, id)
             let reported = try #require(progress(done))
             #expect(reported["total"] as? Int == 4 && reported["percent"] as? Double == 100 && reported["message"] as? String == "step 4")
             let url = try #require((done["result"] as? [String: Any])?["progress_url"] as? String, "\(done)")
@@ -184,7 +174,7 @@ struct ProgressTests {
             #expect(late.0 == 404, "the URL died with its run: \(late)")
             let forged = try await HTTP.request("POST", String(url.dropLast(4)) + "beef", body: #"{"done": 1}"#)
             #expect(forged.0 == 404)
-            #expect(progress(try await job(server, token, id))?["done"] as? Int == 4, "nothing changed")
+            #expect(progress(try await server.job(token, id))?["done"] as? Int == 4, "nothing changed")
             consumer.signal(SIGTERM)
             #expect(try await consumer.wait() == 0)
         }
@@ -209,20 +199,20 @@ struct ProgressTests {
             ].merging(Self.fast) { $1 }) { $1 })
             defer { consumer.signal(SIGKILL) }
             let admin = try await consumer.listeningPort("admin_port")
-            let id = try await post(server, token, #"{"type":"count"}"#)
+            let id = try await server.submit(token, #"{"type":"count"}"#)
             try await TestServices.waitUntil(timeout: .seconds(30), "the job succeeded and a progress write was refused") {
                 let metrics = try await HTTP.request("GET", "http://127.0.0.1:\(admin)/metrics").2
-                return try await job(server, token, id)["status"] as? String == "succeeded"
+                return try await server.job(token, id)["status"] as? String == "succeeded"
                     && metrics.contains("warren_consumer_progress_write_failures_total")
                     && !metrics.contains("warren_consumer_progress_write_failures_total 0")
             }
-            let refused = try await job(server, token, id)
+            let refused = try await server.job(token, id)
             #expect(refused["progress"] is NSNull, "nothing stored yet: \(refused)")
             #expect((refused["result"] as? [String: Any])?["counted"] as? Int == 5)
 
             try await server.withDatabase { pool in _ = try await pool.query("DROP TRIGGER refuse_progress ON job_progress") }
             try await TestServices.waitUntil(timeout: .seconds(20), "the kept report is written once Postgres takes it") {
-                progress(try await job(server, token, id))?["done"] as? Int == 5
+                progress(try await server.job(token, id))?["done"] as? Int == 5
             }
             consumer.signal(SIGTERM)
             #expect(try await consumer.wait() == 0)

@@ -7,27 +7,17 @@ import WarrenJobs
 /// its handler cancelled, a finished one is a conflict.
 @Suite(.enabled(if: TestServices.enabled))
 struct HTTPCancellationTests {
-    func post(_ server: APIServer, _ token: String, _ body: String) async throws -> String {
-        let (status, _, text) = try await server.request("POST", "/v1/jobs", token: token, body: body)
-        #expect(status == 202, "\(text)")
-        return try #require(HTTP.field("id", in: text))
-    }
-
-    func job(_ server: APIServer, _ token: String, _ id: String) async throws -> [String: Any] {
-        HTTP.object(try await server.request("GET", "/v1/jobs/\(id)", token: token, contentType: nil).2)
-    }
-
     @Test func aQueuedJobIsNeverRun() async throws {
         try await APIServer.with { server, connection, _ in
             let token = try await server.token(tier: "premium", scopes: "jobs:write,jobs:read")
-            let id = try await post(server, token, #"{"type":"sleep","payload":{"ms":1}}"#)
-            let kept = try await post(server, token, #"{"type":"noop"}"#)
+            let id = try await server.submit(token, #"{"type":"sleep","payload":{"ms":1}}"#)
+            let kept = try await server.submit(token, #"{"type":"noop"}"#)
 
             let (status, _, body) = try await server.request("DELETE", "/v1/jobs/\(id)", token: token, contentType: nil)
             #expect(status == 200, "\(body)")
             #expect(HTTP.field("status", in: body) == "cancelled")
             #expect(HTTP.field("cancellation", in: body) == "not_running")
-            #expect(try await job(server, token, id)["status"] as? String == "cancelled", "reported at once")
+            #expect(try await server.job(token, id)["status"] as? String == "cancelled", "reported at once")
             // Asking again is harmless: the same answer.
             let repeated = try await server.request("DELETE", "/v1/jobs/\(id)", token: token, contentType: nil)
             #expect(repeated.0 == 200, "\(repeated.2)")
@@ -37,11 +27,11 @@ struct HTTPCancellationTests {
             let consumer = try RunningProduct("consumer", ["--tier", "premium"], environment: server.environment)
             defer { consumer.signal(SIGKILL) }
             try await TestServices.waitUntil(timeout: .seconds(20), "the consumer recorded both jobs") {
-                let cancelled = try await job(server, token, id)
-                let done = try await job(server, token, kept)
+                let cancelled = try await server.job(token, id)
+                let done = try await server.job(token, kept)
                 return (cancelled["error"] as? String) == "cancelled before it started" && done["status"] as? String == "succeeded"
             }
-            let cancelled = try await job(server, token, id)
+            let cancelled = try await server.job(token, id)
             #expect(cancelled["status"] as? String == "cancelled")
             #expect(cancelled["result"] is NSNull, "the handler never ran")
             let depth = try await connection.withControl { control in try control.readyCount(Tier.premium) }
@@ -58,22 +48,22 @@ struct HTTPCancellationTests {
             let token = try await server.token(tier: "free", scopes: "jobs:write,jobs:read")
             let consumer = try RunningProduct("consumer", ["--tier", "free"], environment: server.environment)
             defer { consumer.signal(SIGKILL) }
-            let id = try await post(server, token, #"{"type":"sleep","payload":{"ms":600000}}"#)
+            let id = try await server.submit(token, #"{"type":"sleep","payload":{"ms":600000}}"#)
             try await TestServices.waitUntil(timeout: .seconds(20), "the job is running") {
-                try await job(server, token, id)["status"] as? String == "running"
+                try await server.job(token, id)["status"] as? String == "running"
             }
             let (status, _, body) = try await server.request("DELETE", "/v1/jobs/\(id)", token: token, contentType: nil)
             #expect(status == 202, "\(body)")
             #expect(HTTP.field("cancellation", in: body) == "signalled_running")
             try await TestServices.waitUntil(timeout: .seconds(10), "the handler stopped and the job is cancelled") {
-                try await job(server, token, id)["status"] as? String == "cancelled"
+                try await server.job(token, id)["status"] as? String == "cancelled"
             }
-            let cancelled = try await job(server, token, id)
+            let cancelled = try await server.job(token, id)
             #expect(cancelled["error"] as? String == "cancelled while running")
             // The consumer is free again: the next job runs.
-            let next = try await post(server, token, #"{"type":"noop"}"#)
+            let next = try await server.submit(token, #"{"type":"noop"}"#)
             try await TestServices.waitUntil(timeout: .seconds(10), "the next job ran") {
-                try await job(server, token, next)["status"] as? String == "succeeded"
+                try await server.job(token, next)["status"] as? String == "succeeded"
             }
             consumer.signal(SIGTERM)
             #expect(try await consumer.wait() == 0)
@@ -85,7 +75,7 @@ struct HTTPCancellationTests {
             let token = try await server.token(tier: "enterprise", scopes: "jobs:write,jobs:read")
             let readOnly = try await server.token(tier: "enterprise", scopes: "jobs:read")
             let globex = try await server.token(tier: "enterprise", scopes: "jobs:write", tenant: "globex")
-            let id = try await post(server, token, #"{"type":"noop"}"#)
+            let id = try await server.submit(token, #"{"type":"noop"}"#)
             #expect(try await server.request("DELETE", "/v1/jobs/\(id)", token: globex, contentType: nil).0 == 404, "another tenant's")
             #expect(try await server.request("DELETE", "/v1/jobs/\(id)", token: readOnly, contentType: nil).0 == 403)
             #expect(try await server.request("DELETE", "/v1/jobs/\(UUID().uuidString)", token: token, contentType: nil).0 == 404)
@@ -94,12 +84,12 @@ struct HTTPCancellationTests {
             let consumer = try RunningProduct("consumer", ["--tier", "enterprise"], environment: server.environment)
             defer { consumer.signal(SIGKILL) }
             try await TestServices.waitUntil(timeout: .seconds(20), "the job succeeded") {
-                try await job(server, token, id)["status"] as? String == "succeeded"
+                try await server.job(token, id)["status"] as? String == "succeeded"
             }
             let (status, _, body) = try await server.request("DELETE", "/v1/jobs/\(id)", token: token, contentType: nil)
             #expect(status == 409, "\(body)")
             #expect(body.contains(#""code":"job_finished""#), "\(body)")
-            #expect(try await job(server, token, id)["status"] as? String == "succeeded", "unchanged")
+            #expect(try await server.job(token, id)["status"] as? String == "succeeded", "unchanged")
             consumer.signal(SIGTERM)
             #expect(try await consumer.wait() == 0)
         }

@@ -51,10 +51,6 @@ struct DeadLetterTests {
         return (status, HTTP.object(text))
     }
 
-    func job(_ server: APIServer, _ token: String, _ id: String) async throws -> [String: Any] {
-        HTTP.object(try await server.request("GET", "/v1/jobs/\(id)", token: token, contentType: nil).2)
-    }
-
     @Test func aDeadJobIsListedByTenantReplayedAfterItsFixRunOnceAndDiscarded() async throws {
         let (folder, path, runs) = try program()
         try await APIServer.with(extra: ["WARREN_JOB_TYPES": "fix.me"]) { server, connection, _ in
@@ -96,10 +92,10 @@ struct DeadLetterTests {
             #expect(replayStatus == 200 && replayed["replayed"] as? Int == 1 && replayed["published"] as? Int == 1, "\(replayed)")
             #expect(replayed["jobs"] as? [String] == [id], "the same job id")
             try await TestServices.waitUntil(timeout: .seconds(30), "the replayed job succeeded") {
-                try await job(server, acme, id)["status"] as? String == "succeeded"
+                try await server.job(acme, id)["status"] as? String == "succeeded"
             }
             #expect(runs() == 2, "one failed run, one replayed run")
-            #expect(try await job(server, acme, id)["attempts"] as? Int == 1, "attempts reset by default")
+            #expect(try await server.job(acme, id)["attempts"] as? Int == 1, "attempts reset by default")
             #expect(try await deadList(server, acme).isEmpty)
             #expect(try await deadList(server, acme, "?state=replayed").count == 1)
             #expect(try await post(server, "/v1/dead/replay", acme, #"{"ids":[\#(deadID)]}"#).1["replayed"] as? Int == 0,
@@ -159,7 +155,7 @@ struct DeadLetterTests {
                     try await pool.query("SELECT count(*) FROM message_logs WHERE job_id = $1 AND event = 'duplicate'",
                                          [UUID(uuidString: id)!]).rows.first?.int(0) ?? 0
                 }
-                return try await job(server, token, id)["status"] as? String == "succeeded" && duplicates >= 1
+                return try await server.job(token, id)["status"] as? String == "succeeded" && duplicates >= 1
             }
             #expect(runs() == 2, "one failed run and one replayed run, though the replay reached the broker twice")
 

@@ -27,6 +27,18 @@ struct APIServer: Sendable {
         return result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
+    /// Submits a job (`POST /v1/jobs`), expecting a 202; returns its id.
+    func submit(_ token: String, _ body: String) async throws -> String {
+        let (status, _, text) = try await request("POST", "/v1/jobs", token: token, body: body)
+        #expect(status == 202, "\(text)")
+        return try #require(HTTP.field("id", in: text))
+    }
+
+    /// `GET /v1/jobs/{id}` as a JSON object (empty when the answer is not one).
+    func job(_ token: String, _ id: String) async throws -> [String: Any] {
+        HTTP.object(try await request("GET", "/v1/jobs/\(id)", token: token, contentType: nil).2)
+    }
+
     /// A pool on the server's database and schema, for checking what it stored.
     func withDatabase<T: Sendable>(_ body: (PostgresPool) async throws -> T) async throws -> T {
         var configuration = PostgresConfiguration(url: environment["WARREN_DATABASE_URL"] ?? TestServices.databaseURL,
