@@ -203,13 +203,9 @@ package final class ProgressTracker: JobProgressSink {
         if lost > 0 { dropped.increment(by: lost) }
     }
 
-    /// The running jobs quiet past ``Settings/stallAfter``, by tier; marks them, and returns
-    /// the ones that just became stalled (to log once).
-    func sweepStalled(now: ContinuousClock.Instant = .now) -> (counts: [Tier: Int], newly: [(UUID, String, Duration)]) {
-        sweep(now: now).stalled
-    }
-
-    /// What ``sweepStalled(now:)`` finds, and the runs that just passed their slow threshold.
+    /// The running jobs quiet past ``Settings/stallAfter``, by tier (marked, and the ones that
+    /// just became stalled returned, to log once), and the runs that just passed their slow
+    /// threshold.
     func sweep(now: ContinuousClock.Instant = .now)
         -> (stalled: (counts: [Tier: Int], newly: [(UUID, String, Duration)]), slow: [(UUID, Tier, String, Duration)]) {
         state.withLock { state in

@@ -60,6 +60,9 @@ import Testing
     @Test(arguments: [
         ("WARREN_CONCURRENCY", "0"), ("WARREN_PREFETCH", "70000"), ("WARREN_SHUTDOWN_GRACE_SECONDS", "soon"),
         ("WARREN_RETRY_MAX_ATTEMPTS_BY_TYPE", "email.send"), ("WARREN_RETRY_MAX_ATTEMPTS_BY_TYPE", "a=0"),
+        ("WARREN_SLOW_JOB_SECONDS_BY_TYPE", "report.build"), ("WARREN_SLOW_JOB_SECONDS_BY_TYPE", "a=-1"),
+        ("WARREN_SLOW_JOB_SECONDS_BY_TYPE", "=5"), ("WARREN_SLOW_JOB_SECONDS", "soon"), ("WARREN_PROGRESS_FLUSH_MS", "5"),
+        ("WARREN_STALL_SECONDS", "0"),
     ])
     func badValuesNameTheirVariable(_ key: String, _ value: String) {
         let error = #expect(throws: SettingsError.self) { _ = try ConsumerConfiguration(tier: .free, environment: [key: value]) }

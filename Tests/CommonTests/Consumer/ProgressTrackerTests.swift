@@ -95,18 +95,18 @@ import Testing
         tracker.begin(quiet)
         tracker.begin(busy)
         let later = ContinuousClock.now + .seconds(61)
-        #expect(tracker.sweepStalled(now: .now).counts.isEmpty)
-        let first = tracker.sweepStalled(now: later)
+        #expect(tracker.sweep(now: .now).stalled.counts.isEmpty)
+        let first = tracker.sweep(now: later).stalled
         #expect(first.counts == [.free: 1, .enterprise: 1])
         #expect(Set(first.newly.map(\.0)) == [quiet.id, busy.id])
         #expect(tracker.stalledCount == 2)
-        #expect(tracker.sweepStalled(now: later).newly.isEmpty)  // logged once
+        #expect(tracker.sweep(now: later).stalled.newly.isEmpty)  // logged once
         tracker.report(job: busy.id, attempt: 1, nil)
         #expect(tracker.stalledCount == 1)
         // Quiet again long enough, it is stalled (and told) again.
-        #expect(tracker.sweepStalled(now: .now + .seconds(61)).newly.map(\.0) == [busy.id])
+        #expect(tracker.sweep(now: .now + .seconds(61)).stalled.newly.map(\.0) == [busy.id])
         tracker.end(quiet.id)
-        #expect(tracker.sweepStalled(now: later + .seconds(1)).counts == [.enterprise: 1])
+        #expect(tracker.sweep(now: later + .seconds(1)).stalled.counts == [.enterprise: 1])
     }
 }
 

@@ -14,3 +14,14 @@ import Testing
         #expect(JobRequest.integer(Array(text.utf8)) == nil)
     }
 }
+
+/// A concurrency key's length counts characters (Unicode scalars), as the spec's `maxLength`
+/// does, not bytes: 255 `é` (510 bytes) are a key, 256 are not.
+@Suite struct ConcurrencyKeyLengthTests {
+    @Test func keysAreMeasuredInCharacters() throws {
+        try JobEnvelope.validateConcurrencyKey(String(repeating: "é", count: 255))
+        #expect(throws: JobError.self) { try JobEnvelope.validateConcurrencyKey(String(repeating: "é", count: 256)) }
+        #expect(throws: JobError.self) { try JobEnvelope.validateConcurrencyKey("") }
+        #expect(throws: JobError.self) { try JobEnvelope.validateConcurrencyKey("tab\there") }
+    }
+}

@@ -8,25 +8,17 @@ import WarrenSupport
 /// outcomes in `job_runs`, against the real broker and Postgres.
 @Suite(.enabled(if: TestServices.enabled))
 struct CommandHandlerIntegrationTests {
-    /// Writes `scripts` (name → body) as executables in a fresh folder; each appends a line to
+    /// `scripts` (name → body) as executables (``TestScripts``); each appends a line to
     /// `runs.<name>` when it starts, so a test counts real runs.
-    func scripts(_ scripts: [String: String]) throws -> (folder: URL, path: (String) -> String, runs: (String) -> Int) {
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("warren-exec-it-\(UUID().uuidString.prefix(8))")
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        for (name, body) in scripts {
-            let path = folder.appendingPathComponent(name).path
-            try Data("#!/bin/sh\necho run >> \"\(folder.path)/runs.\(name)\"\n\(body)\n".utf8).write(to: URL(fileURLWithPath: path))
-            try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: path)
-        }
-        let runs: (String) -> Int = { name in
-            ((try? String(contentsOf: folder.appendingPathComponent("runs.\(name)"), encoding: .utf8)) ?? "")
-                .split(separator: "\n").count
-        }
-        return (folder, { folder.appendingPathComponent($0).path }, runs)
+    func scripts(_ scripts: [String: String]) throws -> (path: (String) -> String, runs: (String) -> Int) {
+        let written = try TestScripts(Dictionary(uniqueKeysWithValues: scripts.map { name, body in
+            (name, "echo run >> \"$(dirname \"$0\")/runs.\(name)\"\n\(body)")
+        }), prefix: "warren-exec-it")
+        return (written.path, { written.lines("runs.\($0)") })
     }
 
     @Test func exitStatusesBecomeOutcomesATimedOutProgramIsKilledAndBigOutputIsCapped() async throws {
-        let (_, path, runs) = try scripts([
+        let (path, runs) = try scripts([
             "resize": #"payload=$(cat); printf '{"resized": %s, "job": "%s"}' "$payload" "$WARREN_JOB_ID""#,
             "flaky": #"[ "$WARREN_JOB_ATTEMPT" -ge 2 ] && exit 0; echo "upstream busy" >&2; exit 75"#,
             "broken": #"echo "cannot read image" >&2; exit 3"#,

@@ -17,18 +17,6 @@ struct ProgressTests {
 
     func progress(_ job: [String: Any]) -> [String: Any]? { job["progress"] as? [String: Any] }
 
-    /// Executables in a fresh folder (name → shell body); the folder doubles as scratch space.
-    func scripts(_ scripts: [String: String]) throws -> (folder: String, path: (String) -> String) {
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("warren-progress-\(UUID().uuidString.prefix(8))")
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        for (name, body) in scripts {
-            let path = folder.appendingPathComponent(name).path
-            try Data("#!/bin/sh\n\(body)\n".utf8).write(to: URL(fileURLWithPath: path))
-            try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: path)
-        }
-        return (folder.path, { folder.appendingPathComponent($0).path })
-    }
-
     /// Reports 3 of 10, waits for the test to open its gate, then reports 10 of 10 and succeeds.
     struct BuildReport: JobHandler {
         let type = "report.build"
@@ -89,7 +77,7 @@ struct ProgressTests {
     }
 
     @Test func aQuietJobReadsStalledWhileOneThatHeartbeatsDoesNot() async throws {
-        let (folder, path) = try scripts([
+        let scripts = try TestScripts([
             // Reports once on stderr, then heartbeats until the test leaves a file behind.
             "beat": """
                 echo "warren-progress 1/4 warming up" >&2
@@ -101,7 +89,7 @@ struct ProgressTests {
         try await APIServer.with(extra: ["WARREN_JOB_TYPES": "beat", "WARREN_STALL_SECONDS": "2"]) { server, _, _ in
             let token = try await server.token(tier: "free", scopes: "jobs:write,jobs:read")
             let consumer = try RunningProduct("consumer", ["--tier", "free", "--concurrency", "2"], environment: server.environment.merging([
-                "WARREN_EXEC_HANDLERS": "beat=\(path("beat"))", "WARREN_STALL_SECONDS": "2",
+                "WARREN_EXEC_HANDLERS": "beat=\(scripts.path("beat"))", "WARREN_STALL_SECONDS": "2",
             ].merging(Self.fast) { $1 }) { $1 })
             defer { consumer.signal(SIGKILL) }
             let admin = try await consumer.listeningPort("admin_port")
@@ -128,7 +116,7 @@ struct ProgressTests {
                 return metrics.contains(#"warren_consumer_jobs_stalled{tier="free"} 1"#) && status.contains(#""stalled_jobs":1"#)
             }
 
-            #expect(FileManager.default.createFile(atPath: folder + "/go", contents: nil))
+            #expect(scripts.touch("go"))
             try await TestServices.waitUntil(timeout: .seconds(20), "the heartbeating job finished with its last report") {
                 let done = try await server.job(token, beating)
                 return done["status"] as? String == "succeeded" && progress(done)?["done"] as? Int == 4
@@ -181,7 +169,7 @@ struct ProgressTests {
     }
 
     @Test func reportsPostgresRefusesAreKeptUntilItTakesThemAndTheJobIsUnharmed() async throws {
-        let (_, path) = try scripts(["count": #"echo "warren-progress 5/5 counted" >&2; echo '{"counted": 5}'"#])
+        let scripts = try TestScripts(["count": #"echo "warren-progress 5/5 counted" >&2; echo '{"counted": 5}'"#])
         try await APIServer.with(extra: ["WARREN_JOB_TYPES": "count"]) { server, _, _ in
             let token = try await server.token(tier: "free", scopes: "jobs:write,jobs:read")
             try await server.withDatabase { pool in
@@ -195,7 +183,7 @@ struct ProgressTests {
                     """)
             }
             let consumer = try RunningProduct("consumer", ["--tier", "free"], environment: server.environment.merging([
-                "WARREN_EXEC_HANDLERS": "count=\(path("count"))",
+                "WARREN_EXEC_HANDLERS": "count=\(scripts.path("count"))",
             ].merging(Self.fast) { $1 }) { $1 })
             defer { consumer.signal(SIGKILL) }
             let admin = try await consumer.listeningPort("admin_port")

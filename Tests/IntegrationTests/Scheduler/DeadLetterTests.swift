@@ -14,19 +14,12 @@ import WarrenSupport
 @Suite(.enabled(if: TestServices.enabled))
 struct DeadLetterTests {
     /// `fix.me` fails for good until a file `fixed` exists beside it; every run adds a line to `runs`.
-    func program() throws -> (folder: String, path: String, runs: () -> Int) {
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("warren-dead-\(UUID().uuidString.prefix(8))").path
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        let path = folder + "/fix-me"
-        try Data("""
-            #!/bin/sh
-            echo "$WARREN_JOB_ID" >> "\(folder)/runs"
-            [ -e "\(folder)/fixed" ] || { echo "the report template is missing" >&2; exit 3; }
+    func program() throws -> TestScripts {
+        try TestScripts(["fix-me": """
+            echo "$WARREN_JOB_ID" >> "$(dirname "$0")/runs"
+            [ -e "$(dirname "$0")/fixed" ] || { echo "the report template is missing" >&2; exit 3; }
             echo '{"fixed": true}'
-            """.utf8).write(to: URL(fileURLWithPath: path))
-        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: path)
-        let runs = { ((try? String(contentsOfFile: folder + "/runs", encoding: .utf8)) ?? "").split(separator: "\n").count }
-        return (folder, path, runs)
+            """], prefix: "warren-dead")
     }
 
     func fleet(_ server: APIServer, program: String) throws -> (consumer: RunningProduct, scheduler: RunningProduct) {
@@ -52,7 +45,7 @@ struct DeadLetterTests {
     }
 
     @Test func aDeadJobIsListedByTenantReplayedAfterItsFixRunOnceAndDiscarded() async throws {
-        let (folder, path, runs) = try program()
+        let program = try program()
         try await APIServer.with(extra: ["WARREN_JOB_TYPES": "fix.me"]) { server, connection, _ in
             // Jobs come from a free token (the consumer serves free); dead letters are read with
             // enterprise ones, whose rate limit the tests' 20 ms polling stays under.
@@ -60,7 +53,7 @@ struct DeadLetterTests {
             let acme = try await server.token(tier: "enterprise", scopes: "jobs:read,dead:read,dead:write")
             let other = try await server.token(tier: "enterprise", scopes: "dead:read,dead:write", tenant: "globex")
             let admin = try await server.token(tier: "enterprise", scopes: "dead:read,dead:write,admin", tenant: "ops")
-            let (consumer, scheduler) = try fleet(server, program: path)
+            let (consumer, scheduler) = try fleet(server, program: program.path("fix-me"))
             defer { consumer.signal(SIGKILL); scheduler.signal(SIGKILL) }
 
             let (status, created) = try await post(server, "/v1/jobs", jobs, #"{"type":"fix.me","payload":{"report":"q3"}}"#)
@@ -86,7 +79,7 @@ struct DeadLetterTests {
                     "another tenant's replay takes nothing")
 
             // The fix lands; the replay runs the job once more, to success.
-            #expect(FileManager.default.createFile(atPath: folder + "/fixed", contents: nil))
+            #expect(program.touch("fixed"))
             let deadID = try #require(entry["id"] as? Int)
             let (replayStatus, replayed) = try await post(server, "/v1/dead/replay", acme, #"{"ids":[\#(deadID)]}"#)
             #expect(replayStatus == 200 && replayed["replayed"] as? Int == 1 && replayed["published"] as? Int == 1, "\(replayed)")
@@ -94,7 +87,7 @@ struct DeadLetterTests {
             try await TestServices.waitUntil(timeout: .seconds(30), "the replayed job succeeded") {
                 try await server.job(acme, id)["status"] as? String == "succeeded"
             }
-            #expect(runs() == 2, "one failed run, one replayed run")
+            #expect(program.lines("runs") == 2, "one failed run, one replayed run")
             #expect(try await server.job(acme, id)["attempts"] as? Int == 1, "attempts reset by default")
             #expect(try await deadList(server, acme).isEmpty)
             #expect(try await deadList(server, acme, "?state=replayed").count == 1)
@@ -102,7 +95,7 @@ struct DeadLetterTests {
                     "a replayed dead letter is not replayed again")
 
             // Discard: another failure, discarded by filter, listed as such.
-            try FileManager.default.removeItem(atPath: folder + "/fixed")
+            try FileManager.default.removeItem(atPath: program.path("fixed"))
             _ = try await post(server, "/v1/jobs", jobs, #"{"type":"fix.me","payload":{"report":"q4"}}"#)
             try await TestServices.waitUntil(timeout: .seconds(30), "the second dead job is listed") {
                 try await deadList(server, acme).count == 1
@@ -111,7 +104,7 @@ struct DeadLetterTests {
             #expect(discardStatus == 200 && discarded["discarded"] as? Int == 1, "\(discarded)")
             #expect(try await deadList(server, acme).isEmpty)
             #expect(try await deadList(server, acme, "?state=discarded").count == 1)
-            #expect(runs() == 3)
+            #expect(program.lines("runs") == 3)
 
             // Bad selections change nothing.
             #expect(try await post(server, "/v1/dead/replay", acme, #"{"ids":[1],"filter":{}}"#).0 == 422)
@@ -126,16 +119,16 @@ struct DeadLetterTests {
     }
 
     @Test func aReplayConfirmedButNotRecordedIsPublishedAgainAndRunsOnce() async throws {
-        let (folder, path, runs) = try program()
+        let program = try program()
         try await APIServer.with(extra: ["WARREN_JOB_TYPES": "fix.me"]) { server, _, _ in
             let jobs = try await server.token(tier: "free", scopes: "jobs:write")
             let token = try await server.token(tier: "enterprise", scopes: "jobs:read,dead:read,dead:write")
-            let (consumer, scheduler) = try fleet(server, program: path)
+            let (consumer, scheduler) = try fleet(server, program: program.path("fix-me"))
             defer { consumer.signal(SIGKILL); scheduler.signal(SIGKILL) }
             let (_, created) = try await post(server, "/v1/jobs", jobs, #"{"type":"fix.me"}"#)
             let id = try #require(created["id"] as? String)
             try await TestServices.waitUntil(timeout: .seconds(30), "the job is dead") { try await deadList(server, token).count == 1 }
-            #expect(FileManager.default.createFile(atPath: folder + "/fixed", contents: nil))
+            #expect(program.touch("fixed"))
 
             // Every mark of a replay as published fails, as if its writer died right after the
             // broker's confirm: the outbox entry stays pending and is published again.
@@ -157,7 +150,7 @@ struct DeadLetterTests {
                 }
                 return try await server.job(token, id)["status"] as? String == "succeeded" && duplicates >= 1
             }
-            #expect(runs() == 2, "one failed run and one replayed run, though the replay reached the broker twice")
+            #expect(program.lines("runs") == 2, "one failed run and one replayed run, though the replay reached the broker twice")
 
             _ = try await server.withDatabase { pool in try await pool.query("DROP TRIGGER refuse_replay_mark ON delayed_jobs") }
             try await TestServices.waitUntil(timeout: .seconds(90), "the outbox entry is marked published at last") {
@@ -165,7 +158,7 @@ struct DeadLetterTests {
                     try await pool.query("SELECT state FROM delayed_jobs WHERE job_id = $1", [UUID(uuidString: id)!]).rows.first?.string(0)
                 } == "published"
             }
-            #expect(runs() == 2)
+            #expect(program.lines("runs") == 2)
             consumer.signal(SIGTERM)
             scheduler.signal(SIGTERM)
             #expect(try await consumer.wait() == 0)
