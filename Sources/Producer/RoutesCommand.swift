@@ -19,7 +19,7 @@ struct RoutesCommand: AsyncParsableCommand {
         let amqp = try AMQPConfiguration(url: "amqp://127.0.0.1", connectionName: "routes")
         let pool = PostgresPool(configuration: PostgresConfiguration(url: "postgresql://127.0.0.1/warren", applicationName: "routes"),
                                 logger: logger)
-        let api = JobsAPI(publisher: JobPublisher(configuration: amqp, logger: logger), pool: pool, tokenCacheTTL: .zero,
+        let api = HTTPAPI(publisher: JobPublisher(configuration: amqp, logger: logger), pool: pool, tokenCacheTTL: .zero,
                           rateLimiter: SharedRateLimiter(store: RateBucketStore(pool: pool), logger: logger), knownTypes: [], maxBodyBytes: 1, logger: logger)
         let lines = api.router().routes.map { "\($0.method.rawValue) \($0.path.description)" }
         for line in lines.sorted() { print(line) }

@@ -81,7 +81,7 @@ struct ServeCommand: AsyncParsableCommand {
         }
         let pressure = TierPressure(policy: shedPolicy, amqp: amqp, interval: .milliseconds(shedPoll),
                                     latencyTargets: shedTargets, logger: logger)
-        let api = JobsAPI(publisher: publisher, pool: pool, tokenCacheTTL: .seconds(tokenCacheSeconds),
+        let api = HTTPAPI(publisher: publisher, pool: pool, tokenCacheTTL: .seconds(tokenCacheSeconds),
                           rateLimiter: SharedRateLimiter(limits: rateLimits, store: RateBucketStore(pool: pool),
                                                          leaseTimeout: .milliseconds(leaseTimeout), logger: logger),
                           pressure: pressure,

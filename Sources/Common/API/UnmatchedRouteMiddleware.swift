@@ -8,7 +8,7 @@ import Hummingbird
 /// Added to the router after every route, so it wraps only the router's not-found responder
 /// (Hummingbird builds each route's middleware chain when the route is added).
 struct UnmatchedRouteMiddleware: RouterMiddleware {
-    typealias Context = BasicRequestContext
+    typealias Context = APIRequestContext
 
     /// Each route's path split at `/` (nil for a `{parameter}`), with its method.
     let routes: [(segments: [Substring?], method: HTTPRequest.Method)]

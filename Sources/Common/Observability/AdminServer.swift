@@ -94,7 +94,7 @@ package enum AdminServer {
     }
 
     /// `/healthz`, `/readyz` and `/metrics` on `router` (the producer adds them to its API).
-    package static func addHealthRoutes(to router: Router<BasicRequestContext>, ready: @escaping ReadinessCheck) {
+    package static func addHealthRoutes<Context: RequestContext>(to router: Router<Context>, ready: @escaping ReadinessCheck) {
         router.get("healthz") { _, _ in jsonResponse(.ok, #"{"status":"ok"}"#) }
         router.get("readyz") { _, _ in
             let down = await ready()

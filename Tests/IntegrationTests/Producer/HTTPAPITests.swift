@@ -139,7 +139,7 @@ struct HTTPAPITests {
                 try await server.request("GET", "/v1/jobs/\(id)", token: token, contentType: nil).2.contains(#""status":"succeeded""#)
             }
             let done = try await server.request("GET", "/v1/jobs/\(id)", token: token, contentType: nil).2
-            #expect(done.contains(#""attempts":2"#) && done.contains(#""result":{"attempts": 2}"#), "\(done)")
+            #expect(done.contains(#""attempts":2"#) && done.contains(#""result":{"attempts":2}"#), "\(done)")
             consumer.signal(SIGTERM)
             #expect(try await consumer.wait() == 0)
         }

@@ -13,12 +13,12 @@ import WarrenStore
 /// Postgres layer will not send, or a data exception from the server) fails the same way on
 /// every retry, so the answer is a 422, never a 503 with `Retry-After` inviting one.
 @Suite struct StoreErrorTests {
-    static func api() throws -> JobsAPI {
+    static func api() throws -> HTTPAPI {
         let logger = Logger(label: "warren.tests", factory: { _ in SwiftLogNoOpLogHandler() })
         let amqp = try AMQPConfiguration(url: "amqp://127.0.0.1", connectionName: "tests")
         let pool = PostgresPool(configuration: PostgresConfiguration(url: "postgresql://127.0.0.1:1/none", applicationName: "tests"),
                                 logger: logger)
-        return JobsAPI(publisher: JobPublisher(configuration: amqp, logger: logger), pool: pool, tokenCacheTTL: .zero,
+        return HTTPAPI(publisher: JobPublisher(configuration: amqp, logger: logger), pool: pool, tokenCacheTTL: .zero,
                        rateLimiter: SharedRateLimiter(store: RateBucketStore(pool: pool), logger: logger), knownTypes: [], maxBodyBytes: 1, logger: logger)
     }
 

@@ -8,37 +8,28 @@ import WarrenSupport
 /// `/v1/dead`: the dead letters (``DeadLetterStore``): list them (`dead:read`), replay or discard
 /// them (`dead:write`). A token sees its own tenant's; with the `admin` scope, every tenant's
 /// and those of jobs published without one (`tenant` then filters).
-extension JobsAPI {
+extension HTTPAPI {
     /// Most dead letters one replay or discard takes (call again for more).
     static let maxDeadSettle = 10_000
 
-    func addDeadLetterRoutes(to router: Router<BasicRequestContext>) {
-        router.get("v1/dead") { request, _ in
-            await logged(request, route: "/v1/dead") { (_: String) async throws(APIError) -> (Response, String?) in
-                try await rateLimited(request, scope: .deadRead) { (token) async throws(APIError) in
-                    try await listDead(request, token: token)
-                }
-            }
+    var deadLetterRoutes: RouteCollection<APIRequestContext> {
+        let routes = RouteCollection(context: APIRequestContext.self)
+        guarded(routes, .deadRead).get { request, context in
+            try await listDead(request, token: context.authenticated())
         }
-        router.post("v1/dead/replay") { request, _ in
-            await logged(request, route: "/v1/dead/replay") { (_: String) async throws(APIError) -> (Response, String?) in
-                try await rateLimited(request, scope: .deadWrite) { (token) async throws(APIError) in
-                    try await settleDead(request, token: token, replay: true)
-                }
-            }
+        let writes = guarded(routes, .deadWrite)
+        writes.post("replay") { request, context in
+            try await settleDead(request, token: context.authenticated(), replay: true)
         }
-        router.post("v1/dead/discard") { request, _ in
-            await logged(request, route: "/v1/dead/discard") { (_: String) async throws(APIError) -> (Response, String?) in
-                try await rateLimited(request, scope: .deadWrite) { (token) async throws(APIError) in
-                    try await settleDead(request, token: token, replay: false)
-                }
-            }
+        writes.post("discard") { request, context in
+            try await settleDead(request, token: context.authenticated(), replay: false)
         }
+        return routes
     }
 
     /// `?reason=&type=&tier=&tenant=&since=&until=&state=&after=&limit=`: a page in id order,
     /// the `after` of the next one, and the counts by reason of everything the filter matches.
-    private func listDead(_ request: Request, token: APIToken) async throws(APIError) -> (Response, String?) {
+    private func listDead(_ request: Request, token: APIToken) async throws(APIError) -> Response {
         let query = request.uri.queryParameters
         var values: [String: String] = [:]
         for key in ["reason", "type", "tier", "tenant", "since", "until", "state", "after", "limit"] {
@@ -69,16 +60,14 @@ extension JobsAPI {
         let rows = try await database { try await store.list(filter, after: after, limit: limit + 1) }
         let counts = try await database { try await store.countByReason(filter) }
         let page = rows.prefix(limit)
-        let next = rows.count > limit ? page.last.map { String($0.id) } ?? "null" : "null"
-        let reasons = counts.map { #"{"reason":\#(JSONText.quoted($0.reason)),"count":\#($0.count)}"# }.joined(separator: ",")
-        return (json(.ok, #"{"dead":[\#(page.map(Self.deadJSON).joined(separator: ","))],"next_after":\#(next),"by_reason":[\#(reasons)]}"#),
-                token.tenant)
+        return try json(.ok, DeadLetterList(dead: page.map(DeadLetterView.init), nextAfter: rows.count > limit ? page.last?.id : nil,
+                                            byReason: counts.map { .init(reason: $0.reason, count: $0.count) }))
     }
 
     /// `POST /v1/dead/replay` and `/discard`: `{"ids": [...]}` or `{"filter": {...}}` (the list's
     /// filters), `"limit"` (1000, at most 10000); a replay also takes `"attempts": "reset"`
     /// (the default: a whole retry budget again) or `"keep"` (its next attempt).
-    private func settleDead(_ request: Request, token: APIToken, replay: Bool) async throws(APIError) -> (Response, String?) {
+    private func settleDead(_ request: Request, token: APIToken, replay: Bool) async throws(APIError) -> Response {
         let body = try await jsonBody(request)
         guard let members = try? JSONScanner.objectMembers(body) else {
             throw APIError(.badRequest, "invalid_json", "the body must be a JSON object")
@@ -138,7 +127,7 @@ extension JobsAPI {
         let store = DeadLetterStore(pool: pool)
         guard replay else {
             let discarded = try await database { try await store.discard(filter, by: by, limit: limit) }
-            return (json(.ok, #"{"discarded":\#(discarded.count),"ids":[\#(discarded.map(String.init).joined(separator: ","))]}"#), token.tenant)
+            return try json(.ok, DeadDiscarded(discarded: discarded.count, ids: discarded))
         }
         var reset = true
         if members.contains(where: { $0.key == "attempts" }) {
@@ -152,9 +141,8 @@ extension JobsAPI {
         // Published now, with confirms; any not confirmed goes out with the outbox's dispatcher.
         let results = await Outbox(pool: pool).publish(settled.jobs, with: publisher)
         let confirmed = results.filter { (try? $0.get()) != nil }.count
-        let jobs = settled.jobs.map { #""\#($0.id.lowercasedString)""# }.joined(separator: ",")
-        return (json(.ok, #"{"replayed":\#(settled.ids.count),"ids":[\#(settled.ids.map(String.init).joined(separator: ","))],"jobs":[\#(jobs)],"published":\#(confirmed)}"#),
-                token.tenant)
+        return try json(.ok, DeadReplayed(replayed: settled.ids.count, ids: settled.ids, jobs: settled.jobs.map(\.id.lowercasedString),
+                                          published: confirmed))
     }
 
     /// The filter from query or body values; a token without `admin` sees only its tenant.
@@ -183,10 +171,69 @@ extension JobsAPI {
         }
         return filter
     }
+}
 
-    static func deadJSON(_ dead: DeadLetterStore.DeadLetter) -> String {
-        func text(_ value: String?) -> String { value.map(JSONText.quoted) ?? "null" }
-        let payload = (try? JSONScanner.validate(Array(dead.payload.utf8))) != nil ? dead.payload : JSONText.quoted(dead.payload)
-        return #"{"id":\#(dead.id),"job_id":\#(text(dead.jobID?.lowercasedString)),"type":\#(text(dead.type)),"tier":\#(text(dead.tier)),"tenant":\#(text(dead.tenant)),"reason":\#(JSONText.quoted(dead.reason)),"error":\#(text(dead.error)),"attempt":\#(dead.attempt.map(String.init) ?? "null"),"payload":\#(payload),"enqueued_at":\#(text(dead.enqueuedAt?.iso8601)),"dead_at":"\#(dead.deadAt.iso8601)","state":"\#(dead.state)","replayable":\#(dead.replayable),"settled_at":\#(text(dead.settledAt?.iso8601))}"#
+struct DeadLetterList: Encodable, Sendable {
+    var dead: [DeadLetterView]
+    @Null var nextAfter: Int64?
+    var byReason: [ReasonCount]
+
+    struct ReasonCount: Encodable, Sendable {
+        var reason: String
+        var count: Int
+    }
+
+    enum CodingKeys: String, CodingKey { case dead, nextAfter = "next_after", byReason = "by_reason" }
+}
+
+struct DeadDiscarded: Encodable, Sendable {
+    var discarded: Int
+    var ids: [Int64]
+}
+
+struct DeadReplayed: Encodable, Sendable {
+    var replayed: Int
+    var ids: [Int64]
+    var jobs: [String]
+    var published: Int
+}
+
+/// One dead letter; `payload` is its JSON, or the body as a string when it was not JSON.
+struct DeadLetterView: Encodable, Sendable {
+    var id: Int64
+    @Null var jobID: String?
+    @Null var type: String?
+    @Null var tier: String?
+    @Null var tenant: String?
+    var reason: String
+    @Null var error: String?
+    @Null var attempt: Int?
+    var payload: JSONFragment
+    @Null var enqueuedAt: String?
+    var deadAt: String
+    var state: String
+    var replayable: Bool
+    @Null var settledAt: String?
+
+    enum CodingKeys: String, CodingKey {
+        case id, type, tier, tenant, reason, error, attempt, payload, state, replayable
+        case jobID = "job_id", enqueuedAt = "enqueued_at", deadAt = "dead_at", settledAt = "settled_at"
+    }
+
+    init(_ dead: DeadLetterStore.DeadLetter) {
+        id = dead.id
+        jobID = dead.jobID?.lowercasedString
+        type = dead.type
+        tier = dead.tier
+        tenant = dead.tenant
+        reason = dead.reason
+        error = dead.error
+        attempt = dead.attempt.map { Int($0) }
+        payload = JSONFragment(dead.payload)
+        enqueuedAt = dead.enqueuedAt?.iso8601
+        deadAt = dead.deadAt.iso8601
+        state = dead.state
+        replayable = dead.replayable
+        settledAt = dead.settledAt?.iso8601
     }
 }

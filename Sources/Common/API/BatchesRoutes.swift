@@ -7,14 +7,29 @@ import WarrenJobs
 import WarrenStore
 import WarrenSupport
 
-/// `POST /v1/batches` and `GET /v1/batches/{id}`.
-extension JobsAPI {
+/// `/v1/batches`: submit up to ``maxBatchJobs`` jobs as one batch (`jobs:write`, rate
+/// limited) and read its progress (`jobs:read`).
+extension HTTPAPI {
+    /// Most jobs in one `POST /v1/batches`.
+    static let maxBatchJobs = 1_000
+
+    var batchRoutes: RouteCollection<APIRequestContext> {
+        let routes = RouteCollection(context: APIRequestContext.self)
+        guarded(routes, .jobsWrite).post { request, context in
+            try await createBatch(request, token: context.authenticated(), requestID: context.requestID)
+        }
+        guarded(routes, .jobsRead, limited: false).get(":id") { _, context in
+            try await batchStatus(id: context.parameters.get("id") ?? "", token: context.authenticated())
+        }
+        return routes
+    }
+
     /// Up to ``maxBatchJobs`` jobs, validated all before any is published: one bad item is a
     /// 422 listing every bad item, and nothing is accepted. Then each job is published and
     /// confirmed; the batch holds the jobs the broker confirmed. If the broker refused some
     /// (a full queue), the answer is a 503 listing which were accepted and which were not, so
     /// the client resends only those.
-    func createBatch(_ request: Request, token: APIToken, requestID: String) async throws(APIError) -> (Response, String?) {
+    func createBatch(_ request: Request, token: APIToken, requestID: String) async throws(APIError) -> Response {
         let body = try await jsonBody(request)
         let members: [JSONScanner.Member]
         do {
@@ -36,7 +51,7 @@ extension JobsAPI {
                            "'jobs' must hold 1 to \(Self.maxBatchJobs) jobs, got \(elements.count)", field: "jobs")
         }
         var requests: [JobRequest] = []
-        var invalid: [String] = []
+        var invalid: [APIError.Detail] = []
         for (index, element) in elements.enumerated() {
             do {
                 requests.append(try parseJob(Array(jobsBytes[element.value]), token: token,
@@ -57,7 +72,7 @@ extension JobsAPI {
         guard invalid.isEmpty else {
             throw APIError(.unprocessableContent, "invalid_batch",
                            "\(invalid.count) item(s) of the batch are invalid; nothing was accepted",
-                           extra: #""errors":[\#(invalid.joined(separator: ","))]"#)
+                           more: BatchInvalid(errors: invalid))
         }
         try admit(token.tier)
 
@@ -75,13 +90,13 @@ extension JobsAPI {
         // dropped mid-publish) stays in the batch and the outbox, and the scheduler's leader
         // publishes it again under its id once its lease ends: unconfirmed, do not resend.
         let results = await Outbox(pool: batches.pool).publish(jobs, with: publisher)
-        var accepted: [String] = []
-        var unconfirmed: [String] = []
-        var rejected: [String] = []
+        var accepted: [BatchItem] = []
+        var unconfirmed: [BatchItem] = []
+        var rejected: [APIError.Detail] = []
         var refused: [UUID] = []
         var queueFull = false
         for (index, (job, result)) in zip(jobs, results).enumerated() {
-            let item = #"{"index":\#(index),"id":"\#(job.id.lowercasedString)"}"#
+            let item = BatchItem(index: index, id: job.id.lowercasedString)
             switch result {
             case .success:
                 accepted.append(item)
@@ -89,7 +104,8 @@ extension JobsAPI {
                 refused.append(job.id)
                 let full = error.code == .nacked
                 queueFull = queueFull || full
-                rejected.append(#"{"index":\#(index),"code":"\#(full ? "queue_full" : "broker_unavailable")","message":\#(JSONText.quoted(full ? "the \(job.tier.rawValue) queue is full" : "not taken by the broker"))}"#)
+                rejected.append(APIError.Detail(index: index, code: full ? "queue_full" : "broker_unavailable",
+                                                message: full ? "the \(job.tier.rawValue) queue is full" : "not taken by the broker"))
             case .failure:
                 unconfirmed.append(item)
             }
@@ -100,8 +116,7 @@ extension JobsAPI {
             // Their entries stay in the outbox and are published after the lease.
             logger.error("cannot take back the batch jobs the broker refused; the outbox publishes them later",
                          metadata: ["error": "\(error)", "batch_id": "\(batchID.lowercasedString)", "count": "\(refused.count)"])
-            unconfirmed = jobs.indices.filter { (try? results[$0].get()) == nil }
-                .map { #"{"index":\#($0),"id":"\#(jobs[$0].id.lowercasedString)"}"# }
+            unconfirmed = jobs.indices.filter { (try? results[$0].get()) == nil }.map { BatchItem(index: $0, id: jobs[$0].id.lowercasedString) }
             rejected = []
             refused = []
         }
@@ -115,17 +130,15 @@ extension JobsAPI {
             }
             if kept > 0 && !rejected.isEmpty { message += "; resend the rejected ones" }
             throw APIError(.serviceUnavailable, queueFull ? "queue_full" : "broker_unavailable", message, retryAfter: queueFull ? 5 : 2,
-                           extra: #""batch_id":\#(kept == 0 ? "null" : "\"\(batchID.lowercasedString)\""),"accepted":[\#(accepted.joined(separator: ","))],"unconfirmed":[\#(unconfirmed.joined(separator: ","))],"rejected":[\#(rejected.joined(separator: ","))]"#)
+                           more: BatchPartial(batchID: kept == 0 ? nil : batchID.lowercasedString, accepted: accepted,
+                                              unconfirmed: unconfirmed, rejected: rejected))
         }
-        let ids = jobs.map { #""\#($0.id.lowercasedString)""# }.joined(separator: ",")
-        return (json(.accepted, #"{"id":"\#(batchID.lowercasedString)","status":"running","total":\#(jobs.count),"jobs":[\#(ids)]}"#),
-                token.tenant)
+        return try json(.accepted, BatchAccepted(id: batchID.lowercasedString, total: jobs.count, jobs: jobs.map(\.id.lowercasedString)))
     }
 
     /// Counts by status, progress (finished / total), errors grouped by message with the first
     /// few job ids, and the on_complete job.
-    func batchStatus(_ request: Request, id: String) async throws(APIError) -> (Response, String?) {
-        let token = try await authenticate(request, scope: .jobsRead)
+    func batchStatus(id: String, token: APIToken) async throws(APIError) -> Response {
         guard let uuid = UUID(uuidString: id) else { throw APIError(.notFound, "not_found", "no such batch") }
         let found: APIBatchStore.Summary?
         do {
@@ -134,38 +147,107 @@ extension JobsAPI {
             throw APIError(.serviceUnavailable, "database_unavailable", "cannot read the batch right now", retryAfter: 2)
         }
         guard let summary = found else { throw APIError(.notFound, "not_found", "no such batch") }
-        let counts = JobStatus.allCases.map { #""\#($0.rawValue)":\#(summary.counts[$0.rawValue] ?? 0)"# }.joined(separator: ",")
-        let errors = summary.errors.map { group in
-            let ids = group.jobIDs.map { #""\#($0.lowercasedString)""# }.joined(separator: ",")
-            return #"{"message":\#(JSONText.quoted(group.message)),"count":\#(group.count),"job_ids":[\#(ids)]}"#
-        }.joined(separator: ",")
-        let progress = summary.total == 0 ? 1.0 : Double(summary.finished) / Double(summary.total)
-        var onComplete = "null"
-        if let type = summary.onCompleteType {
-            onComplete = #"{"type":\#(JSONText.quoted(type)),"job_id":\#(summary.onCompleteJobID.map { "\"\($0.lowercasedString)\"" } ?? "null"),"published":\#(summary.onCompletePublished)}"#
-        }
-        let body = #"{"id":"\#(uuid.lowercasedString)","status":"\#(summary.completedAt == nil ? "running" : "complete")","total":\#(summary.total),"finished":\#(summary.finished),"progress":\#((progress * 10_000).rounded() / 10_000),"counts":{\#(counts)},"errors":[\#(errors)],"reported_progress":\#(Self.reportedJSON(summary.reported)),"on_complete":\#(onComplete),"created_at":"\#(summary.createdAt.iso8601)","completed_at":\#(summary.completedAt.map { "\"\($0.iso8601)\"" } ?? "null")}"#
-        return (json(.ok, body), token.tenant)
-    }
-}
-
-extension JobsAPI {
-    /// The progress a batch's jobs reported, summed: `{"done", "total", "percent", "jobs"}`
-    /// (`jobs`: how many reported; `total` and `percent` null when none gave a total).
-    static func reportedJSON(_ reported: APIBatchStore.Summary.Reported) -> String {
-        let progress = JobProgress(done: reported.done, total: reported.total, message: nil)
-        return #"{"done":\#(progress.done),"total":\#(progress.total.map(String.init) ?? "null"),"percent":\#(progress.percent.map { "\($0)" } ?? "null"),"jobs":\#(reported.jobs)}"#
+        return try json(.ok, BatchView(id: uuid, summary))
     }
 }
 
 extension APIError {
     /// This error as one item of a batch's error list.
-    func item(index: Int?) -> String {
-        var fields: [String] = []
-        if let index { fields.append(#""index":\#(index)"#) }
-        fields.append(#""code":\#(JSONText.quoted(code))"#)
-        fields.append(#""message":\#(JSONText.quoted(message))"#)
-        if let field { fields.append(#""field":\#(JSONText.quoted(field))"#) }
-        return "{" + fields.joined(separator: ",") + "}"
+    func item(index: Int?) -> Detail {
+        var detail = detail
+        detail.index = index
+        return detail
+    }
+}
+
+// MARK: - Answers
+
+struct BatchItem: Encodable, Sendable {
+    var index: Int
+    var id: String
+}
+
+/// `422 invalid_batch`: every bad item.
+struct BatchInvalid: Encodable, Sendable {
+    var errors: [APIError.Detail]
+}
+
+/// `503`: which jobs the broker took, which it may have, which it refused.
+struct BatchPartial: Encodable, Sendable {
+    @Null var batchID: String?
+    var accepted: [BatchItem]
+    var unconfirmed: [BatchItem]
+    var rejected: [APIError.Detail]
+
+    enum CodingKeys: String, CodingKey { case batchID = "batch_id", accepted, unconfirmed, rejected }
+}
+
+struct BatchAccepted: Encodable, Sendable {
+    var id: String
+    var status = "running"
+    var total: Int
+    var jobs: [String]
+}
+
+/// `GET /v1/batches/{id}`: counts by status, progress (finished / total), errors grouped by
+/// message with the first few job ids, what the jobs reported, and the on_complete job.
+struct BatchView: Encodable, Sendable {
+    var id: String
+    var status: String
+    var total: Int
+    var finished: Int
+    var progress: Double
+    var counts: [String: Int]
+    var errors: [ErrorGroup]
+    var reportedProgress: Reported
+    @Null var onComplete: OnComplete?
+    var createdAt: String
+    @Null var completedAt: String?
+
+    enum CodingKeys: String, CodingKey {
+        case id, status, total, finished, progress, counts, errors
+        case reportedProgress = "reported_progress", onComplete = "on_complete", createdAt = "created_at", completedAt = "completed_at"
+    }
+
+    struct ErrorGroup: Encodable, Sendable {
+        var message: String
+        var count: Int
+        var jobIDs: [String]
+
+        enum CodingKeys: String, CodingKey { case message, count, jobIDs = "job_ids" }
+    }
+
+    /// The progress the batch's jobs reported, summed (`jobs`: how many reported; `total` and
+    /// `percent` null when none gave a total).
+    struct Reported: Encodable, Sendable {
+        var done: Int64
+        @Null var total: Int64?
+        @Null var percent: Double?
+        var jobs: Int
+    }
+
+    struct OnComplete: Encodable, Sendable {
+        var type: String
+        @Null var jobID: String?
+        var published: Bool
+
+        enum CodingKeys: String, CodingKey { case type, jobID = "job_id", published }
+    }
+
+    init(id: UUID, _ summary: APIBatchStore.Summary) {
+        self.id = id.lowercasedString
+        status = summary.completedAt == nil ? "running" : "complete"
+        total = summary.total
+        finished = summary.finished
+        progress = ((summary.total == 0 ? 1.0 : Double(summary.finished) / Double(summary.total)) * 10_000).rounded() / 10_000
+        counts = Dictionary(uniqueKeysWithValues: JobStatus.allCases.map { ($0.rawValue, summary.counts[$0.rawValue] ?? 0) })
+        errors = summary.errors.map { ErrorGroup(message: $0.message, count: $0.count, jobIDs: $0.jobIDs.map(\.lowercasedString)) }
+        let reported = JobProgress(done: summary.reported.done, total: summary.reported.total, message: nil)
+        reportedProgress = Reported(done: reported.done, total: reported.total, percent: reported.percent, jobs: summary.reported.jobs)
+        onComplete = summary.onCompleteType.map {
+            OnComplete(type: $0, jobID: summary.onCompleteJobID?.lowercasedString, published: summary.onCompletePublished)
+        }
+        createdAt = summary.createdAt.iso8601
+        completedAt = summary.completedAt?.iso8601
     }
 }
