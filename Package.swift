@@ -1,4 +1,4 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 import PackageDescription
 
 /// The layers are separate modules: Package CMO lets the optimizer inline and specialize
@@ -47,6 +47,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.20.0"),
         .package(url: "https://github.com/swiftlang/swift-subprocess.git", from: "1.0.0"),
         .package(url: "https://github.com/apple/swift-crypto.git", "3.0.0"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.1.0"),
+        .package(url: "https://github.com/apple/swift-service-context.git", from: "1.0.0"),
+        // Traces over OTLP/HTTP only: the gRPC exporter's packages are left out (trait OTLPGRPC).
+        .package(url: "https://github.com/swift-otel/swift-otel.git", from: "1.6.0", traits: ["OTLPHTTP"]),
     ],
     targets: [
         .systemLibrary(
@@ -160,7 +164,7 @@ let package = Package(
             path: "Sources/Common/Resilience",
             swiftSettings: swiftSettings
         ),
-        // JSON logs, Prometheus metrics, the admin port.
+        // JSON logs, Prometheus metrics, OpenTelemetry traces, the admin port.
         .target(
             name: "WarrenObservability",
             dependencies: [
@@ -172,6 +176,10 @@ let package = Package(
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "OTel", package: "swift-otel"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "Instrumentation", package: "swift-distributed-tracing"),
+                .product(name: "ServiceContextModule", package: "swift-service-context"),
             ],
             path: "Sources/Common/Observability",
             swiftSettings: swiftSettings
@@ -184,6 +192,7 @@ let package = Package(
                 "WarrenResilience",
                 "WarrenConfig",
                 "WarrenSupport",
+                "WarrenObservability",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -217,9 +226,12 @@ let package = Package(
                 "WarrenPostgres",
                 "WarrenConfig",
                 "WarrenSupport",
+                "WarrenObservability",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "ServiceContextModule", package: "swift-service-context"),
             ],
             path: "Sources/Common/Consumer",
             swiftSettings: swiftSettings
@@ -256,6 +268,8 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "ServiceContextModule", package: "swift-service-context"),
             ],
             path: "Sources/Common/API",
             swiftSettings: swiftSettings

@@ -63,6 +63,8 @@ struct ConsumerCommand: AsyncParsableCommand {
         MallocArenas.limit()
         let logger = Observability.bootstrap(service: "consumer", durationBuckets: ConsumerMetrics.durationBuckets)
         let environment = ProcessInfo.processInfo.environment
+        let traces: (any Service)?
+        do { traces = try Traces.bootstrap(service: "consumer", logger: logger) } catch { throw ValidationError("\(error)") }
         let consumerConfiguration: ConsumerConfiguration
         let settings: Settings
         let amqp: AMQPConfiguration
@@ -155,8 +157,9 @@ struct ConsumerCommand: AsyncParsableCommand {
                                               posts: [AdminServer.PostRoute(name: "progress") { consumer.progress.answer(token: $0, body: $1) }], bound: adminBound, logger: logger)
         // Past the grace period jobs are handed back and the last batch abandoned; this bounds
         // everything else (a handler ignoring cancellation, a hung close).
+        // The trace exporter first: services stop in reverse order, so it flushes last.
         let group = ServiceGroup.warren(
-            [.init(service: NotifierService(notifier: notifier)),
+            (traces.map { [.init(service: $0)] } ?? []) + [.init(service: NotifierService(notifier: notifier)),
              .init(service: adminServer),
              .init(service: ConsumerService(consumer: consumer, adminBound: adminBound, admin: admin,
                                             progressBaseURL: environment["WARREN_PROGRESS_BASE_URL"]),

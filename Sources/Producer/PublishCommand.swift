@@ -316,9 +316,6 @@ struct PublishCommand: AsyncParsableCommand {
                 throw fail("--at: expected an ISO 8601 instant with its offset (Z, or ±HH:MM from -23:59 to +23:59), like 2026-12-24T09:00:00+01:00, got '\(at)'",
                            code: 2)
             }
-            guard instant.microseconds - now.microseconds <= Outbox.maxDelaySeconds * 1_000_000 else {
-                throw fail("--at: more than \(Outbox.maxDelaySeconds / 86_400) days ahead", code: 2)
-            }
             return instant
         }
         if let delay {

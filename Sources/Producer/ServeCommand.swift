@@ -35,6 +35,8 @@ struct ServeCommand: AsyncParsableCommand {
         MallocArenas.limit()
         let logger = Observability.bootstrap(service: "producer")
         let environment = ProcessInfo.processInfo.environment
+        let traces: (any Service)?
+        do { traces = try Traces.bootstrap(service: "producer", logger: logger) } catch { throw ValidationError("\(error)") }
         let settings: Settings
         do { settings = try Settings() } catch { throw ValidationError("\(error)") }
         let reader = EnvironmentReader(environment)
@@ -103,7 +105,9 @@ struct ServeCommand: AsyncParsableCommand {
                               logger: logger)
         let completer = BatchCompleter(store: APIBatchStore(pool: pool), publisher: publisher, interval: .milliseconds(batchSweep),
                                        logger: logger)
-        let group = ServiceGroup.warren([.init(service: app), .init(service: completer), .init(service: pressure)], shutdownWithin: .seconds(30), logger: logger)
+        // The trace exporter first: services stop in reverse order, so it flushes last.
+        let group = ServiceGroup.warren((traces.map { [.init(service: $0)] } ?? []) + [.init(service: app), .init(service: completer), .init(service: pressure)],
+                                        shutdownWithin: .seconds(30), logger: logger)
         try await group.run()
         await publisher.close()
         await pool.close()

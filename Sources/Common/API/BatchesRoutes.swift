@@ -1,6 +1,8 @@
 import Foundation
 import Hummingbird
 import Logging
+import Tracing
+import WarrenObservability
 import WarrenAMQP
 import WarrenAuth
 import WarrenJobs
@@ -77,7 +79,17 @@ extension HTTPAPI {
         try admit(token.tier)
 
         let batchID = JobID.make()
-        let jobs = requests.map { $0.envelope(correlationID: requestID) }
+        // One span for the batch's publishes; every job's traceparent names it.
+        let span = Traces.start("publish batch", kind: .producer)
+        defer { span?.end() }
+        span?.attributes["warren.batch_id"] = batchID.lowercasedString
+        span?.attributes["warren.jobs"] = requests.count
+        let traceparent = Traces.traceparent(span?.context)
+        let jobs = requests.map { request in
+            var job = request.envelope(correlationID: requestID)
+            job.traceparent = traceparent ?? job.traceparent
+            return job
+        }
         do {
             try await batches.create(id: batchID, tenant: token.tenant, tier: token.tier, requestID: requestID, jobs: jobs,
                                      onComplete: onComplete)

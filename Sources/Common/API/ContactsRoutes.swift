@@ -55,8 +55,11 @@ extension HTTPAPI {
     private func parseContact(_ request: Request, token: APIToken) async throws(APIError) -> Contact {
         let fields = try RequestFields(try await jsonBody(request), allowed: Self.contactFields)
         let email = try fields.required("email", maxLength: 320)
+        // docs/openapi.yaml's pattern, exactly: one `@`, something before it, a dot after it,
+        // no white space (Unicode's White_Space) or control character anywhere.
         let parts = email.split(separator: "@", omittingEmptySubsequences: false)
-        guard parts.count == 2, !parts[0].isEmpty, parts[1].contains("."), !email.contains(where: \.isWhitespace) else {
+        let blank = email.unicodeScalars.contains { $0.properties.isWhitespace || $0.properties.generalCategory == .control }
+        guard parts.count == 2, !parts[0].isEmpty, parts[1].contains("."), !blank else {
             throw RequestFields.invalid("email", "'email' must be an address like ada@example.com")
         }
         let birthday = try fields.date("birthday", required: true)!

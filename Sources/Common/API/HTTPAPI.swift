@@ -41,6 +41,9 @@ package struct HTTPAPI: Sendable {
     package func router() -> Router<APIRequestContext> {
         let router = Router(context: APIRequestContext.self)
         AdminServer.addHealthRoutes(to: router) { await ready() }
+        // Outermost, so that the request's log line carries its trace id; only when traces are
+        // exported (``Traces``): a fleet without a collector pays nothing for it.
+        if Traces.enabled { router.add(middleware: TracingMiddleware()) }
         router.add(middleware: RequestLogMiddleware(logger: logger, slowRequest: slowRequest))
         router.addRoutes(jobRoutes, atPath: "/v1/jobs")
         router.addRoutes(batchRoutes, atPath: "/v1/batches")

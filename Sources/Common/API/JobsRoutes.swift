@@ -4,6 +4,7 @@ import Hummingbird
 import Logging
 import Metrics
 import Synchronization
+import Tracing
 import WarrenAMQP
 import WarrenAuth
 import WarrenJobs
@@ -36,6 +37,25 @@ extension HTTPAPI {
                                                                   "concurrency_key", "concurrency_limit", "unique"])
         let unique = try parseUnique(body, concurrencyKey: request.concurrencyKey)
         var job = request.envelope(correlationID: requestID)
+        // The job's first span (its publish and confirm, or its hold): its traceparent rides
+        // with the message, so the consumer's spans continue this trace.
+        guard let span = Traces.start("publish \(job.type)", kind: .producer) else {
+            return try await accept(job, body: body, token: token, requestID: requestID, unique: unique)
+        }
+        defer { span.end() }
+        span.attributes["warren.job_id"] = job.id.lowercasedString
+        span.attributes["warren.tier"] = job.tier.rawValue
+        job.traceparent = Traces.traceparent(span.context)
+        do {
+            return try await accept(job, body: body, token: token, requestID: requestID, unique: unique)
+        } catch {
+            span.setStatus(SpanStatus(code: .error, message: error.code))
+            throw error
+        }
+    }
+
+    private func accept(_ job: JobEnvelope, body: [UInt8], token: APIToken, requestID: String, unique: Bool) async throws(APIError) -> Response {
+        var job = job
         if let runAt = try parseRunAt(body, now: job.enqueuedAt), runAt > job.enqueuedAt {
             job.enqueuedAt = runAt  // it enters its queue then (and job_runs' partition of that day)
             return try await acceptDelayed(job, token: token, requestID: requestID, unique: unique)
@@ -124,8 +144,9 @@ extension HTTPAPI {
         return try json(.ok, JobDuplicate(id: id.lowercasedString, status: status ?? "queued"))
     }
 
-    /// `run_at` (an ISO 8601 instant with its offset) or `delay_seconds` (a number, at most a
-    /// year): when a job should run, or nil for now. A time already past means now.
+    /// `run_at` (an ISO 8601 instant with its offset, any four-digit year) or `delay_seconds` (a
+    /// number, at most ``Outbox/maxDelaySeconds``): when a job should run, or nil for now. A
+    /// time already past means now.
     func parseRunAt(_ body: [UInt8], now: Timestamp) throws(APIError) -> Timestamp? {
         guard let members = try? JSONScanner.objectMembers(body) else { return nil }
         let runAt = members.first { $0.key == "run_at" && $0.kind != .null }
@@ -142,9 +163,6 @@ extension HTTPAPI {
                 throw APIError(.unprocessableContent, "invalid_field",
                                "'run_at' must be an ISO 8601 instant with its offset (Z, or ±HH:MM from -23:59 to +23:59), like 2026-12-24T09:00:00+01:00",
                                field: "run_at")
-            }
-            guard instant.microseconds - now.microseconds <= limit * 1_000_000 else {
-                throw APIError(.unprocessableContent, "invalid_field", "'run_at' is more than \(limit / 86_400) days ahead", field: "run_at")
             }
             return instant
         case (nil, .some(let member)):

@@ -27,13 +27,14 @@ struct RequestFields {
         APIError(.unprocessableContent, "invalid_field", message, field: key)
     }
 
-    /// A string member; nil when absent or null. `maxLength` counts characters.
+    /// A string member; nil when absent or null. `maxLength` counts Unicode scalars, as JSON
+    /// Schema's `maxLength` does (the spec's bounds are the server's).
     func string(_ key: String, maxLength: Int = 200) throws(APIError) -> String? {
         guard let member = member(key) else { return nil }
         guard member.kind == .string, let value = try? JSONScanner.string(body, at: member.value) else {
             throw Self.invalid(key, "'\(key)' must be a string")
         }
-        guard value.count <= maxLength else { throw Self.invalid(key, "'\(key)' is longer than \(maxLength) characters") }
+        guard value.unicodeScalars.count <= maxLength else { throw Self.invalid(key, "'\(key)' is longer than \(maxLength) characters") }
         try Self.refuseNUL(value, key)
         return value
     }

@@ -3,6 +3,8 @@ import Foundation
 import Logging
 import Metrics
 import Synchronization
+import Tracing
+import WarrenObservability
 import WarrenAMQP
 import WarrenJobs
 import WarrenPostgres
@@ -635,6 +637,18 @@ package final class JobConsumer: Sendable {
         jobLogger[metadataKey: "job_id"] = "\(job.id.lowercasedString)"
         jobLogger[metadataKey: "job_type"] = "\(job.type)"
         jobLogger[metadataKey: "attempt"] = "\(job.attempt)"
+        // The delivery's span, continuing the trace of the job's publish (its traceparent).
+        let span = Traces.start("process \(job.type)", kind: .consumer, context: Traces.context(traceparent: job.traceparent))
+        span?.attributes["warren.job_id"] = job.id.lowercasedString
+        span?.attributes["warren.tier"] = job.tier.rawValue
+        span?.attributes["warren.attempt"] = job.attempt
+        span?.attributes["messaging.system"] = "rabbitmq"
+        await Traces.within(span) { await dispatch(job, delivery: delivery, limiter: limiter, logger: jobLogger) }
+    }
+
+    /// Runs a well-formed delivery: at once, or once its concurrency key has a slot.
+    private func dispatch(_ job: JobEnvelope, delivery: AMQPDelivery, limiter: Limiter, logger jobLogger: Logger) async {
+        var jobLogger = jobLogger
         guard let key = job.concurrencyKey else {
             await work(job, delivery: delivery, logger: jobLogger)
             return
@@ -814,7 +828,9 @@ package final class JobConsumer: Sendable {
             let context = JobContext(job: job, logger: jobLogger, deadline: clockStart + handler.timeout,
                                      consumerID: configuration.consumerID, progressSink: progress)
             progress.begin(job)
-            let ran = await run(handler, context)
+            // The handler's span: current while it runs, so message.send and HTTP handlers pass
+            // its traceparent on.
+            let ran = await Traces.within(Traces.start("run \(job.type)")) { await run(handler, context) }
             progress.end(job.id)
             guard let finished = ran else {
                 // It ignored its cancellation past `abandonAfter`: its slot is freed and its
@@ -951,8 +967,9 @@ package final class JobConsumer: Sendable {
         metrics.count(plan.counted)
         let run = JobRunRecord.Run(status: plan.status, attempts: job.attempt, seq: plan.seq, result: plan.result, error: plan.error,
                                    consumerID: configuration.consumerID, startedAt: startedAt, finishedAt: finishedAt)
+        let span = Traces.start("record \(plan.status.rawValue)")  // ended by the writer, once durable and acked
         writer.submit(.init(record: JobRunRecord(job: job, run: run, event: plan.event, detail: plan.detail.map(Self.detail),
-                                                 loggedAt: finishedAt), delivery: delivery))
+                                                 loggedAt: finishedAt), delivery: delivery, span: span))
         if plan.forgetsCancellation { cancellations.forget(job.id) }
     }
 

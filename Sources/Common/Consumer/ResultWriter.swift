@@ -1,6 +1,7 @@
 import CoreMetrics
 import Logging
 import Synchronization
+import Tracing
 import WarrenAMQP
 import WarrenJobs
 import WarrenPostgres
@@ -20,6 +21,8 @@ package final class ResultWriter: Sendable {
         package var record: JobRunRecord?
         /// Nil for a record with nothing to ack (the `running` mark at a job's start).
         package var delivery: AMQPDelivery?
+        /// The job's `record` span (``Traces``), ended once the batch is written and acked.
+        package var span: (any Span)? = nil
     }
 
     private struct State {
@@ -122,6 +125,12 @@ package final class ResultWriter: Sendable {
 
     private func writeAndAck(_ batch: [Item]) async {
         let started = ContinuousClock.now
+        defer {
+            for item in batch {
+                item.span?.attributes["warren.batch_rows"] = batch.count
+                item.span?.end()
+            }
+        }
         let writable = batch.filter { $0.record != nil }
         var acked = batch.filter { $0.record == nil }.compactMap(\.delivery)
         let refused: [(item: Item, error: any Error)]

@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import WarrenConfig
 import WarrenJobs
+import WarrenObservability
 import WarrenSupport
 
 /// Runs a job by calling the user's service (`WARREN_HTTP_HANDLERS=report.build=http://127.0.0.1:9000/jobs/report`),
@@ -79,7 +80,8 @@ package struct HTTPJobHandler: JobHandler {
             ("X-Warren-Signature", signature(body: body, timestamp: timestamp, secret: secret)),
         ]
         if let tenant = context.tenant { headers.append(("X-Warren-Tenant", tenant)) }
-        if let traceparent = context.job.traceparent { headers.append(("traceparent", traceparent)) }
+        // The handler's span when traces are exported (the receiver's spans nest under it), else the job's own.
+        if let traceparent = Traces.traceparent() ?? context.job.traceparent { headers.append(("traceparent", traceparent)) }
         // POST {"done": 3, "total": 10, "message": "..."} (or nothing, a heartbeat) to it while the job runs.
         if let progressURL = context.progressURL { headers.append(("X-Warren-Progress-URL", progressURL)) }
         return headers

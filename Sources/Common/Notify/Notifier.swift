@@ -6,6 +6,7 @@ import Metrics
 import NIOCore
 import NIOHTTP1
 import Synchronization
+import WarrenObservability
 import WarrenResilience
 import WarrenSupport
 
@@ -138,7 +139,9 @@ package final class Notifier: Sendable {
         guard let url = configuration.url else {
             return .unreachable("\(NotifyConfiguration.Key.url) is not set")
         }
-        return await post(body, to: url, headers: [("Idempotency-Key", idempotencyKey)], keepBody: Self.bodySnippetBytes,
+        // The sending job's span, when traces are exported: the notification service's spans nest under it.
+        let traceparent = Traces.traceparent().map { [("traceparent", $0)] } ?? []
+        return await post(body, to: url, headers: [("Idempotency-Key", idempotencyKey)] + traceparent, keepBody: Self.bodySnippetBytes,
                           timeout: configuration.timeout, logger: logger)
     }
 

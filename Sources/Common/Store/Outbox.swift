@@ -24,7 +24,8 @@ import WarrenSupport
 package struct Outbox: Sendable {
     package let pool: PostgresPool
 
-    /// The furthest ahead a job may be delayed.
+    /// The longest delay (`delay_seconds`, `--in`, `JobClient`'s `delay`): a bound against a
+    /// timestamp or milliseconds given as seconds. An instant (`run_at`, `--at`) has none.
     package static let maxDelaySeconds: Int64 = 366 * 86_400
 
     /// How long a writer that publishes its entry itself has before the dispatcher does.

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import WarrenSupport
 
 /// docs/openapi.yaml and the server's routes stay in step: every route `producer routes`
 /// lists is described, and every described operation is a route.
@@ -58,5 +59,31 @@ import Testing
                   type: object
             """
         #expect(Self.documentedOperations(yaml) == ["DELETE /a/{id}", "GET /a/{id}", "POST /b"])
+    }
+
+    /// The `TimeZone` schema's enum (`enum: [A, B, ...]`, over several lines).
+    static func documentedZones(_ yaml: String) -> Set<String> {
+        guard let schema = yaml.range(of: "\n    TimeZone:\n"), let start = yaml.range(of: "enum: [", range: schema.upperBound..<yaml.endIndex),
+              let end = yaml.range(of: "]", range: start.upperBound..<yaml.endIndex) else { return [] }
+        return Set(yaml[start.upperBound..<end.lowerBound].split(separator: ",").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) })
+    }
+
+    /// The spec's time zones are exactly those the server takes (``CronSchedule/zone(_:)``)
+    /// among the tz database's files, so a schema-valid zone is never refused and every zone
+    /// the server knows is documented.
+    @Test func theDocumentedTimeZonesAreTheOnesTheServerAccepts() throws {
+        let spec = try String(contentsOf: Products.repositoryRoot.appendingPathComponent("docs/openapi.yaml"), encoding: .utf8)
+        let documented = Self.documentedZones(spec)
+        #expect(documented.count > 400 && documented.contains("Europe/London") && documented.contains("UTC"), "\(documented.count)")
+        let root = URL(fileURLWithPath: "/usr/share/zoneinfo")
+        var accepted: Set<String> = []
+        let walker = FileManager.default.enumerator(atPath: root.path)
+        while let path = walker?.nextObject() as? String {
+            guard !path.hasPrefix("posix"), !path.hasPrefix("right"), (try? CronSchedule.zone(path)) != nil else { continue }
+            accepted.insert(path)
+        }
+        #expect(documented.subtracting(accepted).isEmpty, "documented but refused: \(documented.subtracting(accepted).sorted())")
+        #expect(accepted.subtracting(documented).isEmpty, "accepted but not documented: \(accepted.subtracting(documented).sorted())")
+        #expect(throws: (any Error).self) { try CronSchedule.zone("EST") }
     }
 }
