@@ -17,6 +17,8 @@ import WarrenSupport
 /// `/v1/jobs`: submit a job (`jobs:write`, rate limited), read one (`jobs:read`), cancel one
 /// (`jobs:write`).
 extension HTTPAPI {
+    static let traceparent = HTTPField.Name("traceparent")!
+
     var jobRoutes: RouteCollection<APIRequestContext> {
         let routes = RouteCollection(context: APIRequestContext.self)
         guarded(routes, .jobsWrite).post { request, context in
@@ -33,13 +35,15 @@ extension HTTPAPI {
 
     private func acceptJob(_ request: Request, token: APIToken, requestID: String) async throws(APIError) -> Response {
         let body = try await jsonBody(request)
-        let request = try parseJob(body, token: token, allowed: ["type", "payload", "idempotency_key", "run_at", "delay_seconds",
-                                                                  "concurrency_key", "concurrency_limit", "unique"])
-        let unique = try parseUnique(body, concurrencyKey: request.concurrencyKey)
-        var job = request.envelope(correlationID: requestID)
+        let parsed = try parseJob(body, token: token, allowed: ["type", "payload", "idempotency_key", "run_at", "delay_seconds",
+                                                                 "concurrency_key", "concurrency_limit", "unique"])
+        let unique = try parseUnique(body, concurrencyKey: parsed.concurrencyKey)
+        var job = parsed.envelope(correlationID: requestID)
         // The job's first span (its publish and confirm, or its hold): its traceparent rides
-        // with the message, so the consumer's spans continue this trace.
+        // with the message, so the consumer's spans continue this trace. Without traces the
+        // caller's own well-formed traceparent rides instead (its handler may continue it).
         guard let span = Traces.start("publish \(job.type)", kind: .producer) else {
+            job.traceparent = request.headers[Self.traceparent].flatMap(Traces.wellFormed)
             return try await accept(job, body: body, token: token, requestID: requestID, unique: unique)
         }
         defer { span.end() }

@@ -91,6 +91,15 @@ package enum Traces {
         return carrier["traceparent"]
     }
 
+    /// `text` when it is a W3C `traceparent` of version 00 (`00-<32 hex>-<16 hex>-<2 hex>`), else nil:
+    /// what a caller sends is passed on only in that shape.
+    package static func wellFormed(_ text: String) -> String? {
+        let parts = text.split(separator: "-", omittingEmptySubsequences: false)
+        guard parts.count == 4, parts[0] == "00", parts[1].count == 32, parts[2].count == 16, parts[3].count == 2,
+              parts.allSatisfy({ $0.utf8.allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) } }) else { return nil }
+        return text
+    }
+
     /// A context continuing `traceparent` (a job's, from its message), for its spans' parent.
     package static func context(traceparent: String?) -> ServiceContext {
         var context = ServiceContext.topLevel

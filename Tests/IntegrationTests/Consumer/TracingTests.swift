@@ -66,20 +66,34 @@ struct TracingTests {
         return spans
     }
 
-    @Test func oneJobsTraceCrossesProducerBrokerAndConsumer() async throws {
+    /// A receiver, `producer serve` and an enterprise consumer whose `trace.hook` jobs go to the
+    /// receiver as an HTTP handler; exporting spans to it when `exporting`. `body` gets the
+    /// server, the producer, the receiver and an enterprise token.
+    func withFleet(exporting: Bool, _ body: (APIServer, RunningProduct, RunningProduct, String) async throws -> Void) async throws {
         let receiver = try RunningProduct(executable: URL(fileURLWithPath: "/usr/bin/python3"), ["-c", Self.receiver])
         defer { receiver.signal(SIGKILL) }
         let port = try await receiver.listeningPort("port")
-        let export = ["OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:\(port)", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json",
-                      "OTEL_BSP_SCHEDULE_DELAY": "100", "WARREN_JOB_TYPES": "trace.hook"]
-        try await APIServer.with(extra: export) { server, _, producer in
+        var extra = ["WARREN_JOB_TYPES": "trace.hook"]
+        if exporting {
+            extra["OTEL_EXPORTER_OTLP_ENDPOINT"] = "http://127.0.0.1:\(port)"
+            extra["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/json"
+            extra["OTEL_BSP_SCHEDULE_DELAY"] = "100"
+        }
+        try await APIServer.with(extra: extra) { server, _, producer in
             let token = try await server.token(tier: "enterprise", scopes: "jobs:write,jobs:read")
             var environment = server.environment
             environment["WARREN_HTTP_HANDLERS"] = "trace.hook=http://127.0.0.1:\(port)/hook"
             environment["WARREN_HTTP_HANDLER_SECRET"] = "sixteen-bytes-or-more"
             let consumer = try RunningProduct("consumer", ["--tier", "enterprise"], environment: environment)
             defer { consumer.signal(SIGKILL) }
+            try await body(server, producer, receiver, token)
+            consumer.signal(SIGTERM)
+            #expect(try await consumer.wait(timeout: .seconds(30)) == 0)
+        }
+    }
 
+    @Test func oneJobsTraceCrossesProducerBrokerAndConsumer() async throws {
+        try await withFleet(exporting: true) { server, producer, receiver, token in
             // The caller's own trace: Warren's spans continue it.
             let traceID = UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
             let callerSpan = String(UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased().prefix(16))
@@ -111,30 +125,26 @@ struct TracingTests {
             #expect(hooks == ["HOOK 00-\(traceID)-\(run.spanID)-01"], "\(hooks)")
             // and the request's log line carries the trace
             #expect(producer.stderr.contains(#""trace_id":"\#(traceID)""#), "\(producer.stderr.suffix(2_000))")
-            consumer.signal(SIGTERM)
-            #expect(try await consumer.wait(timeout: .seconds(30)) == 0)
         }
     }
 
-    @Test func withoutAnEndpointNothingIsTracedAndTraceparentStillReachesHandlers() async throws {
-        let receiver = try RunningProduct(executable: URL(fileURLWithPath: "/usr/bin/python3"), ["-c", Self.receiver])
-        defer { receiver.signal(SIGKILL) }
-        let port = try await receiver.listeningPort("port")
-        try await APIServer.with(extra: ["WARREN_JOB_TYPES": "trace.hook"]) { server, _, producer in
-            let token = try await server.token(tier: "enterprise", scopes: "jobs:write,jobs:read")
-            var environment = server.environment
-            environment["WARREN_HTTP_HANDLERS"] = "trace.hook=http://127.0.0.1:\(port)/hook"
-            environment["WARREN_HTTP_HANDLER_SECRET"] = "sixteen-bytes-or-more"
-            let consumer = try RunningProduct("consumer", ["--tier", "enterprise"], environment: environment)
-            defer { consumer.signal(SIGKILL) }
-            let id = try await server.submit(token, #"{"type":"trace.hook"}"#)
-            try await TestServices.waitUntil(timeout: .seconds(30), "the job succeeded") {
-                try await server.job(token, id)["status"] as? String == "succeeded"
+    @Test func withoutAnEndpointNothingIsTracedAndTheCallersTraceparentReachesTheHandler() async throws {
+        try await withFleet(exporting: false) { server, producer, receiver, token in
+            // The caller's traceparent still reaches the job's handler; a malformed one does not.
+            let caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+            for traceparent in [caller, "00-nothex-b7ad6b7169203331-01"] {
+                let (status, _, text) = try await server.request("POST", "/v1/jobs", token: token, body: #"{"type":"trace.hook"}"#,
+                                                                 headers: ["traceparent": traceparent])
+                #expect(status == 202, "\(text)")
+                let id = try #require(HTTP.field("id", in: text))
+                try await TestServices.waitUntil(timeout: .seconds(30), "the job succeeded") {
+                    try await server.job(token, id)["status"] as? String == "succeeded"
+                }
             }
+            let hooks = receiver.stderr.split(separator: "\n").filter { $0.hasPrefix("HOOK ") }
+            #expect(hooks == ["HOOK \(caller)", "HOOK None"], "\(hooks)")
             #expect(Self.spans(receiver).isEmpty)
             #expect(!producer.stderr.contains("trace_id"))
-            consumer.signal(SIGTERM)
-            #expect(try await consumer.wait(timeout: .seconds(30)) == 0)
         }
     }
 }
