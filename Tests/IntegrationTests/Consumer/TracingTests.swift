@@ -147,4 +147,17 @@ struct TracingTests {
             #expect(!producer.stderr.contains("trace_id"))
         }
     }
+
+    /// This build carries only the HTTP exporter: asking for gRPC stops the process at start with
+    /// a clear error (swift-otel itself would crash on it), before it takes any work.
+    @Test func aGRPCExporterIsRefusedAtStart() async throws {
+        for product in [["producer", "serve"], ["consumer", "--tier", "free"]] {
+            let result = try await Products.run(product[0], Array(product.dropFirst()),
+                                                environment: ["OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+                                                              "WARREN_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/%2f",
+                                                              "WARREN_DATABASE_URL": "postgresql://warren:warren@127.0.0.1:1/warren"])
+            #expect(result.status == 64, "\(product): \(result.status) \(result.stderr.suffix(500))")
+            #expect(result.stderr.contains("OTEL_EXPORTER_OTLP_PROTOCOL=grpc"), "\(result.stderr.suffix(500))")
+        }
+    }
 }
