@@ -51,6 +51,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-service-context.git", from: "1.0.0"),
         // Traces over OTLP/HTTP only: the gRPC exporter's packages are left out (trait OTLPGRPC).
         .package(url: "https://github.com/swift-otel/swift-otel.git", from: "1.6.0", traits: ["OTLPHTTP"]),
+        // The web console's HTML templates (escaped by default).
+        .package(url: "https://github.com/hummingbird-project/swift-mustache.git", from: "2.0.0"),
     ],
     targets: [
         .systemLibrary(
@@ -270,6 +272,9 @@ let package = Package(
                 .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "ServiceContextModule", package: "swift-service-context"),
+                // The console: the broker's management API, and its pages' templates.
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Mustache", package: "swift-mustache"),
             ],
             path: "Sources/Common/API",
             swiftSettings: swiftSettings

@@ -21,7 +21,10 @@ import WarrenSupport
 /// (how often completed batches are looked for, 1000), `WARREN_TOKEN_CACHE_SECONDS` (how long a
 /// valid token is remembered, 2; a revoked one stops working within that),
 /// `WARREN_HTTP_IDLE_TIMEOUT_SECONDS` (30: a connection that sends nothing, or has not finished
-/// a request's headers, for that long is closed, so slow clients cannot hold descriptors).
+/// a request's headers, for that long is closed, so slow clients cannot hold descriptors),
+/// `WARREN_CONSOLE_SESSION_HOURS` (how long a web console sign-in lasts, 8; 0 turns the console
+/// off), `WARREN_RABBITMQ_MANAGEMENT_URL` (where the console reads queue figures; default
+/// `http://<AMQP host>:15672`, with the AMQP URL's user and password).
 struct ServeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "serve", abstract: "Serve the HTTP API.")
 
@@ -71,6 +74,7 @@ struct ServeCommand: AsyncParsableCommand {
         let shedTargets: TierTargets?
         let leaseTimeout: Int
         let slowRequest: Int
+        let consoleHours: Int
         do {
             rateLimits = try RateLimiter.limits(environment: environment)
             shedPolicy = try ShedPolicy(environment: environment)
@@ -78,6 +82,7 @@ struct ServeCommand: AsyncParsableCommand {
             shedTargets = try reader.integer("WARREN_SHED_ON_LATENCY", 0...1) == 0 ? nil : try TierTargets(environment: environment)
             leaseTimeout = try reader.integer("WARREN_RATE_LIMIT_LEASE_TIMEOUT_MS", 10...60_000) ?? 500
             slowRequest = try reader.integer("WARREN_SLOW_REQUEST_MS", 0...3_600_000) ?? 1_000
+            consoleHours = try reader.integer("WARREN_CONSOLE_SESSION_HOURS", 0...720) ?? 8
         } catch {
             throw ValidationError("\(error)")
         }
@@ -89,7 +94,10 @@ struct ServeCommand: AsyncParsableCommand {
                           pressure: pressure,
                           knownTypes: Set(HandlerRegistry.standardTypes + extraTypes.filter { !$0.isEmpty }),
                           maxBodyBytes: maxBody, stallSeconds: settings.stallSeconds,
-                          slowRequest: slowRequest == 0 ? nil : .milliseconds(slowRequest), logger: logger)
+                          slowRequest: slowRequest == 0 ? nil : .milliseconds(slowRequest),
+                          console: consoleHours == 0 ? nil : ConsoleSettings(broker: BrokerStats(managementURL: reader.string("WARREN_RABBITMQ_MANAGEMENT_URL"), amqp: amqp),
+                                                                             sessionTTL: .seconds(consoleHours * 3_600)),
+                          logger: logger)
         // Hummingbird's idle timeout counts from the last request part read (or response
         // written): a request whose head never completes (half a request line, headers sent a
         // byte at a time) is closed after it too, which makes it the header timeout as well. A

@@ -137,12 +137,17 @@ extension HTTPAPI {
             default: throw APIError(.unprocessableContent, "invalid_field", "'attempts' must be reset or keep", field: "attempts")
             }
         }
-        let settled = try await database { try await store.replay(filter, resetAttempts: reset, by: by, limit: limit) }
-        // Published now, with confirms; any not confirmed goes out with the outbox's dispatcher.
+        return try json(.ok, try await replayDead(filter, resetAttempts: reset, by: by, limit: limit))
+    }
+
+    /// Replays the dead letters `filter` selects (the API's replay, and the console's buttons):
+    /// each job is entered in the outbox in the transaction that marks its dead letter, then
+    /// published now, with confirms; any not confirmed goes out with the outbox's dispatcher.
+    func replayDead(_ filter: DeadLetterStore.Filter, resetAttempts: Bool = true, by: String, limit: Int) async throws(APIError) -> DeadReplayed {
+        let settled = try await database { try await DeadLetterStore(pool: pool).replay(filter, resetAttempts: resetAttempts, by: by, limit: limit) }
         let results = await Outbox(pool: pool).publish(settled.jobs, with: publisher)
         let confirmed = results.filter { (try? $0.get()) != nil }.count
-        return try json(.ok, DeadReplayed(replayed: settled.ids.count, ids: settled.ids, jobs: settled.jobs.map(\.id.lowercasedString),
-                                          published: confirmed))
+        return DeadReplayed(replayed: settled.ids.count, ids: settled.ids, jobs: settled.jobs.map(\.id.lowercasedString), published: confirmed)
     }
 
     /// The filter from query or body values; a token without `admin` sees only its tenant.

@@ -14,7 +14,7 @@ import WarrenSupport
 
 /// The HTTP API (Hummingbird 2): what its routes need, and its router. Each resource is one
 /// `RouteCollection` (`jobRoutes`, `batchRoutes`, `scheduleRoutes`, `contactRoutes`,
-/// `deadLetterRoutes`, in their own files); the middleware does what every route shares
+/// `deadLetterRoutes`, in their own files; the web console's `consoleRoutes` in `Console/`); the middleware does what every route shares
 /// (``RequestLogMiddleware``, ``AuthenticationMiddleware``, ``RateLimitMiddleware``). Errors
 /// are JSON: `{"error": {"code", "message", "field"?}}`.
 package struct HTTPAPI: Sendable {
@@ -36,6 +36,8 @@ package struct HTTPAPI: Sendable {
     /// A request answered slower than this is logged as a warning and counted in
     /// `warren_http_slow_requests_total{route}` (`WARREN_SLOW_REQUEST_MS`, 1000; nil: never).
     var slowRequest: Duration? = .seconds(1)
+    /// The web console at `/console` (nil: not served).
+    var console: ConsoleSettings?
     let logger: Logger
 
     package func router() -> Router<APIRequestContext> {
@@ -50,6 +52,7 @@ package struct HTTPAPI: Sendable {
         router.addRoutes(contactRoutes, atPath: "/v1/contacts")
         router.addRoutes(scheduleRoutes, atPath: "/v1/schedules")
         router.addRoutes(deadLetterRoutes, atPath: "/v1/dead")
+        if let console { router.addRoutes(consoleRoutes(console), atPath: "/console") }
         // Last, so that it wraps only the not-found answer (see UnmatchedRouteMiddleware).
         router.add(middleware: UnmatchedRouteMiddleware(routes: router.routes))
         return router
@@ -188,11 +191,12 @@ package struct HTTPAPI: Sendable {
 extension HTTPAPI {
     /// The API over one pool: every store is made from it.
     package init(publisher: JobPublisher, pool: PostgresPool, tokenCacheTTL: Duration, rateLimiter: SharedRateLimiter, pressure: TierPressure? = nil,
-                 knownTypes: Set<String>, maxBodyBytes: Int, stallSeconds: Int = 120, slowRequest: Duration? = .seconds(1), logger: Logger) {
+                 knownTypes: Set<String>, maxBodyBytes: Int, stallSeconds: Int = 120, slowRequest: Duration? = .seconds(1),
+                 console: ConsoleSettings? = nil, logger: Logger) {
         self.init(publisher: publisher, pool: pool, tokens: TokenCache(store: APITokenStore(pool: pool), ttl: tokenCacheTTL),
                   recorder: APIJobRecorder(pool: pool), jobs: APIJobStore(pool: pool), batches: APIBatchStore(pool: pool),
                   contacts: ContactStore(pool: pool), schedules: ScheduleStore(pool: pool), rateLimiter: rateLimiter,
                   pressure: pressure, knownTypes: knownTypes, maxBodyBytes: maxBodyBytes, stallSeconds: stallSeconds, slowRequest: slowRequest,
-                  logger: logger)
+                  console: console, logger: logger)
     }
 }

@@ -238,9 +238,16 @@ extension HTTPAPI {
     /// is a 409.
     private func cancelJob(id: String, token: APIToken) async throws(APIError) -> Response {
         guard let uuid = UUID(uuidString: id) else { throw APIError(.notFound, "not_found", "no such job") }
+        let cancelled = try await cancel(uuid, tenant: token.tenant)
+        return try json(cancelled.status == "running" ? .accepted : .ok, cancelled)
+    }
+
+    /// Cancels `tenant`'s job (the API's DELETE, and the console's button): recorded in
+    /// Postgres, then signalled to the consumers.
+    func cancel(_ uuid: UUID, tenant: String) async throws(APIError) -> JobCancelled {
         let outcome: APIJobStore.CancelRequest
         do {
-            outcome = try await jobs.requestCancellation(of: uuid, tenant: token.tenant)
+            outcome = try await jobs.requestCancellation(of: uuid, tenant: tenant)
         } catch {
             throw APIError(.serviceUnavailable, "database_unavailable", "cannot record the cancellation right now", retryAfter: 2)
         }
@@ -259,8 +266,8 @@ extension HTTPAPI {
                                metadata: ["error": "\(error)", "job_id": "\(uuid.lowercasedString)"])
             }
             let running = status == JobStatus.running.rawValue
-            return try json(running ? .accepted : .ok, JobCancelled(id: uuid.lowercasedString, status: running ? "running" : "cancelled",
-                                                                    cancellation: running ? "signalled_running" : "not_running"))
+            return JobCancelled(id: uuid.lowercasedString, status: running ? "running" : "cancelled",
+                                cancellation: running ? "signalled_running" : "not_running")
         }
     }
 }

@@ -11,6 +11,8 @@ package struct APIRequestContext: RequestContext {
     package var requestID = ""
     /// The token that authenticated the request (set by ``AuthenticationMiddleware``).
     package var token: APIToken?
+    /// The console session that signed the request in (set by ``ConsoleSessionMiddleware``).
+    package var session: ConsoleSessionStore.Session?
     /// What inner middleware tells the outer request log: a context is passed inward by value,
     /// so the tenant found by authentication comes back out through this one shared box.
     let trail = RequestTrail()

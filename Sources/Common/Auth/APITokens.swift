@@ -14,8 +14,12 @@ package enum Scope: String, Sendable, CaseIterable {
     case deadRead = "dead:read"
     /// Replay or discard the tenant's dead letters.
     case deadWrite = "dead:write"
-    /// With `dead:*`: every tenant's dead letters, and those of jobs that have no tenant.
+    /// With `dead:*`: every tenant's dead letters, and those of jobs that have no tenant. In the
+    /// console: every tenant's jobs, batches, schedules and dead letters.
     case admin = "admin"
+    /// Sign in to the web console (`/console`); its actions also need the scope of the API
+    /// call they stand for (`jobs:write` to cancel, `dead:write` to replay, ...).
+    case console = "console"
 }
 
 /// A token's record (never the token itself).
@@ -88,11 +92,11 @@ package struct APITokenStore: Sendable {
         return .success(record)
     }
 
-    private static let select = """
+    static let select = """
         SELECT id, prefix, tenant, tier, array_to_string(scopes, ','), created_at, expires_at, revoked_at FROM api_tokens
         """
 
-    private static func token(_ row: PostgresRow) throws -> APIToken {
+    static func token(_ row: PostgresRow) throws -> APIToken {
         let tierName = try row.string(3)
         guard let tier = Tier(rawValue: tierName) else {
             throw PostgresError(.decoding, function: "api_tokens.tier", message: "unknown tier '\(tierName)'")

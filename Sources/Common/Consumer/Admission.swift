@@ -74,8 +74,8 @@ final class StartLatencies: Sendable {
     /// The tiers with starts in the current window.
     var tiers: [Tier] { windows.withLock { window in Tier.allCases.filter { window[$0]?.isEmpty == false } } }
 
-    /// Per tier with starts: the window's p99 and its count; the windows start again.
-    func drain() -> [(tier: Tier, p99: Int, jobs: Int)] {
+    /// Per tier with starts: the window's p99, p50 and its count; the windows start again.
+    func drain() -> [(tier: Tier, p99: Int, p50: Int, jobs: Int)] {
         let taken = windows.withLock { windows -> [Tier: [Int]] in
             defer { windows.removeAll(keepingCapacity: true) }
             return windows
@@ -84,7 +84,7 @@ final class StartLatencies: Sendable {
             guard var values = taken[tier], !values.isEmpty else { return nil }
             values.sort()
             let index = min(values.count - 1, Int((Double(values.count) * 0.99).rounded(.up)) - 1)
-            return (tier, values[max(0, index)], values.count)
+            return (tier, values[max(0, index)], values[(values.count - 1) / 2], values.count)
         }
     }
 }
@@ -151,12 +151,14 @@ final class AdmissionControl: Sendable {
     /// Whether this pool ever changes its grant.
     var adapts: Bool { !watched.isEmpty }
 
-    /// The reports to send now (and the windows start again): every tier but free, whatever
-    /// this consumer's own targets (the pools below decide with theirs). `saturated` says, per
-    /// tier, whether this consumer's own capacity is what holds its jobs back now.
+    /// The reports to send now (and the windows start again): every tier, whatever this
+    /// consumer's own targets (the pools below decide with theirs; free's reports are for the
+    /// producers' console, no pool gives way to free). `saturated` says, per tier, whether this
+    /// consumer's own capacity is what holds its jobs back now.
     func reports(consumerID: String, saturated: (Tier) -> Bool = { _ in false }) -> [PressureReport] {
-        latencies.drain().filter { $0.tier != .free }.map {
-            PressureReport(tier: $0.tier, consumerID: consumerID, p99Milliseconds: $0.p99, jobs: $0.jobs, saturated: saturated($0.tier))
+        latencies.drain().map {
+            PressureReport(tier: $0.tier, consumerID: consumerID, p99Milliseconds: $0.p99, jobs: $0.jobs, saturated: saturated($0.tier),
+                           p50Milliseconds: $0.p50)
         }
     }
 

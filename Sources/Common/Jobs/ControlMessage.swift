@@ -9,9 +9,9 @@ import WarrenSupport
 /// - `{"action":"cancel","job_id":"<uuid>","tier":"<tier>"}`: a cancellation request. Control
 ///   messages are hints for speed; a cancellation is also in Postgres, which consumers poll,
 ///   so one lost while a consumer reconnects is picked up a few seconds later.
-/// - `{"action":"pressure","tier":"<tier>","consumer_id":"...","p99_ms":12,"jobs":40,"saturated":false}`:
-///   a consumer's start-latency p99 of one tier over its last report window, and whether its
-///   own capacity held the tier back (see ``AdmissionControl``). Lost ones only age the picture: the next comes within a second.
+/// - `{"action":"pressure","tier":"<tier>","consumer_id":"...","p99_ms":12,"p50_ms":3,"jobs":40,"saturated":false}`:
+///   a consumer's start-latency p99 (and p50, absent from older consumers) of one tier over its
+///   last report window, and whether its own capacity held the tier back (see ``AdmissionControl``). Lost ones only age the picture: the next comes within a second.
 /// - `{"action":"keys_free","keys":["ingest:acme",...],"consumer_id":"..."}`: a slot of each of
 ///   these concurrency keys was given back by that consumer, so a job waiting for one elsewhere
 ///   asks now instead of at its next poll. Lost ones only cost a poll's wait.
@@ -26,7 +26,7 @@ package enum ControlMessage: Sendable, Equatable {
         case .cancel(let job, let tier):
             body = JSONText.object(["action": "cancel", "job_id": job.lowercasedString, "tier": tier.rawValue])
         case .pressure(let report):
-            body = #"{"action":"pressure","tier":"\#(report.tier.rawValue)","consumer_id":\#(JSONText.quoted(report.consumerID)),"p99_ms":\#(report.p99Milliseconds),"jobs":\#(report.jobs),"saturated":\#(report.saturated)}"#
+            body = #"{"action":"pressure","tier":"\#(report.tier.rawValue)","consumer_id":\#(JSONText.quoted(report.consumerID)),"p99_ms":\#(report.p99Milliseconds),\#(report.p50Milliseconds.map { #""p50_ms":\#($0),"# } ?? "")"jobs":\#(report.jobs),"saturated":\#(report.saturated)}"#
         case .keysFree(let keys, let consumer):
             body = #"{"action":"keys_free","keys":[\#(keys.map(JSONText.quoted).joined(separator: ","))],"consumer_id":\#(JSONText.quoted(consumer))}"#
         }
@@ -61,7 +61,8 @@ package enum ControlMessage: Sendable, Equatable {
             guard let consumer = fields.string("consumer_id"), let p99 = fields.int("p99_ms"), p99 >= 0,
                   let jobs = fields.int("jobs"), jobs >= 0 else { return nil }
             self = .pressure(PressureReport(tier: tier, consumerID: consumer, p99Milliseconds: p99, jobs: jobs,
-                                            saturated: fields.bool("saturated") ?? false))
+                                            saturated: fields.bool("saturated") ?? false,
+                                            p50Milliseconds: fields.int("p50_ms").flatMap { $0 >= 0 ? $0 : nil }))
         default:
             return nil
         }

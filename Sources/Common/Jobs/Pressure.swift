@@ -49,13 +49,17 @@ package struct PressureReport: Sendable, Equatable {
     package var jobs: Int
     /// Its own capacity held the tier's jobs back: a backlog it drains as fast as it can.
     package var saturated: Bool
+    /// The window's median start latency (nil from consumers older than it: the console shows
+    /// their p99 in its place).
+    package var p50Milliseconds: Int?
 
-    package init(tier: Tier, consumerID: String, p99Milliseconds: Int, jobs: Int, saturated: Bool = false) {
+    package init(tier: Tier, consumerID: String, p99Milliseconds: Int, jobs: Int, saturated: Bool = false, p50Milliseconds: Int? = nil) {
         self.tier = tier
         self.consumerID = consumerID
         self.p99Milliseconds = p99Milliseconds
         self.jobs = jobs
         self.saturated = saturated
+        self.p50Milliseconds = p50Milliseconds
     }
 }
 
@@ -87,5 +91,76 @@ package struct PressureBoard: Sendable {
     package mutating func hasRoom(_ tier: Tier, at now: ContinuousClock.Instant) -> Bool {
         latest = latest.filter { now - $0.value.at < freshFor }
         return latest.values.contains { $0.report.tier == tier && !$0.report.saturated }
+    }
+}
+
+/// The consumers' reports of each tier's start latency, kept minute by minute for an hour and
+/// report by report for a few seconds: what the web console charts and shows live. Each
+/// producer keeps its own, from the moment it started (Prometheus keeps the long history).
+/// Per minute: the jobs started, their p50 (the mean of the reports' p50s weighted by their
+/// jobs) and p99 (the worst report's). Pure: the caller passes the clock.
+package struct LatencyHistory: Sendable {
+    package struct Minute: Sendable, Equatable {
+        /// Unix time of the minute's start, in minutes.
+        package var minute: Int64
+        package var jobs: Int
+        package var p50: Int
+        package var p99: Int
+    }
+
+    private struct Sums {
+        var jobs = 0
+        var weightedP50 = 0
+        var p99 = 0
+    }
+
+    private var minutes: [Tier: [Int64: Sums]] = [:]
+    private var recent: [String: (report: PressureReport, at: Int64)] = [:]
+    package let keepMinutes: Int64
+    package let recentSeconds: Int64
+
+    package init(keepMinutes: Int64 = 60, recentSeconds: Int64 = 5) {
+        self.keepMinutes = keepMinutes
+        self.recentSeconds = recentSeconds
+    }
+
+    /// `at`: the report's arrival, in Unix milliseconds.
+    package mutating func record(_ report: PressureReport, at: Int64) {
+        let minute = at / 60_000
+        var sums = minutes[report.tier, default: [:]][minute] ?? Sums()
+        sums.jobs += report.jobs
+        sums.weightedP50 += (report.p50Milliseconds ?? report.p99Milliseconds) * report.jobs
+        sums.p99 = max(sums.p99, report.p99Milliseconds)
+        minutes[report.tier, default: [:]][minute] = sums
+        if minutes[report.tier]!.count > Int(keepMinutes) + 1 {
+            minutes[report.tier] = minutes[report.tier]!.filter { $0.key > minute - keepMinutes }
+        }
+        recent["\(report.tier.rawValue)/\(report.consumerID)"] = (report, at)
+        recent = recent.filter { at - $0.value.at < recentSeconds * 1_000 }
+    }
+
+    /// The last `keepMinutes` minutes up to the one holding `now` (Unix milliseconds), oldest
+    /// first; a minute without reports has no entry.
+    package func series(_ tier: Tier, now: Int64) -> [Minute] {
+        let current = now / 60_000
+        return (minutes[tier] ?? [:]).filter { $0.key > current - keepMinutes && $0.key <= current }.sorted { $0.key < $1.key }.map {
+            Minute(minute: $0.key, jobs: $0.value.jobs, p50: $0.value.jobs > 0 ? $0.value.weightedP50 / $0.value.jobs : 0, p99: $0.value.p99)
+        }
+    }
+
+    /// The reports heard in the last `recentSeconds` (the latest of each consumer and tier).
+    package func recentReports(now: Int64) -> [PressureReport] {
+        recent.values.filter { now - $0.at < recentSeconds * 1_000 }.map(\.report)
+            .sorted { ($0.tier.rank, $0.consumerID) < ($1.tier.rank, $1.consumerID) }
+    }
+
+    /// A tier's start latency now: from the fresh reports, jobs-weighted p50 and worst p99;
+    /// nil when no consumer reported the tier lately.
+    package func current(_ tier: Tier, now: Int64) -> (p50: Int, p99: Int, jobs: Int)? {
+        let reports = recentReports(now: now).filter { $0.tier == tier }
+        let jobs = reports.reduce(0) { $0 + $1.jobs }
+        guard !reports.isEmpty, jobs > 0 else { return nil }
+        let p50 = reports.reduce(0) { $0 + ($1.p50Milliseconds ?? $1.p99Milliseconds) * $1.jobs } / jobs
+        return (p50, reports.map(\.p99Milliseconds).max() ?? 0, jobs)
     }
 }

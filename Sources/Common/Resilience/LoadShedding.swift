@@ -88,9 +88,9 @@ package enum ShedReason: String, Sendable, Equatable {
 ///
 /// A ``Service``: every `interval` it asks the broker for the ready-message count of the three
 /// tier queues (a passive declare, on a connection of its own that never publishes, so a
-/// broker blocking publishers does not stall it) and applies the ``ShedPolicy``. With
-/// `latencyTargets`, it also hears the consumers' pressure reports on `warren.control` (a queue
-/// of its own, deleted with its connection) and sheds the tiers below one that is behind its
+/// broker blocking publishers does not stall it) and applies the ``ShedPolicy``. It hears the
+/// consumers' pressure reports on `warren.control` (a queue of its own, deleted with its
+/// connection) and keeps them for the console (``latency``); with `latencyTargets`, it also sheds the tiers below one that is behind its
 /// target (``ShedPolicy/shedForLatency(pressure:targets:)``), decided again on every report
 /// and held for `latencyHold` after the last one that was behind, so it does not flap
 /// between reports. When it has no backlog answer younger than `staleAfter` (broker
@@ -112,6 +112,7 @@ package final class TierPressure: Service, Sendable {
         var board = PressureBoard()
         var latencyShedUntil: [Tier: ContinuousClock.Instant] = [:]
         var forLatency: Set<Tier> = []
+        var history = LatencyHistory()
     }
 
     package let policy: ShedPolicy
@@ -191,7 +192,8 @@ package final class TierPressure: Service, Sendable {
             // Once connected, the connection reconnects by itself (declaring the control queue
             // again and subscribing to it again); until then, a fresh one each round.
             let controlQueue = "warren.control.serve.\(JobID.make().lowercasedString.prefix(12))"
-            let listens = self.latencyTargets != nil
+            // Always: the reports also feed the console's latency figures (``latency``).
+            let listens = true
             var setup: AMQPConnection.Setup?
             if listens {
                 setup = { control in
@@ -240,13 +242,18 @@ package final class TierPressure: Service, Sendable {
 
     /// One consumer's report: the latency part of the decision, taken again.
     package func receive(_ report: PressureReport, at now: ContinuousClock.Instant = .now) {
-        guard latencyTargets != nil else { return }
+        let wallClock = Timestamp.now().microseconds / 1_000
         let changes = state.withLock { state -> [(Tier, Bool)] in
+            state.history.record(report, at: wallClock)
+            guard latencyTargets != nil else { return [] }
             state.board.receive(report, at: now)
             return decide(&state, at: now)
         }
         publish(changes)
     }
+
+    /// The start latencies the consumers reported (for the console).
+    package var latency: LatencyHistory { state.withLock { $0.history } }
 
     /// One round: read the depths and decide.
     private func poll(_ connection: AMQPConnection) async {

@@ -403,5 +403,19 @@ package enum Schema {
                 ADD CONSTRAINT message_logs_event_check CHECK (event IN
                   ('published', 'started', 'retried', 'succeeded', 'failed', 'dead_lettered', 'cancelled', 'duplicate', 'replayed'));
             """),
+        Migration(version: 20, name: "console_sessions: who is signed in to the web console", sql: """
+            -- One row per console sign-in (ConsoleSessionStore): the SHA-256 of the cookie's
+            -- secret (never the secret), the token that signed in (its revocation or expiry ends
+            -- the session at once), the session's CSRF token, and when it ends. Signing out
+            -- deletes the row; expired rows are deleted by the next sign-in.
+            CREATE TABLE console_sessions (
+                id_hash    bytea       PRIMARY KEY,
+                token_id   uuid        NOT NULL REFERENCES api_tokens (id) ON DELETE CASCADE,
+                csrf       text        NOT NULL,
+                created_at timestamptz NOT NULL DEFAULT now(),
+                expires_at timestamptz NOT NULL
+            );
+            CREATE INDEX console_sessions_expires_idx ON console_sessions (expires_at);
+            """),
     ]
 }

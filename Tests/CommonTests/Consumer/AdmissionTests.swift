@@ -162,12 +162,12 @@ struct AdmissionTests {
         latencies.record(.premium, milliseconds: 7)
         let drained = latencies.drain()
         #expect(drained.count == 2)
-        #expect(drained[0].tier == .enterprise && drained[0].p99 == 198 && drained[0].jobs == 200)
-        #expect(drained[1].tier == .premium && drained[1].p99 == 7 && drained[1].jobs == 1)
+        #expect(drained[0].tier == .enterprise && drained[0].p99 == 198 && drained[0].p50 == 100 && drained[0].jobs == 200)
+        #expect(drained[1].tier == .premium && drained[1].p99 == 7 && drained[1].p50 == 7 && drained[1].jobs == 1)
         #expect(latencies.drain().isEmpty)
     }
 
-    @Test func reportsGoForEveryTierButFreeAndReadBackAsSent() throws {
+    @Test func reportsGoForEveryTierAndReadBackAsSent() throws {
         var configuration = ConsumerConfiguration(tier: .enterprise)
         configuration.consumerID = "host-1-\"enterprise\""
         let admission = AdmissionControl(configuration: configuration)
@@ -177,7 +177,11 @@ struct AdmissionTests {
         own.tierTargets = TierTargets([:])
         #expect(AdmissionControl(configuration: own).reports(consumerID: "p").isEmpty, "nothing started, nothing to report")
         let reports = admission.reports(consumerID: configuration.consumerID)
-        #expect(reports == [PressureReport(tier: .enterprise, consumerID: "host-1-\"enterprise\"", p99Milliseconds: 12, jobs: 1)])
+        #expect(reports == [PressureReport(tier: .enterprise, consumerID: "host-1-\"enterprise\"", p99Milliseconds: 12, jobs: 1, p50Milliseconds: 12),
+                            PressureReport(tier: .free, consumerID: "host-1-\"enterprise\"", p99Milliseconds: 900, jobs: 1, p50Milliseconds: 900)],
+                "free's too: the producers' console shows its latency")
+        #expect(ControlMessage(body: Array(#"{"action":"pressure","tier":"free","consumer_id":"x","p99_ms":3,"jobs":1}"#.utf8))
+                == .pressure(PressureReport(tier: .free, consumerID: "x", p99Milliseconds: 3, jobs: 1)), "an older consumer's report, without p50")
         let message = ControlMessage.pressure(reports[0]).outgoing
         #expect(message.exchange == Topology.controlExchange)
         #expect(message.properties.expiration == "2000", "a lagging control queue drops stale reports")

@@ -1,0 +1,111 @@
+import Foundation
+import Testing
+
+/// The web console as an operator meets it, in a real browser (headless Chromium through
+/// chromedriver): signed in with a token, every page opened, a dead job replayed after its fix
+/// and seen to succeed. Real broker, Postgres, `producer serve`, consumer and scheduler; the
+/// job's runs are counted by its program (as in ``DeadLetterTests``).
+@Suite(.enabled(if: TestServices.enabled && Browser.available))
+struct ConsoleBrowserTests {
+    @Test func anOperatorSignsInSeesEveryPageAndReplaysADeadJobThatThenSucceeds() async throws {
+        let dead = DeadLetterTests()
+        let program = try dead.program()
+        try await APIServer.with(extra: ["WARREN_JOB_TYPES": "fix.me"]) { server, _, _ in
+            let jobs = try await server.token(tier: "free", scopes: "jobs:write")
+            let operatorToken = try await server.token(tier: "enterprise", scopes: "console,jobs:read,jobs:write,dead:read,dead:write,schedules:write")
+            let noConsole = try await server.token(tier: "enterprise", scopes: "jobs:read,dead:read")
+            let (consumer, scheduler) = try dead.fleet(server, program: program.path("fix-me"))
+            defer { consumer.signal(SIGKILL); scheduler.signal(SIGKILL) }
+            let id = try await server.submit(jobs, #"{"type":"fix.me","payload":{"report":"q3"}}"#)
+            try await TestServices.waitUntil(timeout: .seconds(30), "the job is dead") {
+                try await dead.deadList(server, operatorToken).count == 1
+            }
+            let (scheduleStatus, _, _) = try await server.request("PUT", "/v1/schedules/morning-report", token: operatorToken,
+                                                                  body: #"{"cron":"0 9 * * *","time_zone":"Europe/Paris","type":"fix.me"}"#)
+            #expect(scheduleStatus == 201 || scheduleStatus == 200)
+
+            try await Browser.with { browser in
+                // Not signed in: every page leads to the sign-in form, which refuses a token
+                // without the console scope and takes one with it.
+                try await browser.open(server.base + "/console/dead")
+                #expect(try await browser.url.hasSuffix("/console/login?next=/console/dead"))
+                try await browser.type(noConsole, into: "input[name=token]")
+                try await browser.click("#sign-in")
+                #expect(try await browser.pageText.contains("lacks the 'console' scope"))
+                try await browser.type(operatorToken, into: "input[name=token]")
+                try await browser.click("#sign-in")
+                #expect(try await browser.url == server.base + "/console/dead", "back where the operator was going")
+                let cookie = try #require(try await browser.cookies().first { $0["name"] as? String == "warren_console" })
+                #expect(cookie["httpOnly"] as? Bool == true && cookie["sameSite"] as? String == "Strict" && cookie["path"] as? String == "/console")
+                #expect(try await browser.run("return document.cookie") as? String == "", "the page's scripts cannot read the session")
+
+                // The overview: a row per tier, its live part refreshed by the page's script.
+                try await browser.open(server.base + "/console")
+                let overview = try await browser.source
+                for expected in ["enterprise", "premium", "free", "Consumers", "The last hour", "free: start latency", "<svg"] {
+                    #expect(overview.contains(expected), "overview shows \(expected)")
+                }
+                try await TestServices.waitUntil(timeout: .seconds(20), "the live figures are refreshed") {
+                    try await browser.run("return document.querySelector('#live').dataset.refreshed || ''") as? String != ""
+                }
+                #expect(try await browser.text("table.tiers tr.tier-free td:last-child") == "1", "free has one dead job")
+
+                // Jobs: the search finds the job; its page shows the failure, payload and timeline.
+                try await browser.open(server.base + "/console/jobs?type=fix.me")
+                #expect(try await browser.pageText.contains(id))
+                try await browser.open(server.base + "/console/jobs?id=\(id)")
+                #expect(try await browser.url == server.base + "/console/jobs/\(id)", "an id search opens the job")
+                let jobPage = try await browser.pageText
+                #expect(try await browser.text("#job-status") == "failed")
+                #expect(jobPage.contains("the report template is missing") && jobPage.contains(#""report":"q3""#), "\(jobPage)")
+                #expect(try await browser.find("#retry") != nil, "a dead job can be retried from its page")
+
+                try await browser.open(server.base + "/console/batches")
+                #expect(try await browser.text("h1") == "Batches")
+                try await browser.open(server.base + "/console/schedules")
+                let schedules = try await browser.pageText
+                #expect(schedules.contains("morning-report") && schedules.contains("Europe/Paris") && schedules.contains("09:00:00+01:00"),
+                        "the next fires in the schedule's own zone: \(schedules)")
+
+                // Dead letters: grouped by reason; the fix lands, the operator replays the job.
+                try await browser.open(server.base + "/console/dead")
+                let deadPage = try await browser.pageText
+                #expect(deadPage.contains("permanent-failure") && deadPage.contains(id))
+                #expect(program.touch("fixed"))
+                try await browser.click("input[name=ids]")
+                try await browser.click("#replay-selected")
+                #expect(try await browser.text("p.notice") == "Replayed 1 dead letter.")
+                try await browser.open(server.base + "/console/jobs/\(id)")
+                try await TestServices.waitUntil(timeout: .seconds(30), "the replayed job succeeded on its page") {
+                    try await browser.open(server.base + "/console/jobs/\(id)")
+                    return try await browser.text("#job-status") == "succeeded"
+                }
+                #expect(try await browser.pageText.contains(#"{"fixed": true}"#), "its result")
+                #expect(program.lines("runs") == 2, "one failed run, one replayed run")
+                #expect(try await dead.deadList(server, operatorToken).isEmpty)
+
+                // A form without the session's CSRF token, or from another origin, changes nothing.
+                let secret = try #require(cookie["value"] as? String)
+                let (noCSRF, _, _) = try await server.request("POST", "/console/dead/discard", contentType: "application/x-www-form-urlencoded",
+                                                              body: "reason=permanent-failure", headers: ["Cookie": "warren_console=\(secret)"])
+                #expect(noCSRF == 403)
+                let csrf = try #require(try await browser.run("return document.querySelector('input[name=csrf]').value") as? String)
+                let (foreign, _, _) = try await server.request("POST", "/console/logout", contentType: "application/x-www-form-urlencoded",
+                                                               body: "csrf=\(csrf)", headers: ["Cookie": "warren_console=\(secret)",
+                                                                                               "Origin": "https://evil.example"])
+                #expect(foreign == 403)
+
+                // Signing out ends the session: its cookie opens nothing any more.
+                try await browser.click(".signout button")
+                #expect(try await browser.url.hasSuffix("/console/login"))
+                // (The test client follows the redirect: it lands on the sign-in form.)
+                let (after, _, page) = try await server.request("GET", "/console", contentType: nil, headers: ["Cookie": "warren_console=\(secret)"])
+                #expect(after == 200 && page.contains(#"name="token""#) && !page.contains("Overview</h1>"))
+            }
+            consumer.signal(SIGTERM)
+            scheduler.signal(SIGTERM)
+            #expect(try await consumer.wait() == 0)
+            #expect(try await scheduler.wait() == 0)
+        }
+    }
+}
