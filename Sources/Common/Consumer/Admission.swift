@@ -148,6 +148,11 @@ final class AdmissionControl: Sendable {
         prefetchGauge.record(Int(configured.prefetch))
     }
 
+    /// The concurrency and prefetch granted now.
+    var currentGrant: (concurrency: Int, prefetch: UInt16) {
+        state.withLock { $0.policy.granted(concurrency: configured.concurrency, prefetch: configured.prefetch) }
+    }
+
     /// Whether this pool ever changes its grant.
     var adapts: Bool { !watched.isEmpty }
 

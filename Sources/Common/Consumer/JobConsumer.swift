@@ -362,6 +362,18 @@ package final class JobConsumer: Sendable {
 
     // MARK: - Adaptive admission
 
+    /// This consumer's ``ConsumerStatus`` (what admission grants it, its jobs in flight, its
+    /// breakers not closed), for the producers' console; lost ones only age the picture.
+    private func reportStatus() async {
+        let grant = admission.currentGrant
+        let status = ConsumerStatus(consumerID: configuration.consumerID, tiers: configuration.tiers, concurrency: grant.concurrency,
+                                    configuredConcurrency: configuration.concurrency, prefetch: Int(grant.prefetch),
+                                    inFlight: state.withLock { $0.inFlight }, openBreakers: BreakerBoard.shared.notClosed)
+        if case .failure(let error)? = await connection.publish([ControlMessage.status(status).outgoing]).first {
+            logger.debug("cannot send the consumer's status", metadata: ["error": "\(error)"])
+        }
+    }
+
     /// Sends this consumer's pressure reports (see ``AdmissionControl``) until cancelled. A
     /// tier is saturated here while every slot is busy, more of its deliveries wait in the
     /// inbox than max(concurrency, prefetch/2), or its queues hold ready jobs at the broker
@@ -369,8 +381,12 @@ package final class JobConsumer: Sendable {
     private func reportPressure(inbox: TierInbox) async {
         let concurrency = configuration.concurrency
         let backlog = max(concurrency, Int(configuration.prefetch) / 2)
+        let statusEvery = Int(ConsumerStatus.interval / AdmissionControl.reportInterval)
+        var round = 0
         while !Task.isCancelled {
             try? await Task.sleep(for: AdmissionControl.reportInterval)
+            round += 1
+            if round % statusEvery == 1 { await reportStatus() }
             let busy = state.withLock { $0.inFlight } >= concurrency
             let started = admission.latencies.tiers.filter { $0 != .free }
             var queued: Set<Tier> = []
@@ -505,7 +521,7 @@ package final class JobConsumer: Sendable {
                     let running = cancellations.request([job])
                     logger.info("cancellation requested", metadata: ["job_id": "\(job.lowercasedString)",
                                                                      "running": "\(running > 0)"])
-                case .cancel?, nil:
+                case .cancel?, .status?, nil:
                     break
                 }
                 try? await connection.ack(message)

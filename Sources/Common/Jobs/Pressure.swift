@@ -164,3 +164,31 @@ package struct LatencyHistory: Sendable {
         return (p50, reports.map(\.p99Milliseconds).max() ?? 0, jobs)
     }
 }
+
+/// What one consumer says of itself every ``interval`` on `warren.control`, busy or idle: the
+/// tiers it serves, the concurrency and prefetch its admission grants it now (out of those
+/// configured), the jobs it runs, and the destinations whose circuit breakers are not closed.
+/// Producers keep the fresh ones for the console's overview.
+package struct ConsumerStatus: Sendable, Equatable {
+    package static let interval: Duration = .seconds(2)
+
+    package var consumerID: String
+    package var tiers: [Tier]
+    package var concurrency: Int
+    package var configuredConcurrency: Int
+    package var prefetch: Int
+    package var inFlight: Int
+    /// Destinations whose breaker is open or half-open, sorted.
+    package var openBreakers: [String]
+
+    package init(consumerID: String, tiers: [Tier], concurrency: Int, configuredConcurrency: Int, prefetch: Int, inFlight: Int,
+                 openBreakers: [String] = []) {
+        self.consumerID = consumerID
+        self.tiers = tiers
+        self.concurrency = concurrency
+        self.configuredConcurrency = configuredConcurrency
+        self.prefetch = prefetch
+        self.inFlight = inFlight
+        self.openBreakers = openBreakers
+    }
+}

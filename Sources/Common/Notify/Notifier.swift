@@ -79,6 +79,7 @@ package final class Notifier: Sendable {
             self.calls = calls
             deferred = Counter(label: "warren_notify_deferred_total", dimensions: [dimension])
             state.record(breaker.snapshot.state.gaugeValue)
+            BreakerBoard.shared.register(breaker, as: name)
         }
 
         func showState() { state.record(breaker.snapshot.state.gaugeValue) }

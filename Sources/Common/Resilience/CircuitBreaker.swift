@@ -189,3 +189,23 @@ package final class CircuitBreaker: Sendable {
         }
     }
 }
+
+/// The circuit breakers of this process by destination name, so that the consumer can say which
+/// are not closed (``ConsumerStatus``) without knowing who made them. A breaker registered again
+/// under the same name replaces the first.
+package final class BreakerBoard: Sendable {
+    package static let shared = BreakerBoard()
+
+    private let breakers = Mutex([String: CircuitBreaker]())
+
+    package init() {}
+
+    package func register(_ breaker: CircuitBreaker, as name: String) {
+        breakers.withLock { $0[name] = breaker }
+    }
+
+    /// The destinations whose breaker is open or half-open, sorted.
+    package var notClosed: [String] {
+        breakers.withLock { $0 }.filter { $0.value.snapshot.state != .closed }.map(\.key).sorted()
+    }
+}

@@ -113,6 +113,7 @@ package final class TierPressure: Service, Sendable {
         var latencyShedUntil: [Tier: ContinuousClock.Instant] = [:]
         var forLatency: Set<Tier> = []
         var history = LatencyHistory()
+        var statuses: [String: (status: ConsumerStatus, at: ContinuousClock.Instant)] = [:]
     }
 
     package let policy: ShedPolicy
@@ -232,7 +233,11 @@ package final class TierPressure: Service, Sendable {
     private func listen(to messages: AMQPDeliveries, on connection: AMQPConnection) async {
         do {
             for try await message in messages {
-                if case .pressure(let report)? = ControlMessage(body: message.body) { receive(report) }
+                switch ControlMessage(body: message.body) {
+                case .pressure(let report)?: receive(report)
+                case .status(let status)?: receive(status)
+                default: break
+                }
                 try? await connection.ack(message)
             }
         } catch {
@@ -250,6 +255,21 @@ package final class TierPressure: Service, Sendable {
             return decide(&state, at: now)
         }
         publish(changes)
+    }
+
+    /// One consumer's status (for the console).
+    package func receive(_ status: ConsumerStatus, at now: ContinuousClock.Instant = .now) {
+        state.withLock { state in
+            state.statuses[status.consumerID] = (status, now)
+            state.statuses = state.statuses.filter { now - $0.value.at < ConsumerStatus.interval * 3 }
+        }
+    }
+
+    /// The consumers that said how they are within the last three status intervals.
+    package var consumers: [ConsumerStatus] {
+        let now = ContinuousClock.now
+        return state.withLock { $0.statuses.values }.filter { now - $0.at < ConsumerStatus.interval * 3 }.map(\.status)
+            .sorted { $0.consumerID < $1.consumerID }
     }
 
     /// The start latencies the consumers reported (for the console).

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import WarrenAPI
+import WarrenAMQP
 @testable import WarrenJobs
 @testable import WarrenStore
 import WarrenSupport
@@ -55,6 +56,15 @@ import WarrenSupport
         #expect(BrokerStats.rates(samples) == [.init(sample: 10, timestamp: 60_000), .init(sample: 10, timestamp: 120_000)])
         #expect(BrokerStats.rates([.init(sample: 5, timestamp: 0)]).isEmpty)
         #expect(BrokerStats.escaped("/") == "%2F" && BrokerStats.escaped("test-1") == "test%2D1")
+    }
+
+    @Test func aConsumersStatusReadsBackAsSentAndAMalformedOneIsIgnored() {
+        let status = ConsumerStatus(consumerID: "host-1 \"free\"", tiers: [.premium, .free], concurrency: 4, configuredConcurrency: 16,
+                                    prefetch: 250, inFlight: 3, openBreakers: ["smtp", "tickets"])
+        let message = ControlMessage.status(status).outgoing
+        #expect(ControlMessage(body: message.body) == .status(status))
+        #expect(message.properties.expiration == "4000")
+        #expect(ControlMessage(body: Array(#"{"action":"status","consumer_id":"c","tiers":["free"],"concurrency":"4"}"#.utf8)) == nil)
     }
 
     @Test func theLatencyHistoryKeepsAnHourByMinuteAndTheLatestReports() {

@@ -49,6 +49,10 @@ struct ConsoleBrowserTests {
                     try await browser.run("return document.querySelector('#live').dataset.refreshed || ''") as? String != ""
                 }
                 #expect(try await browser.text("table.tiers tr.tier-free td:last-child") == "1", "free has one dead job")
+                try await TestServices.waitUntil(timeout: .seconds(20), "the consumer's status and its broker subscription are shown") {
+                    let live = try await browser.text("#live")
+                    return live.contains("consumer ") && live.contains(" of 16")
+                }
 
                 // Jobs: the search finds the job; its page shows the failure, payload and timeline.
                 try await browser.open(server.base + "/console/jobs?type=fix.me")

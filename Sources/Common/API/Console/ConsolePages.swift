@@ -76,16 +76,18 @@ enum ConsolePages {
         "live": """
             {{#broker_error}}<p class="error">The broker's management API did not answer ({{broker_error}}): queue figures are missing.</p>{{/broker_error}}
             <table class="tiers"><thead><tr><th>Tier</th><th>Ready</th><th>Unacked</th><th>Consumers</th><th>Published /s</th><th>Finished /s</th>
-            <th>Start p50</th><th>Start p99</th><th>Target</th><th>Intake</th><th>Dead</th></tr></thead><tbody>
+            <th>Start p50</th><th>Start p99</th><th>Target</th><th>Intake</th><th>Breakers open</th><th>Dead</th></tr></thead><tbody>
             {{#tiers}}<tr class="tier-{{name}}"><th><a href="/console/jobs?tier={{name}}">{{name}}</a></th><td>{{ready}}</td><td>{{unacked}}</td><td>{{consumers}}</td>
             <td>{{publish}}</td><td>{{ack}}</td><td>{{p50}}</td><td>{{p99}}</td><td>{{target}}</td>
             <td>{{#shedding}}<span class="bad">shedding ({{shedding}})</span>{{/shedding}}{{^shedding}}open{{/shedding}}</td>
+            <td>{{#breakers}}<span class="bad">{{breakers}}</span>{{/breakers}}{{^breakers}}none{{/breakers}}</td>
             <td>{{#has_dead}}<a class="bad" href="/console/dead?tier={{name}}">{{dead}}</a>{{/has_dead}}{{^has_dead}}0{{/has_dead}}</td></tr>{{/tiers}}
             </tbody></table>
             <h2>Consumers</h2>
             {{^has_consumers}}<p class="hint">No consumer is subscribed to a tier queue.</p>{{/has_consumers}}
-            {{#has_consumers}}<table><thead><tr><th>Connection</th><th>Tier</th><th>Lanes</th><th>Prefetch granted</th><th>Start p99 (last report)</th><th>Saturated</th></tr></thead><tbody>
-            {{#consumers}}<tr><td>{{connection}}</td><td>{{tier}}</td><td>{{lanes}}</td><td>{{prefetch}}</td><td>{{p99}}</td><td>{{saturated}}</td></tr>{{/consumers}}
+            {{#has_consumers}}<table><thead><tr><th>Connection</th><th>Tier</th><th>Lanes</th><th>Prefetch granted</th><th>Concurrency granted</th><th>In flight</th><th>Start p99 (last report)</th><th>Saturated</th><th>Breakers open</th></tr></thead><tbody>
+            {{#consumers}}<tr><td>{{connection}}</td><td>{{tier}}</td><td>{{lanes}}</td><td>{{prefetch}}</td><td>{{concurrency}}</td><td>{{in_flight}}</td><td>{{p99}}</td><td>{{saturated}}</td>
+            <td>{{#breakers}}<span class="bad">{{breakers}}</span>{{/breakers}}{{^breakers}}none{{/breakers}}</td></tr>{{/consumers}}
             </tbody></table>{{/has_consumers}}
             <p class="hint">Updated {{updated}} UTC.</p>
             """,

@@ -116,6 +116,7 @@ extension HTTPAPI {
         let (figures, consumers) = await (brokerFigures, brokerConsumers)
         let now = Timestamp.now().microseconds / 1_000
         let latency = pressure?.latency
+        let statuses = pressure?.consumers ?? []
         var tiers: [[String: Any]] = []
         for tier in Tier.allCases {
             var row: [String: Any] = ["name": tier.rawValue, "dead": String(dead[tier.rawValue] ?? 0), "has_dead": (dead[tier.rawValue] ?? 0) > 0,
@@ -135,17 +136,26 @@ extension HTTPAPI {
                 row["p99"] = "idle"
             }
             row["target"] = pressure?.latencyTargets?.targets[tier].map { "\($0.milliseconds) ms" } ?? "–"
+            let breakers = Set(statuses.filter { $0.tiers.contains(tier) }.flatMap(\.openBreakers)).sorted()
+            if !breakers.isEmpty { row["breakers"] = breakers.joined(separator: ", ") }
             if let reason = pressure?.shedReason(tier) { row["shedding"] = reason.rawValue }
             tiers.append(row)
         }
         let reports = latency?.recentReports(now: now) ?? []
+        let known = Dictionary(statuses.map { ($0.consumerID, $0) }) { first, _ in first }
         let consumerRows: [[String: Any]] = ((try? consumers.get()) ?? []).map { (consumer: BrokerStats.ConsumerFigure) -> [String: Any] in
             let name = consumer.connection.hasPrefix("consumer ") ? String(consumer.connection.dropFirst("consumer ".count)) : consumer.connection
             let report = reports.first { $0.tier == consumer.tier && $0.consumerID == name }
             let p99: String = report.map { "\($0.p99Milliseconds) ms" } ?? "idle"
             let saturated: String = report.map { $0.saturated ? "yes" : "no" } ?? "–"
-            return ["connection": consumer.connection, "tier": consumer.tier.rawValue, "lanes": consumer.lanes, "prefetch": consumer.prefetch,
-                    "p99": p99, "saturated": saturated]
+            var row: [String: Any] = ["connection": consumer.connection, "tier": consumer.tier.rawValue, "lanes": consumer.lanes,
+                                      "prefetch": consumer.prefetch, "p99": p99, "saturated": saturated, "concurrency": "–", "in_flight": "–"]
+            if let status = known[name] {
+                row["concurrency"] = "\(status.concurrency) of \(status.configuredConcurrency)"
+                row["in_flight"] = String(status.inFlight)
+                if !status.openBreakers.isEmpty { row["breakers"] = status.openBreakers.joined(separator: ", ") }
+            }
+            return row
         }
         var data: [String: Any] = ["tiers": tiers, "consumers": consumerRows, "has_consumers": !consumerRows.isEmpty,
                                    "updated": Self.time(Timestamp.now())]
