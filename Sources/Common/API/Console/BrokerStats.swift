@@ -139,13 +139,19 @@ package struct BrokerStats: Sendable {
     private func get<T: Decodable>(_ type: T.Type, _ path: String) async throws -> T {
         var request = HTTPClientRequest(url: base + path)
         request.headers.add(name: "Authorization", value: authorization)
-        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(3))
+        let response = try await Self.client.execute(request, timeout: .seconds(3))
         let body = try await response.body.collect(upTo: 16 << 20)
         guard response.status == .ok else {
             throw BrokerStatsError(message: "the management API answered \(response.status.code) to \(path.prefix(40))")
         }
         return try JSONDecoder().decode(T.self, from: Data(body.readableBytesView))
     }
+
+    /// One client for the process's life (never shut down). Without decompression, so no
+    /// `Accept-Encoding`: `HTTPClient.shared`'s decompression ratio limit refused the management
+    /// API's gzipped samples, which compress better than that.
+    private static let client = HTTPClient(eventLoopGroupProvider: .singleton,
+                                           configuration: HTTPClient.Configuration(decompression: .disabled))
 
     static func escaped(_ vhost: String) -> String {
         vhost.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? vhost
@@ -192,6 +198,17 @@ package struct BrokerStats: Sendable {
         var channel_details: Channel?
         var prefetch_count: Int?
         var active: Bool?
+
+        enum CodingKeys: String, CodingKey { case queue, channel_details, prefetch_count, active }
+
+        init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            queue = try? container.decodeIfPresent(Queue.self, forKey: .queue)
+            // An empty `[]` (not an object) while the channel is closing.
+            channel_details = try? container.decodeIfPresent(Channel.self, forKey: .channel_details)
+            prefetch_count = try? container.decodeIfPresent(Int.self, forKey: .prefetch_count)
+            active = try? container.decodeIfPresent(Bool.self, forKey: .active)
+        }
     }
 }
 

@@ -92,6 +92,7 @@ enum ConsolePages {
             <p class="hint">Updated {{updated}} UTC.</p>
             """,
         "charts": """
+            {{#broker_error}}<p class="error">The broker's samples are missing ({{broker_error}}).</p>{{/broker_error}}
             <div class="charts">{{#charts}}<figure>{{{svg}}}</figure>{{/charts}}</div>
             """,
         "jobs": """

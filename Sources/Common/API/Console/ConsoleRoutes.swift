@@ -143,19 +143,31 @@ extension HTTPAPI {
         }
         let reports = latency?.recentReports(now: now) ?? []
         let known = Dictionary(statuses.map { ($0.consumerID, $0) }) { first, _ in first }
-        let consumerRows: [[String: Any]] = ((try? consumers.get()) ?? []).map { (consumer: BrokerStats.ConsumerFigure) -> [String: Any] in
-            let name = consumer.connection.hasPrefix("consumer ") ? String(consumer.connection.dropFirst("consumer ".count)) : consumer.connection
-            let report = reports.first { $0.tier == consumer.tier && $0.consumerID == name }
-            let p99: String = report.map { "\($0.p99Milliseconds) ms" } ?? "idle"
-            let saturated: String = report.map { $0.saturated ? "yes" : "no" } ?? "–"
-            var row: [String: Any] = ["connection": consumer.connection, "tier": consumer.tier.rawValue, "lanes": consumer.lanes,
-                                      "prefetch": consumer.prefetch, "p99": p99, "saturated": saturated, "concurrency": "–", "in_flight": "–"]
-            if let status = known[name] {
-                row["concurrency"] = "\(status.concurrency) of \(status.configuredConcurrency)"
-                row["in_flight"] = String(status.inFlight)
-                if !status.openBreakers.isEmpty { row["breakers"] = status.openBreakers.joined(separator: ", ") }
-            }
-            return row
+        // Consumers as they say they are (every 2 s, busy or idle), with what the broker lists
+        // of their subscriptions; one the broker lists that sends no status (an older version)
+        // is shown from the broker's side alone. (The broker's list lags: a pool that just
+        // subscribed again with a new prefetch may be missing from it for a few seconds.)
+        let subscribed = (try? consumers.get()) ?? []
+        func id(_ connection: String) -> String {
+            connection.hasPrefix("consumer ") ? String(connection.dropFirst("consumer ".count)) : connection
+        }
+        var consumerRows: [[String: Any]] = []
+        for status in statuses {
+            let lanes = subscribed.filter { id($0.connection) == status.consumerID }.reduce(0) { $0 + $1.lanes }
+            let own = reports.filter { $0.consumerID == status.consumerID }
+            var row: [String: Any] = [
+                "connection": "consumer \(status.consumerID)", "tier": status.tiers.map(\.rawValue).joined(separator: ", "),
+                "lanes": lanes > 0 ? String(lanes) : "–", "prefetch": String(status.prefetch),
+                "concurrency": "\(status.concurrency) of \(status.configuredConcurrency)", "in_flight": String(status.inFlight),
+                "p99": own.isEmpty ? "idle" : own.map { "\($0.tier.rawValue) \($0.p99Milliseconds) ms" }.joined(separator: ", "),
+                "saturated": own.isEmpty ? "–" : own.contains { $0.saturated } ? "yes" : "no",
+            ]
+            if !status.openBreakers.isEmpty { row["breakers"] = status.openBreakers.joined(separator: ", ") }
+            consumerRows.append(row)
+        }
+        for consumer in subscribed where known[id(consumer.connection)] == nil {
+            consumerRows.append(["connection": consumer.connection, "tier": consumer.tier.rawValue, "lanes": String(consumer.lanes),
+                                 "prefetch": String(consumer.prefetch), "concurrency": "–", "in_flight": "–", "p99": "–", "saturated": "–"])
         }
         var data: [String: Any] = ["tiers": tiers, "consumers": consumerRows, "has_consumers": !consumerRows.isEmpty,
                                    "updated": Self.time(Timestamp.now())]
@@ -168,7 +180,8 @@ extension HTTPAPI {
     private func charts(_ settings: ConsoleSettings) async throws -> String {
         let now = Timestamp.now().microseconds / 1_000
         let from = now - 3_600_000
-        let figures = (try? await settings.broker.tiers(history: true)) ?? [:]
+        let answer = await Self.attempt { try await settings.broker.tiers(history: true) }
+        let figures = (try? answer.get()) ?? [:]
         let latency = pressure?.latency
         var charts: [[String: Any]] = []
         for tier in Tier.allCases {
@@ -187,7 +200,12 @@ extension HTTPAPI {
                 .init(label: "unacked", color: "#6b3fa0", points: samples.map { ($0.time, Double($0.unacked)) }),
             ], from: from, to: now)])
         }
-        return ConsolePages.render("charts", ["charts": charts])
+        var data: [String: Any] = ["charts": charts]
+        if case .failure(let error) = answer {
+            logger.warning("console: cannot read the broker's samples", metadata: ["error": "\(error)"])
+            data["broker_error"] = "\(error)"
+        }
+        return ConsolePages.render("charts", data)
     }
 
     // MARK: - Jobs
