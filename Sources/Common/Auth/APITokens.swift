@@ -50,11 +50,7 @@ package struct APITokenStore: Sendable {
 
     /// Creates a token; returns its record and the token text, which is not stored.
     package func create(tenant: String, tier: Tier, scopes: Set<Scope>, expiresAt: Timestamp? = nil) async throws -> (APIToken, String) {
-        var generator = SystemRandomNumberGenerator()
-        var bytes = [UInt8]()
-        for _ in 0..<4 { withUnsafeBytes(of: generator.next() as UInt64) { bytes.append(contentsOf: $0) } }
-        let token = "wrn_" + Data(bytes).base64EncodedString()
-            .replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+        let token = "wrn_" + Self.randomSecret()
         let id = JobID.make()
         let prefix = String(token.prefix(12))
         let rows = try await pool.query("""
@@ -90,6 +86,16 @@ package struct APITokenStore: Sendable {
         if record.revokedAt != nil { return .failure(.revoked) }
         if let expiresAt = record.expiresAt, expiresAt <= now { return .failure(.expired) }
         return .success(record)
+    }
+
+    /// 32 random bytes, base64url without padding: a token's secret part, a console session's
+    /// cookie, a CSRF token.
+    static func randomSecret() -> String {
+        var generator = SystemRandomNumberGenerator()
+        var bytes = [UInt8]()
+        for _ in 0..<4 { withUnsafeBytes(of: generator.next() as UInt64) { bytes.append(contentsOf: $0) } }
+        return Data(bytes).base64EncodedString()
+            .replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
     }
 
     static let select = """

@@ -23,8 +23,8 @@ package struct ConsoleSessionStore: Sendable {
     /// Opens a session for `token` (which the caller checked), ending at `ttl` or at the
     /// token's own expiry, whichever is first. Expired sessions are deleted on the way.
     package func open(for token: APIToken, ttl: Duration) async throws -> Session {
-        let secret = Self.randomText()
-        let csrf = Self.randomText()
+        let secret = APITokenStore.randomSecret()
+        let csrf = APITokenStore.randomSecret()
         var expiresAt = Timestamp(microseconds: Timestamp.now().microseconds + ttl.nanoseconds / 1_000)
         if let tokenExpiry = token.expiresAt, tokenExpiry < expiresAt { expiresAt = tokenExpiry }
         try await pool.query("DELETE FROM console_sessions WHERE expires_at < now()")
@@ -52,14 +52,5 @@ package struct ConsoleSessionStore: Sendable {
     /// Signs out: the session's row is deleted (its cookie no longer finds anything).
     package func close(_ secret: String) async throws {
         try await pool.query("DELETE FROM console_sessions WHERE id_hash = sha256(convert_to($1, 'UTF8'))", [secret])
-    }
-
-    /// 32 random bytes, base64url without padding.
-    static func randomText() -> String {
-        var generator = SystemRandomNumberGenerator()
-        var bytes = [UInt8]()
-        for _ in 0..<4 { withUnsafeBytes(of: generator.next() as UInt64) { bytes.append(contentsOf: $0) } }
-        return Data(bytes).base64EncodedString()
-            .replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
     }
 }
