@@ -49,12 +49,12 @@ package struct ConsoleStore: Sendable {
         }
     }
 
-    /// The statuses a search may ask for: those of `job_runs`, and `queued` for jobs accepted by
-    /// the API that no consumer has recorded yet.
-    package static let statuses = ["queued", "running", "retrying", "succeeded", "failed", "dead", "cancelled"]
+    /// The statuses a search may ask for: those of `job_runs`, and `scheduled` or `queued` for
+    /// jobs accepted by the API that no consumer has recorded yet.
+    package static let statuses = ["scheduled", "queued", "running", "retrying", "succeeded", "failed", "dead", "cancelled"]
 
     /// The newest jobs matching `filter`, newest first. A job accepted by the API and not yet
-    /// started (no `job_runs` row) reads `queued`.
+    /// started (no `job_runs` row) reads `scheduled` or `queued` (``waiting``).
     package func jobs(_ filter: JobFilter, limit: Int = 50) async throws -> [Job] {
         let parameters: [any PostgresEncodable] = [filter.since, filter.until, filter.id, filter.type, filter.tenant,
                                                       filter.tier?.rawValue, filter.status, limit]
@@ -68,16 +68,23 @@ package struct ConsoleStore: Sendable {
                   AND ($5::text IS NULL OR r.tenant = $5) AND ($6::text IS NULL OR r.tier = $6)
                   AND ($7::text IS NULL OR r.status = $7)
                 UNION ALL
-                SELECT a.job_id, a.type, a.tier, a.tenant, 'queued', 0, a.enqueued_at, NULL, NULL, NULL, a.batch_id
+                SELECT a.job_id, a.type, a.tier, a.tenant, \(Self.waiting), 0, a.enqueued_at, NULL, NULL, NULL, a.batch_id
                 FROM api_jobs a
                 WHERE a.enqueued_at >= $1 AND ($2::timestamptz IS NULL OR a.enqueued_at < $2)
                   AND ($3::uuid IS NULL OR a.job_id = $3) AND ($4::text IS NULL OR a.type = $4)
                   AND ($5::text IS NULL OR a.tenant = $5) AND ($6::text IS NULL OR a.tier = $6)
-                  AND ($7::text IS NULL OR $7 = 'queued')
+                  AND ($7::text IS NULL OR $7 = \(Self.waiting))
                   AND NOT EXISTS (SELECT 1 FROM job_runs r WHERE r.job_id = a.job_id AND r.enqueued_at = a.enqueued_at)
             ) j ORDER BY enqueued_at DESC, job_id LIMIT $8
             """, parameters).rows.map(Self.job)
     }
+
+    /// What a job accepted by the API and not yet recorded by a consumer is: `scheduled` while
+    /// the outbox holds it for later, `queued` otherwise (`a` is its `api_jobs` row).
+    static let waiting = """
+        (CASE WHEN EXISTS (SELECT 1 FROM delayed_jobs d WHERE d.job_id = a.job_id AND d.state = 'pending' AND d.run_at > a.created_at)
+              THEN 'scheduled' ELSE 'queued' END)
+        """
 
     /// One job, whenever it was enqueued, with its result and full error.
     package func job(_ id: UUID, tenant: String?) async throws -> Job? {
@@ -87,7 +94,7 @@ package struct ConsoleStore: Sendable {
                        r.error, r.result, r.batch_id, 0 AS rank
                 FROM job_runs r WHERE r.job_id = $1 AND ($2::text IS NULL OR r.tenant = $2)
                 UNION ALL
-                SELECT a.job_id, a.type, a.tier, a.tenant, 'queued', 0, a.enqueued_at, NULL, NULL, NULL, NULL, a.batch_id, 1
+                SELECT a.job_id, a.type, a.tier, a.tenant, \(Self.waiting), 0, a.enqueued_at, NULL, NULL, NULL, NULL, a.batch_id, 1
                 FROM api_jobs a WHERE a.job_id = $1 AND ($2::text IS NULL OR a.tenant = $2)
             ) j ORDER BY rank, enqueued_at DESC LIMIT 1
             """, [id, tenant]).rows.first.map(Self.job)

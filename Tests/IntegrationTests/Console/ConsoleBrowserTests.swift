@@ -64,12 +64,37 @@ struct ConsoleBrowserTests {
                 #expect(jobPage.contains("the report template is missing") && jobPage.contains(#""report":"q3""#), "\(jobPage)")
                 #expect(try await browser.find("#retry") != nil, "a dead job can be retried from its page")
 
+                // A job held for later is cancelled from its page: it will never run.
+                let later = try await server.submit(operatorToken, #"{"type":"fix.me","delay_seconds":3600}"#)
+                try await browser.open(server.base + "/console/jobs/\(later)")
+                #expect(try await browser.text("#job-status") == "scheduled")
+                try await browser.click("#cancel")
+                try await browser.acceptAlert()  // the button asks first
+                try await TestServices.waitUntil(timeout: .seconds(10), "the job's page says it is cancelled") {
+                    (try? await browser.text("p.notice")) == "Cancelled: it will not run."
+                }
+                #expect(try await browser.text("#job-status") == "cancelled")
+                #expect(try await server.job(operatorToken, later)["status"] as? String == "cancelled")
+
                 try await browser.open(server.base + "/console/batches")
                 #expect(try await browser.text("h1") == "Batches")
                 try await browser.open(server.base + "/console/schedules")
                 let schedules = try await browser.pageText
                 #expect(schedules.contains("morning-report") && schedules.contains("Europe/Paris") && schedules.contains("09:00:00+01:00"),
                         "the next fires in the schedule's own zone: \(schedules)")
+                // Disabled from its row, then enabled again.
+                try await browser.click("form[action$='/disable'] button")
+                try await TestServices.waitUntil(timeout: .seconds(10), "the schedule is disabled") {
+                    (try? await browser.text("p.notice")) == "morning-report is disabled."
+                }
+                let (_, _, disabled) = try await server.request("GET", "/v1/schedules/morning-report", token: operatorToken, contentType: nil)
+                #expect(HTTP.object(disabled)["enabled"] as? Bool == false)
+                try await browser.click("form[action$='/enable'] button")
+                try await TestServices.waitUntil(timeout: .seconds(10), "the schedule is enabled again") {
+                    (try? await browser.text("p.notice")) == "morning-report is enabled."
+                }
+                let (_, _, enabled) = try await server.request("GET", "/v1/schedules/morning-report", token: operatorToken, contentType: nil)
+                #expect(HTTP.object(enabled)["enabled"] as? Bool == true)
 
                 // Dead letters: grouped by reason; the fix lands, the operator replays the job.
                 try await browser.open(server.base + "/console/dead")

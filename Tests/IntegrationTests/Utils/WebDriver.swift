@@ -106,6 +106,9 @@ final class Browser: Sendable {
         try await command("POST", "/execute/sync", ["script": script, "args": arguments])
     }
 
+    /// Accepts the open `confirm()` (or `alert()`) dialog.
+    func acceptAlert() async throws { _ = try await command("POST", "/alert/accept", [:]) }
+
     func cookies() async throws -> [[String: Any]] { try await command("GET", "/cookie", nil) as? [[String: Any]] ?? [] }
 
     func screenshot() async throws -> Data {

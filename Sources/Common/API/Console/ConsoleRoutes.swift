@@ -265,7 +265,7 @@ extension HTTPAPI {
             "csrf": session.csrf,
             "events": events.map { ["at": Self.time($0.at, fraction: true), "event": $0.event, "attempt": $0.attempt.map(String.init) ?? "",
                                     "detail": $0.detail ?? ""] },
-            "can_cancel": ["queued", "running", "retrying"].contains(job.status) && session.token.allows(.jobsWrite),
+            "can_cancel": ["scheduled", "queued", "running", "retrying"].contains(job.status) && session.token.allows(.jobsWrite),
         ]
         if let payload { data["payload"] = payload }
         if deadLetter != nil, session.token.allows(.deadWrite) { data["dead_letter"] = true }
