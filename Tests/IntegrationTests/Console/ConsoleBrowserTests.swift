@@ -100,6 +100,28 @@ struct ConsoleBrowserTests {
                 try await browser.open(server.base + "/console/dead")
                 let deadPage = try await browser.pageText
                 #expect(deadPage.contains("permanent-failure") && deadPage.contains(id))
+
+                // A form without the session's CSRF token, or from another origin, changes
+                // nothing: the dead letter is still open, the session still signed in.
+                let secret = try #require(cookie["value"] as? String)
+                let session = ["Cookie": "warren_console=\(secret)"]
+                let form = "application/x-www-form-urlencoded"
+                let (noCSRF, _, _) = try await server.request("POST", "/console/dead/discard", contentType: form,
+                                                              body: "reason=permanent-failure", headers: session)
+                #expect(noCSRF == 403)
+                let csrf = try #require(try await browser.run("return document.querySelector('input[name=csrf]').value") as? String)
+                let (foreign, _, _) = try await server.request("POST", "/console/dead/discard", contentType: form,
+                                                               body: "csrf=\(csrf)&reason=permanent-failure",
+                                                               headers: session.merging(["Origin": "https://evil.example"]) { $1 })
+                #expect(foreign == 403)
+                #expect(try await dead.deadList(server, operatorToken).count == 1, "nothing discarded")
+                let (stillIn, _, overviewPage) = try await server.request("GET", "/console", contentType: nil, headers: session)
+                #expect(stillIn == 200 && overviewPage.contains("Overview</h1>"))
+                // A value Postgres cannot hold is the request's fault: a 422 page, not JSON.
+                let (refused, refusedHeaders, refusedPage) = try await server.request("GET", "/console/jobs?type=a%00b", contentType: nil,
+                                                                                      headers: session)
+                #expect(refused == 422 && refusedHeaders["content-type"]?.hasPrefix("text/html") == true
+                        && refusedPage.contains("cannot be stored"), "\(refused) \(refusedPage.prefix(300))")
                 #expect(program.touch("fixed"))
                 try await browser.click("input[name=ids]")
                 try await browser.click("#replay-selected")
@@ -113,23 +135,22 @@ struct ConsoleBrowserTests {
                 #expect(program.lines("runs") == 2, "one failed run, one replayed run")
                 #expect(try await dead.deadList(server, operatorToken).isEmpty)
 
-                // A form without the session's CSRF token, or from another origin, changes nothing.
-                let secret = try #require(cookie["value"] as? String)
-                let (noCSRF, _, _) = try await server.request("POST", "/console/dead/discard", contentType: "application/x-www-form-urlencoded",
-                                                              body: "reason=permanent-failure", headers: ["Cookie": "warren_console=\(secret)"])
-                #expect(noCSRF == 403)
-                let csrf = try #require(try await browser.run("return document.querySelector('input[name=csrf]').value") as? String)
-                let (foreign, _, _) = try await server.request("POST", "/console/logout", contentType: "application/x-www-form-urlencoded",
-                                                               body: "csrf=\(csrf)", headers: ["Cookie": "warren_console=\(secret)",
-                                                                                               "Origin": "https://evil.example"])
-                #expect(foreign == 403)
-
                 // Signing out ends the session: its cookie opens nothing any more.
                 try await browser.click(".signout button")
                 #expect(try await browser.url.hasSuffix("/console/login"))
                 // (The test client follows the redirect: it lands on the sign-in form.)
                 let (after, _, page) = try await server.request("GET", "/console", contentType: nil, headers: ["Cookie": "warren_console=\(secret)"])
                 #expect(after == 200 && page.contains(#"name="token""#) && !page.contains("Overview</h1>"))
+
+                // Revoking the token ends a session it opened, at once.
+                try await browser.type(operatorToken, into: "input[name=token]")
+                try await browser.click("#sign-in")
+                #expect(try await browser.url == server.base + "/console")
+                let revoked = try await Products.run("producer", ["tokens", "revoke", String(operatorToken.prefix(12))],
+                                                     environment: server.environment)
+                #expect(revoked.status == 0, "\(revoked.stderr)")
+                try await browser.open(server.base + "/console/jobs")
+                #expect(try await browser.url.hasSuffix("/console/login?next=/console/jobs"))
             }
             consumer.signal(SIGTERM)
             scheduler.signal(SIGTERM)

@@ -29,7 +29,8 @@ package struct ConsoleSettings: Sendable {
 extension HTTPAPI {
     func consoleRoutes(_ settings: ConsoleSettings) -> RouteCollection<APIRequestContext> {
         let sessions = ConsoleSessionStore(pool: pool)
-        let collection = RouteCollection(context: APIRequestContext.self)
+        let all = RouteCollection(context: APIRequestContext.self)
+        let collection = all.group().add(middleware: ConsoleErrorMiddleware())
         collection.get("assets/console.css") { _, _ in Self.asset(ConsoleAssets.css, type: "text/css; charset=utf-8") }
         collection.get("assets/console.js") { _, _ in Self.asset(ConsoleAssets.js, type: "text/javascript; charset=utf-8") }
         collection.get("login") { request, _ in
@@ -58,7 +59,7 @@ extension HTTPAPI {
         pages.get("dead") { request, context in try await deadPage(request, context) }
         pages.post("dead/replay") { request, context in try await settleDeadFromConsole(request, context, replay: true) }
         pages.post("dead/discard") { request, context in try await settleDeadFromConsole(request, context, replay: false) }
-        return collection
+        return all
     }
 
     private static func asset(_ text: String, type: String) -> Response {
@@ -435,8 +436,8 @@ extension HTTPAPI {
 
     // MARK: - Helpers
 
-    /// A database call for a page: a failure is the API's 503 (rendered as a page by the
-    /// request log's error answer).
+    /// A database call for a page: a failure is the API's 503, which ``ConsoleErrorMiddleware``
+    /// renders as a page.
     private func consoleStore<T>(_ body: () async throws -> T) async throws -> T {
         try await database(message: "the database is unavailable right now; reload in a moment", body)
     }

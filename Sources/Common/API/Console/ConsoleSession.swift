@@ -49,6 +49,20 @@ struct ConsoleSessionMiddleware: RouterMiddleware {
     }
 }
 
+/// Outermost on the console's routes: an ``APIError`` (the database unavailable, say) becomes
+/// an HTML error page with the same status, not the API's JSON body.
+struct ConsoleErrorMiddleware: RouterMiddleware {
+    typealias Context = APIRequestContext
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as APIError {
+            return Console.errorPage(error.status, error.message.prefix(1).uppercased() + error.message.dropFirst() + ".")
+        }
+    }
+}
+
 /// What the console's pieces share: its cookie, forms, redirects and error pages.
 enum Console {
     static let cookie = "warren_console"
@@ -86,9 +100,7 @@ enum Console {
     static func sameOrigin(_ request: Request) -> Bool {
         guard let origin = request.headers[.origin] else { return true }
         guard let host = request.head.authority else { return false }
-        let forwarded = request.headers[HTTPField.Name("X-Forwarded-Proto")!]
-        let scheme = forwarded ?? "http"
-        return origin == "\(scheme)://\(host)" || origin == "https://\(host)" || origin == "http://\(host)"
+        return origin == "http://\(host)" || origin == "https://\(host)"  // direct, or behind a TLS proxy
     }
 
     static func constantTimeEqual(_ a: String, _ b: String) -> Bool {
