@@ -30,10 +30,10 @@ struct ConsoleBrowserTests {
                 try await browser.open(server.base + "/console/dead")
                 #expect(try await browser.url.hasSuffix("/console/login?next=/console/dead"))
                 try await browser.type(noConsole, into: "input[name=token]")
-                try await browser.click("#sign-in")
+                try await browser.submit("#sign-in")
                 #expect(try await browser.pageText.contains("lacks the 'console' scope"))
                 try await browser.type(operatorToken, into: "input[name=token]")
-                try await browser.click("#sign-in")
+                try await browser.submit("#sign-in")
                 #expect(try await browser.url == server.base + "/console/dead", "back where the operator was going")
                 let cookie = try #require(try await browser.cookies().first { $0["name"] as? String == "warren_console" })
                 #expect(cookie["httpOnly"] as? Bool == true && cookie["sameSite"] as? String == "Strict" && cookie["path"] as? String == "/console")
@@ -68,8 +68,7 @@ struct ConsoleBrowserTests {
                 let later = try await server.submit(operatorToken, #"{"type":"fix.me","delay_seconds":3600}"#)
                 try await browser.open(server.base + "/console/jobs/\(later)")
                 #expect(try await browser.text("#job-status") == "scheduled")
-                try await browser.click("#cancel")
-                try await browser.acceptAlert()  // the button asks first
+                try await browser.submit("#cancel", confirming: true)  // the button asks first
                 try await TestServices.waitUntil(timeout: .seconds(10), "the job's page says it is cancelled") {
                     (try? await browser.text("p.notice")) == "Cancelled: it will not run."
                 }
@@ -83,13 +82,13 @@ struct ConsoleBrowserTests {
                 #expect(schedules.contains("morning-report") && schedules.contains("Europe/Paris") && schedules.contains("09:00:00+01:00"),
                         "the next fires in the schedule's own zone: \(schedules)")
                 // Disabled from its row, then enabled again.
-                try await browser.click("form[action$='/disable'] button")
+                try await browser.submit("form[action$='/disable'] button")
                 try await TestServices.waitUntil(timeout: .seconds(10), "the schedule is disabled") {
                     (try? await browser.text("p.notice")) == "morning-report is disabled."
                 }
                 let (_, _, disabled) = try await server.request("GET", "/v1/schedules/morning-report", token: operatorToken, contentType: nil)
                 #expect(HTTP.object(disabled)["enabled"] as? Bool == false)
-                try await browser.click("form[action$='/enable'] button")
+                try await browser.submit("form[action$='/enable'] button")
                 try await TestServices.waitUntil(timeout: .seconds(10), "the schedule is enabled again") {
                     (try? await browser.text("p.notice")) == "morning-report is enabled."
                 }
@@ -124,7 +123,7 @@ struct ConsoleBrowserTests {
                         && refusedPage.contains("cannot be stored"), "\(refused) \(refusedPage.prefix(300))")
                 #expect(program.touch("fixed"))
                 try await browser.click("input[name=ids]")
-                try await browser.click("#replay-selected")
+                try await browser.submit("#replay-selected")
                 #expect(try await browser.text("p.notice") == "Replayed 1 dead letter.")
                 try await browser.open(server.base + "/console/jobs/\(id)")
                 try await TestServices.waitUntil(timeout: .seconds(30), "the replayed job succeeded on its page") {
@@ -136,7 +135,7 @@ struct ConsoleBrowserTests {
                 #expect(try await dead.deadList(server, operatorToken).isEmpty)
 
                 // Signing out ends the session: its cookie opens nothing any more.
-                try await browser.click(".signout button")
+                try await browser.submit(".signout button")
                 #expect(try await browser.url.hasSuffix("/console/login"))
                 // (The test client follows the redirect: it lands on the sign-in form.)
                 let (after, _, page) = try await server.request("GET", "/console", contentType: nil, headers: ["Cookie": "warren_console=\(secret)"])
@@ -144,7 +143,7 @@ struct ConsoleBrowserTests {
 
                 // Revoking the token ends a session it opened, at once.
                 try await browser.type(operatorToken, into: "input[name=token]")
-                try await browser.click("#sign-in")
+                try await browser.submit("#sign-in")
                 #expect(try await browser.url == server.base + "/console")
                 let revoked = try await Products.run("producer", ["tokens", "revoke", String(operatorToken.prefix(12))],
                                                      environment: server.environment)

@@ -91,6 +91,18 @@ final class Browser: Sendable {
 
     func click(_ css: String) async throws { _ = try await command("POST", "/element/\(try await require(css))/click", [:]) }
 
+    /// Clicks `css`, which submits a form or follows a link (accepting the `confirm()` it asks
+    /// first when `confirming`), and waits until the next page has loaded: a click answers when
+    /// the click is done, not necessarily the navigation it starts.
+    func submit(_ css: String, confirming: Bool = false) async throws {
+        _ = try await run("window.warrenPageLeft = true")
+        try await click(css)
+        if confirming { try await acceptAlert() }
+        try await TestServices.waitUntil(timeout: .seconds(20), "the page after clicking \(css) loads") {
+            (try? await self.run("return !window.warrenPageLeft && document.readyState === 'complete'")) as? Bool == true
+        }
+    }
+
     func text(_ css: String) async throws -> String {
         try await command("GET", "/element/\(try await require(css))/text", nil) as? String ?? ""
     }
