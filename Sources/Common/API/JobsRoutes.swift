@@ -15,7 +15,7 @@ import WarrenStore
 import WarrenSupport
 
 /// `/v1/jobs`: submit a job (`jobs:write`, rate limited), read one (`jobs:read`), cancel one
-/// (`jobs:write`).
+/// or send one waiting between retries on at once (`jobs:write`).
 extension HTTPAPI {
     static let traceparent = HTTPField.Name("traceparent")!
 
@@ -29,6 +29,11 @@ extension HTTPAPI {
         }
         guarded(routes, .jobsWrite, limited: false).delete(":id") { _, context in
             try await cancelJob(id: context.parameters.get("id") ?? "", token: context.authenticated())
+        }
+        guarded(routes, .jobsWrite, limited: false).post(":id/retry") { _, context in
+            let token = try context.authenticated()
+            guard let uuid = UUID(uuidString: context.parameters.get("id") ?? "") else { throw APIError(.notFound, "not_found", "no such job") }
+            return try json(.accepted, try await retryNow(uuid, tenant: token.tenant, by: "api \(token.prefix)"))
         }
         return routes
     }
@@ -270,9 +275,43 @@ extension HTTPAPI {
                                 cancellation: running ? "signalled_running" : "not_running")
         }
     }
+
+    /// Sends a job waiting between retries on at once (the API's `POST /v1/jobs/{id}/retry` and
+    /// the console's "Retry now"; see ``JobRunStore/retryNow(_:tenant:by:)``): entered in the
+    /// outbox with its row moved past the waiting copy, then published with a confirm (the
+    /// leader's dispatcher publishes it if this does not see the confirm). `tenant` nil: any.
+    func retryNow(_ uuid: UUID, tenant: String?, by: String) async throws(APIError) -> JobRetried {
+        let outcome = try await database(message: "cannot record the retry right now") {
+            try await JobRunStore(pool: pool, logger: logger).retryNow(uuid, tenant: tenant, by: by)
+        }
+        switch outcome {
+        case .notFound:
+            throw APIError(.notFound, "not_found", "no such job")
+        case .notWaiting(let status):
+            let hint = status == JobStatus.dead.rawValue || status == JobStatus.failed.rawValue
+                ? "; a dead job is replayed from its dead letter (POST /v1/dead/replay)" : ""
+            throw APIError(.conflict, "not_waiting", "the job is \(status), not waiting between retries\(hint)")
+        case .notKept:
+            throw APIError(.conflict, "not_kept", "this job's message was not kept (it failed before Warren kept them); it runs at its retry time")
+        case .entered(let job):
+            let published = (try? await Outbox(pool: pool).publish([job], with: publisher).first?.get()) != nil
+            logger.info("job sent on before its retry delay", metadata: ["job_id": "\(uuid.lowercasedString)", "by": "\(by)",
+                                                                       "attempt": "\(job.attempt)", "published": "\(published)"])
+            return JobRetried(id: uuid.lowercasedString, status: "retrying", attempt: job.attempt, published: published)
+        }
+    }
 }
 
 // MARK: - Answers
+
+/// `POST /v1/jobs/{id}/retry`'s answer: the attempt sent on, and whether the broker already
+/// confirmed it (else the outbox's dispatcher publishes it within its lease).
+struct JobRetried: Encodable, Sendable {
+    var id: String
+    var status: String
+    var attempt: Int
+    var published: Bool
+}
 
 /// `202` for a job held until `run_at`.
 struct JobScheduled: Encodable, Sendable {

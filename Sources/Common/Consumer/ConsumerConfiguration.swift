@@ -52,6 +52,16 @@ package struct ConsumerConfiguration: Sendable {
     package var tierTargets: TierTargets
     /// How running jobs' progress is written, and when a quiet one is stalled.
     package var progress: ProgressTracker.Settings
+    /// Which jobs' rows keep their message (payload and headers, ``KeptMessage``).
+    package var keepPayloads: KeepPayloads
+
+    /// `WARREN_KEEP_PAYLOADS`: `failed` (the default) keeps the message of every job that did
+    /// not succeed at its first try (retrying, failed, dead, cancelled while running), so the
+    /// console shows it and "retry now" can send it on, and a job that simply succeeds costs
+    /// nothing more; `all` keeps every job's too.
+    package enum KeepPayloads: String, Sendable, CaseIterable {
+        case failed, all
+    }
     /// Keyed jobs that may wait here for their key (holding a prefetched delivery, no worker
     /// slot); past it, they go back to the 1 s delay queue (no attempt spent).
     package var maxKeyWaiting: Int {
@@ -95,6 +105,7 @@ package struct ConsumerConfiguration: Sendable {
         keyLeaseTTL = .seconds(30)
         tierTargets = TierTargets()
         progress = ProgressTracker.Settings()
+        keepPayloads = .failed
     }
 
     /// Reads the `WARREN_*` variables over the tier's defaults.
@@ -126,6 +137,12 @@ package struct ConsumerConfiguration: Sendable {
             }
         }
         if let id = reader.string("WARREN_CONSUMER_ID") { consumerID = id }
+        if let text = reader.string("WARREN_KEEP_PAYLOADS") {
+            guard let keep = KeepPayloads(rawValue: text) else {
+                throw SettingsError(key: "WARREN_KEEP_PAYLOADS", message: "expects failed or all, got '\(text)'")
+            }
+            keepPayloads = keep
+        }
         outboundLimits = try OutboundLimits(environment: environment)
         if let number = try reader.integer("WARREN_NICE", 0...19) { nice = Int32(number) }
         if let duration = try reader.seconds("WARREN_KEY_LEASE_SECONDS", 0.3...3_600) { keyLeaseTTL = duration }

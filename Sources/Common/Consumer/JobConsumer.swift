@@ -981,8 +981,13 @@ package final class JobConsumer: Sendable {
         case nil: break
         }
         metrics.count(plan.counted)
-        let run = JobRunRecord.Run(status: plan.status, attempts: job.attempt, seq: plan.seq, result: plan.result, error: plan.error,
+        var run = JobRunRecord.Run(status: plan.status, attempts: job.attempt, seq: plan.seq, result: plan.result, error: plan.error,
                                    consumerID: configuration.consumerID, startedAt: startedAt, finishedAt: finishedAt)
+        // The message the row speaks for, kept when the job did not simply succeed: for a retry,
+        // the copy on its way (what "retry now" sends on at once, JobRunStore.retryNow).
+        if plan.status != .succeeded || configuration.keepPayloads == .all {
+            if case .retry(let next, _, _)? = plan.publish { run.kept = KeptMessage(next) } else { run.kept = KeptMessage(job) }
+        }
         let span = Traces.start("record \(plan.status.rawValue)")  // ended by the writer, once durable and acked
         writer.submit(.init(record: JobRunRecord(job: job, run: run, event: plan.event, detail: plan.detail.map(Self.detail),
                                                  loggedAt: finishedAt), delivery: delivery, span: span))

@@ -100,13 +100,15 @@ package struct ConsoleStore: Sendable {
             """, [id, tenant]).rows.first.map(Self.job)
     }
 
-    /// The payload Warren still holds for a job: a delayed or outbox entry's, or its latest dead
-    /// letter's (a job published straight to its queue is not kept once it ran).
+    /// The payload Warren holds for a job: a delayed or outbox entry's, the one its row kept
+    /// (a job that did not succeed at its first try, ``KeptMessage``), or its latest dead
+    /// letter's. A job that simply succeeded keeps none unless `WARREN_KEEP_PAYLOADS=all`.
     package func payload(of id: UUID) async throws -> String? {
         try await pool.query("""
             SELECT payload FROM (
                 SELECT payload, 0 AS rank, created_at AS at FROM delayed_jobs WHERE job_id = $1
-                UNION ALL SELECT payload, 1, dead_at FROM dead_letters WHERE job_id = $1
+                UNION ALL SELECT payload, 1, updated_at FROM job_runs WHERE job_id = $1 AND payload IS NOT NULL
+                UNION ALL SELECT payload, 2, dead_at FROM dead_letters WHERE job_id = $1
             ) p ORDER BY rank, at DESC LIMIT 1
             """, [id]).rows.first?[0]
     }

@@ -215,27 +215,7 @@ package struct DeadLetterStore: Sendable {
             }
             guard !settled.jobs.isEmpty else { return settled }
             let jobs = settled.jobs
-            try await connection.query("""
-                INSERT INTO delayed_jobs (job_id, tenant, type, tier, payload, idempotency_key, correlation_id, run_at, claimed_until,
-                                          concurrency_key, concurrency_limit, seq, attempt)
-                SELECT u.job_id, u.tenant, u.type, u.tier, u.payload, u.idempotency_key, u.correlation_id, u.run_at,
-                       now() + make_interval(secs => $9::int), u.concurrency_key, u.concurrency_limit, u.seq, u.attempt
-                FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::timestamptz[],
-                            $10::text[], $11::int[], $12::int[], $13::int[])
-                     AS u(job_id, tenant, type, tier, payload, idempotency_key, correlation_id, run_at, concurrency_key,
-                          concurrency_limit, seq, attempt)
-                ON CONFLICT (job_id) DO UPDATE SET
-                    tenant = EXCLUDED.tenant, type = EXCLUDED.type, tier = EXCLUDED.tier, payload = EXCLUDED.payload,
-                    idempotency_key = EXCLUDED.idempotency_key, correlation_id = EXCLUDED.correlation_id, run_at = EXCLUDED.run_at,
-                    claimed_until = EXCLUDED.claimed_until, concurrency_key = EXCLUDED.concurrency_key,
-                    concurrency_limit = EXCLUDED.concurrency_limit, seq = EXCLUDED.seq, attempt = EXCLUDED.attempt,
-                    state = 'pending', published_at = NULL
-                """, [PostgresArray(jobs.map(\.id)), PostgresArray(jobs.map(\.tenant)), PostgresArray(jobs.map(\.type)),
-                      PostgresArray(jobs.map(\.tier.rawValue)), PostgresArray(jobs.map { String(decoding: $0.payload, as: UTF8.self) }),
-                      PostgresArray(jobs.map(\.idempotencyKey)), PostgresArray(jobs.map(\.correlationID)),
-                      PostgresArray(jobs.map(\.enqueuedAt)), Outbox.publishLeaseSeconds, PostgresArray(jobs.map(\.concurrencyKey)),
-                      PostgresArray(jobs.map { job in job.concurrencyKey.map { _ in job.concurrencyLimit } }),
-                      PostgresArray(jobs.map(\.seq)), PostgresArray(jobs.map(\.attempt))])
+            try await Outbox.addNext(jobs, on: connection)
             // Its row waits again (a terminal row would refuse the replay's start).
             try await connection.query("""
                 UPDATE job_runs r SET status = 'queued', seq = u.seq - 1, error = NULL, result = NULL, finished_at = NULL,

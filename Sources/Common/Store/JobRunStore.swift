@@ -18,6 +18,36 @@ package enum JobStatus: String, Sendable, CaseIterable {
 /// An event in `message_logs`.
 package enum JobEvent: String, Sendable {
     case published, started, retried, succeeded, failed, deadLettered = "dead_lettered", cancelled, duplicate
+    /// An operator sent a job waiting between retries on at once (``JobRunStore/retryNow(_:tenant:by:)``).
+    case retriedNow = "retried_now"
+}
+
+/// What a `job_runs` row keeps of its job's message, for the console and for "retry now":
+/// the payload, and the headers the row's other columns do not hold (the attempt it carries,
+/// its concurrency key and limit, its trace context) as a JSON object of strings named as on
+/// the wire. Kept for jobs that did not succeed at their first try (and for every job with
+/// `WARREN_KEEP_PAYLOADS=all`), so a consumer's success path writes nothing more.
+package struct KeptMessage: Sendable, Equatable {
+    package var payload: String
+    package var headers: [String: String]
+
+    /// `job` as it would be published (its attempt and seq already those of the message).
+    package init(_ job: JobEnvelope) {
+        payload = String(decoding: job.payload, as: UTF8.self)
+        var headers = [JobEnvelope.Header.attempt: String(job.attempt)]
+        if let key = job.concurrencyKey {
+            headers[JobEnvelope.Header.concurrencyKey] = key
+            headers[JobEnvelope.Header.concurrencyLimit] = String(job.concurrencyLimit)
+        }
+        if let traceparent = job.traceparent { headers[JobEnvelope.Header.traceparent] = traceparent }
+        self.headers = headers
+    }
+
+    /// The headers as a JSON object, text Postgres can store.
+    var headersJSON: String {
+        "{" + headers.sorted { $0.key < $1.key }.map { JSONText.quoted($0.key) + ":" + JSONText.quoted(StorableText.text($0.value).text) }
+            .joined(separator: ",") + "}"
+    }
 }
 
 /// One delivery's durable outcome: the `job_runs` row (unless `run` is nil, as for a
@@ -35,6 +65,9 @@ package struct JobRunRecord: Sendable {
         package var startedAt: Timestamp
         /// Nil while the job runs.
         package var finishedAt: Timestamp?
+        /// The message this row speaks for (for `retrying`, the one republished), kept in the
+        /// row's `payload` and `headers`: see ``KeptMessage``. Nil keeps what the row has.
+        package var kept: KeptMessage?
 
         package init(status: JobStatus, attempts: Int, seq: Int = 0, result: [UInt8]? = nil, error: String? = nil, consumerID: String,
                      startedAt: Timestamp, finishedAt: Timestamp?) {
@@ -106,6 +139,7 @@ package struct JobRunRecord: Sendable {
         case 2:
             let error = run?.error.map { String($0.prefix(1_000)) }
             record.run?.result = nil
+            record.run?.kept = nil
             record.run?.error = error
             record.detail = nil
             record.note("unstorable", reason)
@@ -321,6 +355,8 @@ package struct JobRunStore: Sendable {
                     PostgresArray(rows.map { $0.1.startedAt }),
                     PostgresArray(rows.map { $0.1.finishedAt }),
                     PostgresArray(rows.map { $0.1.seq }),
+                    PostgresArray(rows.map { $0.1.kept?.payload }),
+                    PostgresArray(rows.map { $0.1.kept?.headersJSON }),
                 ])
             }
             let events = records.filter { $0.event != nil }
@@ -342,18 +378,19 @@ package struct JobRunStore: Sendable {
     /// final, so a replayed batch or a superseded run's late outcome changes nothing.
     static let upsertRuns = """
         INSERT INTO job_runs (job_id, enqueued_at, type, tier, tenant, idempotency_key, correlation_id,
-                              status, attempts, result, error, consumer_id, started_at, finished_at, seq, updated_at)
+                              status, attempts, result, error, consumer_id, started_at, finished_at, seq, payload, headers, updated_at)
         SELECT u.job_id, u.enqueued_at, u.type, u.tier, u.tenant, u.idempotency_key, u.correlation_id,
-               u.status, u.attempts, u.result, u.error, u.consumer_id, u.started_at, u.finished_at, u.seq, now()
+               u.status, u.attempts, u.result, u.error, u.consumer_id, u.started_at, u.finished_at, u.seq, u.payload, u.headers, now()
         FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
                     $8::text[], $9::integer[], $10::jsonb[], $11::text[], $12::text[], $13::timestamptz[], $14::timestamptz[],
-                    $15::integer[])
+                    $15::integer[], $16::text[], $17::jsonb[])
              AS u(job_id, enqueued_at, type, tier, tenant, idempotency_key, correlation_id,
-                  status, attempts, result, error, consumer_id, started_at, finished_at, seq)
+                  status, attempts, result, error, consumer_id, started_at, finished_at, seq, payload, headers)
         ON CONFLICT (job_id, enqueued_at) DO UPDATE SET
             status = EXCLUDED.status, attempts = EXCLUDED.attempts, result = EXCLUDED.result, error = EXCLUDED.error,
             consumer_id = EXCLUDED.consumer_id, started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
-            seq = EXCLUDED.seq, updated_at = now()
+            seq = EXCLUDED.seq, payload = coalesce(EXCLUDED.payload, job_runs.payload),
+            headers = coalesce(EXCLUDED.headers, job_runs.headers), updated_at = now()
         WHERE job_runs.status NOT IN \(JobStatus.terminalSQL)
           AND EXCLUDED.seq >= job_runs.seq
         """
@@ -363,4 +400,61 @@ package struct JobRunStore: Sendable {
         SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::integer[], $5::text[], $6::jsonb[],
                              $7::timestamptz[])
         """
+}
+
+// MARK: - Retry now
+
+extension JobRunStore {
+    /// What ``retryNow(_:tenant:by:)`` did.
+    package enum RetryNow: Sendable, Equatable {
+        /// Entered in the outbox as the next message of its lineage, leased to the caller, who
+        /// publishes it (``Outbox/publish(_:with:)``).
+        case entered(JobEnvelope)
+        /// No such job (or not `tenant`'s).
+        case notFound
+        /// Not waiting between retries: `status` is what it is now.
+        case notWaiting(status: String)
+        /// Waiting, but its row keeps no message to send (written before Warren kept them).
+        case notKept
+    }
+
+    /// Sends a job waiting between retries (`retrying`) on at once. In one transaction its row
+    /// moves to the next seq of its lineage, still `retrying`, and the job enters the outbox as
+    /// that next message, due now, with the attempt the waiting copy carries. So the copy in
+    /// the delay queue, at the old seq, is superseded (consumers' start claims skip it) and the
+    /// attempt runs once, whichever copy comes first; a crash after the commit leaves the entry
+    /// to the leader's outbox dispatcher, never neither copy. The row's lock meets consumers'
+    /// start claims: once a copy started (`running`), there is nothing to send on.
+    /// `tenant` nil: any tenant's job (an admin).
+    package func retryNow(_ id: UUID, tenant: String?, by: String) async throws -> RetryNow {
+        try await pool.withTransaction { connection in
+            let rows = try await connection.query("""
+                UPDATE job_runs SET seq = seq + 1, updated_at = now()
+                WHERE job_id = $1 AND ($2::text IS NULL OR tenant = $2) AND status = 'retrying' AND payload IS NOT NULL
+                RETURNING enqueued_at, type, tier, tenant, idempotency_key, correlation_id, seq, payload, headers::text
+                """, [id, tenant]).rows
+            guard let row = rows.first else {
+                guard let found = try await connection.query("""
+                    SELECT status FROM job_runs WHERE job_id = $1 AND ($2::text IS NULL OR tenant = $2)
+                    """, [id, tenant]).rows.first else { return .notFound }
+                let status = try found.string(0)
+                return status == JobStatus.retrying.rawValue ? .notKept : .notWaiting(status: status)
+            }
+            guard let tier = Tier(rawValue: try row.string(2)) else { return .notFound }
+            let headers = (row[8].flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) } as? [String: String]) ?? [:]
+            var job = JobEnvelope(type: try row.string(1), tier: tier, payload: Array(try row.string(7).utf8), tenant: row[3],
+                                  idempotencyKey: row[4], correlationID: row[5], enqueuedAt: try row.timestamp(0), id: id,
+                                  concurrencyKey: headers[JobEnvelope.Header.concurrencyKey],
+                                  concurrencyLimit: headers[JobEnvelope.Header.concurrencyLimit].flatMap { Int($0) } ?? 1)
+            job.seq = try row.int(6)
+            job.attempt = headers[JobEnvelope.Header.attempt].flatMap { Int($0) } ?? 1
+            job.traceparent = headers[JobEnvelope.Header.traceparent]
+            try await Outbox.addNext([job], on: connection)
+            try await connection.query("""
+                INSERT INTO message_logs (job_id, enqueued_at, event, attempt, tier, detail)
+                VALUES ($1, $2, 'retried_now', $3, $4, jsonb_build_object('by', $5::text, 'seq', $6::int))
+                """, [id, job.enqueuedAt, job.attempt, tier.rawValue, by, job.seq])
+            return .entered(job)
+        }
+    }
 }

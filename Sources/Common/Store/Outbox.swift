@@ -96,6 +96,36 @@ package struct Outbox: Sendable {
                   PostgresArray(jobs.map { job in job.concurrencyKey.map { _ in job.concurrencyLimit } })])
     }
 
+    /// Enters `jobs` as the next message of their lineage (their `seq` and `attempt` as set),
+    /// due now and leased to their writer, in the caller's transaction: a dead job replayed
+    /// (``DeadLetterStore/replay(_:resetAttempts:by:limit:)``), a job sent on before its retry
+    /// delay ran out (``JobRunStore/retryNow(_:tenant:by:)``). A job's earlier entry (a keyed
+    /// or delayed job's, long published) is taken over.
+    package static func addNext(_ jobs: [JobEnvelope], on connection: PostgresConnection) async throws {
+        guard !jobs.isEmpty else { return }
+        try await connection.query("""
+            INSERT INTO delayed_jobs (job_id, tenant, type, tier, payload, idempotency_key, correlation_id, run_at, claimed_until,
+                                      concurrency_key, concurrency_limit, seq, attempt)
+            SELECT u.job_id, u.tenant, u.type, u.tier, u.payload, u.idempotency_key, u.correlation_id, u.run_at,
+                   now() + make_interval(secs => $9::int), u.concurrency_key, u.concurrency_limit, u.seq, u.attempt
+            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::timestamptz[],
+                        $10::text[], $11::int[], $12::int[], $13::int[])
+                 AS u(job_id, tenant, type, tier, payload, idempotency_key, correlation_id, run_at, concurrency_key,
+                      concurrency_limit, seq, attempt)
+            ON CONFLICT (job_id) DO UPDATE SET
+                tenant = EXCLUDED.tenant, type = EXCLUDED.type, tier = EXCLUDED.tier, payload = EXCLUDED.payload,
+                idempotency_key = EXCLUDED.idempotency_key, correlation_id = EXCLUDED.correlation_id, run_at = EXCLUDED.run_at,
+                claimed_until = EXCLUDED.claimed_until, concurrency_key = EXCLUDED.concurrency_key,
+                concurrency_limit = EXCLUDED.concurrency_limit, seq = EXCLUDED.seq, attempt = EXCLUDED.attempt,
+                state = 'pending', published_at = NULL
+            """, [PostgresArray(jobs.map(\.id)), PostgresArray(jobs.map(\.tenant)), PostgresArray(jobs.map(\.type)),
+                  PostgresArray(jobs.map(\.tier.rawValue)), PostgresArray(jobs.map { String(decoding: $0.payload, as: UTF8.self) }),
+                  PostgresArray(jobs.map(\.idempotencyKey)), PostgresArray(jobs.map(\.correlationID)),
+                  PostgresArray(jobs.map(\.enqueuedAt)), publishLeaseSeconds, PostgresArray(jobs.map(\.concurrencyKey)),
+                  PostgresArray(jobs.map { job in job.concurrencyKey.map { _ in job.concurrencyLimit } }),
+                  PostgresArray(jobs.map(\.seq)), PostgresArray(jobs.map(\.attempt))])
+    }
+
     /// A writer's own publish of entries it added: publishes `jobs` with confirms and marks the
     /// confirmed ones. One result per job; an entry not confirmed stays for the dispatcher
     /// (after its lease), and a mark that fails only means the dispatcher publishes that job

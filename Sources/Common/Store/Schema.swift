@@ -417,5 +417,19 @@ package enum Schema {
             );
             CREATE INDEX console_sessions_expires_idx ON console_sessions (expires_at);
             """),
+        Migration(version: 21, name: "job_runs.payload: the message of a job that did not simply succeed", sql: """
+            -- The payload and the headers Warren adds (attempt, concurrency key and limit,
+            -- traceparent) of the message a row speaks for, kept when the job did not succeed at
+            -- its first try (retrying, failed, dead, cancelled while running; every job with
+            -- WARREN_KEEP_PAYLOADS=all): the console shows it, and "retry now" republishes a
+            -- job waiting between retries from it (JobRunStore.retryNow). Nullable, no default:
+            -- adding it rewrites nothing.
+            ALTER TABLE job_runs ADD COLUMN payload text, ADD COLUMN headers jsonb;
+            -- "Retry now" is an event in its job's history.
+            ALTER TABLE message_logs DROP CONSTRAINT message_logs_event_check,
+                ADD CONSTRAINT message_logs_event_check CHECK (event IN
+                  ('published', 'started', 'retried', 'succeeded', 'failed', 'dead_lettered', 'cancelled', 'duplicate', 'replayed',
+                   'retried_now'));
+            """),
     ]
 }

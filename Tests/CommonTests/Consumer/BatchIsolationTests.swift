@@ -75,6 +75,23 @@ import Testing
         try JSONScanner.validate(Array(detail.utf8))
     }
 
+    @Test func aKeptMessageHoldsThePayloadAndTheHeadersNoColumnHolds() throws {
+        var job = JobEnvelope(type: "noop", tier: .free, payload: Array(#"{"b":1, "a":2}"#.utf8), concurrencyKey: "k\u{0}ey",
+                              concurrencyLimit: 3)
+        job.attempt = 4
+        job.traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        let kept = KeptMessage(job)
+        #expect(kept.payload == #"{"b":1, "a":2}"#, "byte for byte")
+        #expect(kept.headersJSON == #"{"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01","x-warren-attempt":"4","#
+                + #""x-warren-concurrency-key":"k\#u{FFFD}ey","x-warren-concurrency-limit":"3"}"#)
+        try JSONScanner.validate(Array(kept.headersJSON.utf8))
+        #expect(KeptMessage(JobEnvelope(type: "noop", tier: .free, payload: Array("[]".utf8))).headersJSON == #"{"x-warren-attempt":"1"}"#)
+        // The last degraded form drops it with the result.
+        var run = JobRunRecord.Run(status: .dead, attempts: 4, error: "e", consumerID: "c", startedAt: .now(), finishedAt: .now())
+        run.kept = kept
+        #expect(JobRunRecord(job: job, run: run, event: .deadLettered).degraded(step: 2, reason: "x")?.run?.kept == nil)
+    }
+
     @Test func degradedFormsKeepTheResultAsTextThenDropIt() throws {
         let job = JobEnvelope(type: "noop", tier: .free, payload: Array("{}".utf8))
         let run = JobRunRecord.Run(status: .succeeded, attempts: 1, result: Array(#"{"n":1e200000}"#.utf8), error: nil,

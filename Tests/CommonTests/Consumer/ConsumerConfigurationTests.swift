@@ -55,6 +55,8 @@ import Testing
         #expect(configuration.retryPolicy(for: "report.build").maxAttempts == 1)
         #expect(configuration.retry.backoff.base == .milliseconds(500))
         #expect(configuration.consumerID == "c-1")
+        #expect(configuration.keepPayloads == .failed, "by default only jobs that did not simply succeed keep their message")
+        #expect(try ConsumerConfiguration(tier: .free, environment: ["WARREN_KEEP_PAYLOADS": "all"]).keepPayloads == .all)
     }
 
     @Test(arguments: [
@@ -62,7 +64,7 @@ import Testing
         ("WARREN_RETRY_MAX_ATTEMPTS_BY_TYPE", "email.send"), ("WARREN_RETRY_MAX_ATTEMPTS_BY_TYPE", "a=0"),
         ("WARREN_SLOW_JOB_SECONDS_BY_TYPE", "report.build"), ("WARREN_SLOW_JOB_SECONDS_BY_TYPE", "a=-1"),
         ("WARREN_SLOW_JOB_SECONDS_BY_TYPE", "=5"), ("WARREN_SLOW_JOB_SECONDS", "soon"), ("WARREN_PROGRESS_FLUSH_MS", "5"),
-        ("WARREN_STALL_SECONDS", "0"),
+        ("WARREN_STALL_SECONDS", "0"), ("WARREN_KEEP_PAYLOADS", "some"),
     ])
     func badValuesNameTheirVariable(_ key: String, _ value: String) {
         let error = #expect(throws: SettingsError.self) { _ = try ConsumerConfiguration(tier: .free, environment: [key: value]) }

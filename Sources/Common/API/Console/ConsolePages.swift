@@ -122,7 +122,7 @@ enum ConsolePages {
             </dl>
             <div class="actions">
             {{#can_cancel}}<form method="post" action="/console/jobs/{{job.id}}/cancel" data-confirm="Cancel this job?"><input type="hidden" name="csrf" value="{{csrf}}"><button type="submit" id="cancel">Cancel</button></form>{{/can_cancel}}
-            {{#dead_letter}}<form method="post" action="/console/jobs/{{job.id}}/retry"><input type="hidden" name="csrf" value="{{csrf}}"><button type="submit" id="retry">Retry now</button></form>{{/dead_letter}}
+            {{#can_retry}}<form method="post" action="/console/jobs/{{job.id}}/retry"><input type="hidden" name="csrf" value="{{csrf}}"><button type="submit" id="retry">Retry now</button></form>{{/can_retry}}
             </div>
             {{#job.error}}<h2>Error</h2><pre class="error">{{job.error}}</pre>{{/job.error}}
             {{#job.result}}<h2>Result</h2><pre>{{job.result}}</pre>{{/job.result}}

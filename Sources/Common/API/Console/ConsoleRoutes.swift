@@ -269,7 +269,10 @@ extension HTTPAPI {
             "can_cancel": ["scheduled", "queued", "running", "retrying"].contains(job.status) && session.token.allows(.jobsWrite),
         ]
         if let payload { data["payload"] = payload }
-        if deadLetter != nil, session.token.allows(.deadWrite) { data["dead_letter"] = true }
+        // Retry now: a dead job through its dead letter, one waiting between retries through its kept message.
+        if deadLetter != nil && session.token.allows(.deadWrite) || job.status == JobStatus.retrying.rawValue && session.token.allows(.jobsWrite) {
+            data["can_retry"] = true
+        }
         if let progress, let done = progress[0].flatMap({ Int64($0) }) {
             let total = progress[1].flatMap { Int64($0) }
             var shown: [String: Any] = ["done": done, "message": progress[2] ?? "", "percent": total.map { $0 > 0 ? Int(done * 100 / $0) : 0 } ?? 0]
@@ -298,14 +301,26 @@ extension HTTPAPI {
         }
     }
 
-    /// "Retry now": the job's open dead letter is replayed (see ``replayDead(_:resetAttempts:by:limit:)``).
+    /// "Retry now": a job waiting between retries is sent on at once (``retryNow(_:tenant:by:)``);
+    /// a dead one has its open dead letter replayed (``replayDead(_:resetAttempts:by:limit:)``).
     private func retryFromConsole(_ context: APIRequestContext) async throws -> Response {
         let session = try context.consoleSession()
         guard let id = context.parameters.get("id").flatMap(UUID.init(uuidString:)) else { return Console.errorPage(.notFound, "No such job.") }
         let back = "/console/jobs/\(id.lowercasedString)"
+        guard let job = try await consoleStore({ try await ConsoleStore(pool: pool).job(id, tenant: session.visibleTenant) }) else {
+            return Console.errorPage(.notFound, "No such job (or not one of your tenant's).")
+        }
+        if job.status == JobStatus.retrying.rawValue {
+            guard session.token.allows(.jobsWrite) else { return Self.back(back, "This token lacks the 'jobs:write' scope: nothing was sent.") }
+            do {
+                let retried = try await retryNow(id, tenant: session.visibleTenant, by: "console \(session.token.prefix)")
+                return Self.back(back, "Attempt \(retried.attempt) sent on now; the copy waiting in the delay queue will not run.")
+            } catch {
+                return Self.back(back, "Not sent: \(error.message)")
+            }
+        }
         guard session.token.allows(.deadWrite) else { return Self.back(back, "This token lacks the 'dead:write' scope: nothing was replayed.") }
-        guard try await consoleStore({ try await ConsoleStore(pool: pool).job(id, tenant: session.visibleTenant) }) != nil,
-              let deadID = try await consoleStore({ try await ConsoleStore(pool: pool).openDeadLetter(of: id) }) else {
+        guard let deadID = try await consoleStore({ try await ConsoleStore(pool: pool).openDeadLetter(of: id) }) else {
             return Self.back(back, "This job has no open dead letter to replay.")
         }
         let replayed = try await replayDead(.init(ids: [deadID], tenant: session.visibleTenant), by: "console \(session.token.prefix)", limit: 1)
