@@ -338,26 +338,33 @@ package struct JobRunStore: Sendable {
         }
         let rows = Array(runs.values)
         try await pool.withTransaction { connection in
-            if !rows.isEmpty {
-                try await connection.query(Self.upsertRuns, [
-                    PostgresArray(rows.map { $0.0.id }),
-                    PostgresArray(rows.map { $0.0.enqueuedAt }),
-                    PostgresArray(rows.map { $0.0.type }),
-                    PostgresArray(rows.map { $0.0.tier.rawValue }),
-                    PostgresArray(rows.map { $0.0.tenant }),
-                    PostgresArray(rows.map { $0.0.idempotencyKey }),
-                    PostgresArray(rows.map { $0.0.correlationID }),
-                    PostgresArray(rows.map { $0.1.status.rawValue }),
-                    PostgresArray(rows.map { $0.1.attempts }),
-                    PostgresArray(rows.map { $0.1.result.map { String(decoding: $0, as: UTF8.self) } }),
-                    PostgresArray(rows.map { $0.1.error }),
-                    PostgresArray(rows.map { $0.1.consumerID }),
-                    PostgresArray(rows.map { $0.1.startedAt }),
-                    PostgresArray(rows.map { $0.1.finishedAt }),
-                    PostgresArray(rows.map { $0.1.seq }),
-                    PostgresArray(rows.map { $0.1.kept?.payload }),
-                    PostgresArray(rows.map { $0.1.kept?.headersJSON }),
-                ])
+            // Rows that keep their message take the statement with the two more columns; the
+            // others (every plain success) the one without, so a success writes nothing more.
+            for keeping in [false, true] {
+                let group = rows.filter { ($0.1.kept != nil) == keeping }
+                guard !group.isEmpty else { continue }
+                var parameters: [any PostgresEncodable] = [
+                    PostgresArray(group.map { $0.0.id }),
+                    PostgresArray(group.map { $0.0.enqueuedAt }),
+                    PostgresArray(group.map { $0.0.type }),
+                    PostgresArray(group.map { $0.0.tier.rawValue }),
+                    PostgresArray(group.map { $0.0.tenant }),
+                    PostgresArray(group.map { $0.0.idempotencyKey }),
+                    PostgresArray(group.map { $0.0.correlationID }),
+                    PostgresArray(group.map { $0.1.status.rawValue }),
+                    PostgresArray(group.map { $0.1.attempts }),
+                    PostgresArray(group.map { $0.1.result.map { String(decoding: $0, as: UTF8.self) } }),
+                    PostgresArray(group.map { $0.1.error }),
+                    PostgresArray(group.map { $0.1.consumerID }),
+                    PostgresArray(group.map { $0.1.startedAt }),
+                    PostgresArray(group.map { $0.1.finishedAt }),
+                    PostgresArray(group.map { $0.1.seq }),
+                ]
+                if keeping {
+                    parameters.append(PostgresArray(group.map { $0.1.kept?.payload }))
+                    parameters.append(PostgresArray(group.map { $0.1.kept?.headersJSON }))
+                }
+                try await connection.query(keeping ? Self.upsertKeepingRuns : Self.upsertRuns, parameters)
             }
             let events = records.filter { $0.event != nil }
             guard !events.isEmpty else { return }
@@ -376,24 +383,29 @@ package struct JobRunStore: Sendable {
     /// A row moves only forward along its job's lineage: to a later seq, or to another status
     /// at the same seq while it is not terminal. A terminal row (a cancellation included) is
     /// final, so a replayed batch or a superseded run's late outcome changes nothing.
-    static let upsertRuns = """
+    static let upsertRuns = upsert(keeping: false)
+    /// The same for rows that keep their message (``KeptMessage``): `payload` and `headers` too.
+    static let upsertKeepingRuns = upsert(keeping: true)
+
+    static func upsert(keeping: Bool) -> String {
+        """
         INSERT INTO job_runs (job_id, enqueued_at, type, tier, tenant, idempotency_key, correlation_id,
-                              status, attempts, result, error, consumer_id, started_at, finished_at, seq, payload, headers, updated_at)
+                              status, attempts, result, error, consumer_id, started_at, finished_at, seq\(keeping ? ", payload, headers" : ""), updated_at)
         SELECT u.job_id, u.enqueued_at, u.type, u.tier, u.tenant, u.idempotency_key, u.correlation_id,
-               u.status, u.attempts, u.result, u.error, u.consumer_id, u.started_at, u.finished_at, u.seq, u.payload, u.headers, now()
+               u.status, u.attempts, u.result, u.error, u.consumer_id, u.started_at, u.finished_at, u.seq\(keeping ? ", u.payload, u.headers" : ""), now()
         FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
                     $8::text[], $9::integer[], $10::jsonb[], $11::text[], $12::text[], $13::timestamptz[], $14::timestamptz[],
-                    $15::integer[], $16::text[], $17::jsonb[])
+                    $15::integer[]\(keeping ? ", $16::text[], $17::jsonb[]" : ""))
              AS u(job_id, enqueued_at, type, tier, tenant, idempotency_key, correlation_id,
-                  status, attempts, result, error, consumer_id, started_at, finished_at, seq, payload, headers)
+                  status, attempts, result, error, consumer_id, started_at, finished_at, seq\(keeping ? ", payload, headers" : ""))
         ON CONFLICT (job_id, enqueued_at) DO UPDATE SET
             status = EXCLUDED.status, attempts = EXCLUDED.attempts, result = EXCLUDED.result, error = EXCLUDED.error,
             consumer_id = EXCLUDED.consumer_id, started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
-            seq = EXCLUDED.seq, payload = coalesce(EXCLUDED.payload, job_runs.payload),
-            headers = coalesce(EXCLUDED.headers, job_runs.headers), updated_at = now()
+            seq = EXCLUDED.seq,\(keeping ? " payload = EXCLUDED.payload, headers = EXCLUDED.headers," : "") updated_at = now()
         WHERE job_runs.status NOT IN \(JobStatus.terminalSQL)
           AND EXCLUDED.seq >= job_runs.seq
         """
+    }
 
     static let insertEvents = """
         INSERT INTO message_logs (job_id, enqueued_at, event, attempt, tier, detail, logged_at)

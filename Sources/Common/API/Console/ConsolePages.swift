@@ -126,7 +126,7 @@ enum ConsolePages {
             </div>
             {{#job.error}}<h2>Error</h2><pre class="error">{{job.error}}</pre>{{/job.error}}
             {{#job.result}}<h2>Result</h2><pre>{{job.result}}</pre>{{/job.result}}
-            <h2>Payload</h2>{{#payload}}<pre>{{payload}}</pre>{{/payload}}{{^payload}}<p class="hint">Not kept: Warren holds a payload only while a job is delayed, in the outbox, or dead.</p>{{/payload}}
+            <h2>Payload</h2>{{#payload}}<pre>{{payload}}</pre>{{/payload}}{{^payload}}<p class="hint">Not kept: Warren keeps the payload of a job held for later, in the outbox, or that did not succeed at its first try; a consumer with WARREN_KEEP_PAYLOADS=all keeps every job's.</p>{{/payload}}
             <h2>Timeline</h2>
             <table class="timeline"><thead><tr><th>When (UTC)</th><th>Event</th><th>Attempt</th><th>Detail</th></tr></thead><tbody>
             {{#events}}<tr><td>{{at}}</td><td>{{event}}</td><td>{{attempt}}</td><td><code>{{detail}}</code></td></tr>{{/events}}
