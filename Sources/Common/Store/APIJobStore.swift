@@ -313,7 +313,9 @@ package struct APIJobStore: Sendable {
             SELECT a.job_id, a.type, a.tier,
                    CASE WHEN d.state = 'pending' AND d.run_at > a.created_at AND r.status IS NULL THEN 'scheduled' ELSE \(Self.reportedStatus) END,
                    coalesce(r.attempts, 0), r.result::text, r.error,
-                   a.enqueued_at, r.started_at, r.finished_at, a.idempotency_key, d.run_at,
+                   a.enqueued_at, r.started_at, r.finished_at, a.idempotency_key,
+                   -- an outbox entry due at once (a keyed job, a replay, a retry now) is no delay
+                   CASE WHEN d.run_at > a.created_at THEN d.run_at END,
                    p.done, p.total, p.message, p.reported_at,
                    r.status = 'running' AND greatest(r.started_at, p.heartbeat_at) < now() - make_interval(secs => $3)
             FROM api_jobs a

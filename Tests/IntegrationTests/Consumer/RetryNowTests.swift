@@ -52,6 +52,7 @@ struct RetryNowTests {
                 let waitingAgain = try await rows(server, "SELECT 1 FROM job_runs WHERE job_id = $1 AND status = 'retrying' AND attempts = 2", id)
                 return HTTPHandlerTests().calls(receiver) == 2 && waitingAgain.count == 1
             }
+            #expect(try await server.job(token, id)["run_at"] is NSNull, "sent on at once is no delayed job")
             let events = try await rows(server, "SELECT detail->>'seq' FROM message_logs WHERE job_id = $1 AND event = 'retried_now'", id)
             #expect(events.count == 1 && events.first?[0] == "2", "the retry is in the job's history, at the lineage's next position")
             #expect(try await connection.withControl { try $0.queueDepth("warren.retry.2m").messages } == 2,
