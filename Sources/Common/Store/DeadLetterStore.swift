@@ -216,9 +216,12 @@ package struct DeadLetterStore: Sendable {
             guard !settled.jobs.isEmpty else { return settled }
             let jobs = settled.jobs
             try await Outbox.addNext(jobs, on: connection)
-            // Its row waits again (a terminal row would refuse the replay's start).
+            // Its row waits again (a terminal row would refuse the replay's start), at the
+            // replay's own seq: the replayed message claims it (same seq, not running), and the
+            // dead run's own record, if the consumer writes it only now (the scheduler read the
+            // dead copy first), is older and changes nothing.
             try await connection.query("""
-                UPDATE job_runs r SET status = 'queued', seq = u.seq - 1, error = NULL, result = NULL, finished_at = NULL,
+                UPDATE job_runs r SET status = 'queued', seq = u.seq, error = NULL, result = NULL, finished_at = NULL,
                                       updated_at = now()
                 FROM unnest($1::uuid[], $2::timestamptz[], $3::int[]) AS u(job_id, enqueued_at, seq)
                 WHERE r.job_id = u.job_id AND r.enqueued_at = u.enqueued_at

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import WarrenAMQP
 import WarrenJobs
 import WarrenPostgres
 import WarrenStore
@@ -44,6 +45,32 @@ struct StoreIntegrationTests {
             #expect(try await store.status(of: JobEnvelope(type: "noop", tier: .free, payload: [])) == nil)
             let events = try await pool.query("SELECT count(*) FROM message_logs").rows.first?.int(0)
             #expect(events == 6, "message_logs is history: every write adds its event")
+        }
+    }
+
+    /// A dead job replayed before its consumer recorded the failure (the scheduler took the dead
+    /// copy off the queue first while the consumer's write was slow, or retrying through a
+    /// Postgres hiccup): the late `failed` row must not undo the replay, and the replayed message
+    /// must start. (With the row set back to the dead copy's seq, the late write made it
+    /// terminal again and the replay was skipped: neither dead nor run. Seen once under the full
+    /// suite's load in `DeadLetterTests`.)
+    @Test func aReplayAheadOfTheFailuresOwnRecordStillRuns() async throws {
+        try await TestServices.withSchema { pool in
+            _ = try await Migrator(migrations: Schema.migrations, logger: TestServices.logger).migrate(pool)
+            let store = JobRunStore(pool: pool, logger: TestServices.logger)
+            let dead = DeadLetterStore(pool: pool)
+            let job = JobEnvelope(type: "fix.me", tier: .free, payload: Array(#"{"n":1}"#.utf8), tenant: "acme")
+            // The consumer claimed the start (running, seq 0), the job failed for good, its dead
+            // copy was confirmed and recorded by the scheduler, and an operator replayed it.
+            #expect(try await store.claimStarts([.init(job: job, redelivered: false, consumerID: "c", startedAt: .now())]) == [.run])
+            let copy = job.deadLetterMessage(reason: "permanent-failure", lastError: "boom")
+            try await dead.record([.init(properties: copy.properties, body: copy.body)])
+            let replayed = try #require(try await dead.replay(.init(), resetAttempts: true, by: "test").jobs.first)
+            // Only now does the consumer's own record of the failure land.
+            try await store.write([record(job, .failed, attempt: 1, event: .failed)])
+            #expect(try await store.status(of: job) == .queued, "the replay stands")
+            #expect(try await store.claimStarts([.init(job: replayed, redelivered: false, consumerID: "c", startedAt: .now())]) == [.run],
+                    "the replayed message starts")
         }
     }
 
