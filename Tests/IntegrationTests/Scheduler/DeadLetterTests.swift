@@ -141,7 +141,13 @@ struct DeadLetterTests {
                     CREATE TRIGGER refuse_replay_mark BEFORE UPDATE ON delayed_jobs FOR EACH ROW EXECUTE FUNCTION refuse_replay_mark()
                     """)
             }
-            let (status, replayed) = try await post(server, "/v1/dead/replay", token, #"{"filter":{}}"#)
+            // A 503 (database_unavailable: the transaction did not commit) asks the client to try
+            // again, as a client would; seen once under the full suite's load.
+            var (status, replayed) = try await post(server, "/v1/dead/replay", token, #"{"filter":{}}"#)
+            for _ in 0..<4 where status == 503 {
+                try await Task.sleep(for: .seconds(1))  // the answer's Retry-After, not a stand-in for a condition
+                (status, replayed) = try await post(server, "/v1/dead/replay", token, #"{"filter":{}}"#)
+            }
             #expect(status == 200 && replayed["replayed"] as? Int == 1 && replayed["published"] as? Int == 1, "\(replayed)")
             try await TestServices.waitUntil(timeout: .seconds(90), "the job succeeded and a second copy of the replay was refused") {
                 let duplicates = try await server.withDatabase { pool in
